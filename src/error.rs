@@ -1,0 +1,218 @@
+//! One error type for everything a host can see go wrong, with stable codes.
+//!
+//! Why one type: a host that embeds isola (or drives `isola serve` from another language) needs
+//! to branch on *what kind* of failure happened without parsing messages. [`ErrorCode`] is that
+//! stable, serialisable kind; [`Error`] adds who (plugin, hook), where (file:line for JS errors)
+//! and a human message. The type is `Clone + Serialize` so it can cross threads and, later,
+//! process boundaries unchanged.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Diagnostic;
+
+/// The stable kind of an [`Error`]. Its `Display` and serde form is the SCREAMING_CASE name
+/// (`"TIMEOUT"`, `"HEAP_LIMIT"`, ...), which is part of isola's public contract.
+///
+/// ```
+/// use isola::ErrorCode;
+/// assert_eq!(ErrorCode::HeapLimit.as_str(), "HEAP_LIMIT");
+/// assert_eq!(serde_json::to_string(&ErrorCode::Timeout).unwrap(), "\"TIMEOUT\"");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// A call (or a plugin's top-level evaluation) ran past its deadline and was terminated.
+    /// The plugin stays loaded with its state.
+    Timeout,
+    /// The plugin's isolate ran out of its memory budget (V8 heap or ArrayBuffer bytes). The
+    /// isolate was discarded and the plugin restarted fresh.
+    HeapLimit,
+    /// The plugin has no hook of that name.
+    HookNotFound,
+    /// No plugin of that id is loaded.
+    PluginNotFound,
+    /// The plugin's JavaScript threw (or rejected); [`Error::js`] has the details.
+    JsError,
+    /// The plugin could not be loaded: syntax error, top-level throw, missing file, forbidden
+    /// import, ...
+    LoadFailed,
+    /// The plugin's `plugin.json` is malformed; [`Error::diagnostics`] lists every problem.
+    ManifestInvalid,
+    /// Arguments or a result could not be converted between Rust and JavaScript.
+    InvalidArgs,
+    /// The plugin's mailbox is full: too many calls are queued for it.
+    Busy,
+    /// The plugin's thread died or the plugin failed to come back after a restart.
+    PluginCrashed,
+    /// The plugin (or the whole manager) has been shut down.
+    ShutDown,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order (handy for stats tables and docs).
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::Timeout,
+        ErrorCode::HeapLimit,
+        ErrorCode::HookNotFound,
+        ErrorCode::PluginNotFound,
+        ErrorCode::JsError,
+        ErrorCode::LoadFailed,
+        ErrorCode::ManifestInvalid,
+        ErrorCode::InvalidArgs,
+        ErrorCode::Busy,
+        ErrorCode::PluginCrashed,
+        ErrorCode::ShutDown,
+    ];
+
+    /// The stable string form, e.g. `"HOOK_NOT_FOUND"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::HeapLimit => "HEAP_LIMIT",
+            ErrorCode::HookNotFound => "HOOK_NOT_FOUND",
+            ErrorCode::PluginNotFound => "PLUGIN_NOT_FOUND",
+            ErrorCode::JsError => "JS_ERROR",
+            ErrorCode::LoadFailed => "LOAD_FAILED",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::InvalidArgs => "INVALID_ARGS",
+            ErrorCode::Busy => "BUSY",
+            ErrorCode::PluginCrashed => "PLUGIN_CRASHED",
+            ErrorCode::ShutDown => "SHUT_DOWN",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a JavaScript exception looked like: its class name, message, stack and the first
+/// source position that belongs to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JsErrorInfo {
+    /// `e.name`, e.g. `"TypeError"`, `"RangeError"`, `"SyntaxError"`.
+    pub name: String,
+    /// `e.message`.
+    pub message: String,
+    /// The formatted stack (`    at fn (main.js:3:11)` lines), file names relative to the
+    /// plugin's folder.
+    pub stack: Option<String>,
+    /// The file the error points at, relative to the plugin folder (e.g. `main.js`).
+    pub file: Option<String>,
+    /// 1-based line in [`JsErrorInfo::file`].
+    pub line: Option<u32>,
+    /// 1-based column in [`JsErrorInfo::file`].
+    pub column: Option<u32>,
+}
+
+impl JsErrorInfo {
+    /// `file:line:col` when known.
+    pub fn location(&self) -> Option<String> {
+        let file = self.file.as_ref()?;
+        Some(match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+            (Some(l), None) => format!("{file}:{l}"),
+            _ => file.clone(),
+        })
+    }
+}
+
+/// An isola error: a stable [`ErrorCode`], the plugin and hook it concerns, a message, and
+/// details where they exist (the JS exception, manifest diagnostics).
+///
+/// ```
+/// use isola::{Error, ErrorCode};
+/// let e = Error::new(ErrorCode::HookNotFound, "no hook `greet`").plugin("greeter").hook("greet");
+/// assert_eq!(e.code, ErrorCode::HookNotFound);
+/// assert_eq!(e.to_string(), "HOOK_NOT_FOUND: greeter.greet: no hook `greet`");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub struct Error {
+    /// The stable kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The plugin concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plugin: Option<String>,
+    /// The hook concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hook: Option<String>,
+    /// The JavaScript exception, for `JS_ERROR` and most `LOAD_FAILED`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub js: Option<JsErrorInfo>,
+    /// Every manifest problem, for `MANIFEST_INVALID`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Error {
+    /// A new error with a code and message; add context with [`Error::plugin`] and
+    /// [`Error::hook`].
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            plugin: None,
+            hook: None,
+            js: None,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// Names the plugin this error concerns.
+    pub fn plugin(mut self, id: impl Into<String>) -> Self {
+        self.plugin = Some(id.into());
+        self
+    }
+
+    /// Names the hook this error concerns.
+    pub fn hook(mut self, hook: impl Into<String>) -> Self {
+        self.hook = Some(hook.into());
+        self
+    }
+
+    /// Fills in plugin and hook where they are not set yet.
+    pub(crate) fn in_context(mut self, plugin: &str, hook: Option<&str>) -> Self {
+        if self.plugin.is_none() {
+            self.plugin = Some(plugin.to_owned());
+        }
+        if self.hook.is_none() {
+            self.hook = hook.map(str::to_owned);
+        }
+        self
+    }
+
+    /// `{"error": {"code": ..., "message": ...}}`-ready form used by the CLI and `serve`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({"code": self.code}))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.code)?;
+        match (&self.plugin, &self.hook) {
+            (Some(p), Some(h)) => write!(f, "{p}.{h}: ")?,
+            (Some(p), None) => write!(f, "{p}: ")?,
+            _ => {}
+        }
+        f.write_str(&self.message)?;
+        if let Some(loc) = self.js.as_ref().and_then(JsErrorInfo::location) {
+            if !self.message.contains(&loc) {
+                write!(f, " (at {loc})")?;
+            }
+        }
+        for d in &self.diagnostics {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `Result<T, isola::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

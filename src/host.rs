@@ -1,0 +1,142 @@
+//! The host API: the Rust functions and plain values an embedder whitelists for plugins.
+//!
+//! Plugins see exactly what is registered here as `host.NAME(...)` (functions) or `host.NAME`
+//! (values), and nothing else. Functions are type-erased to "JSON in, JSON out" so that one
+//! generic pair of deno_core ops (sync and async) can dispatch every host function by index:
+//! deno_core ops are static declarations, while a host API is built at run time.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// What a host function failed with, as the plugin will see it: a JS `Error` whose `message`
+/// is this text (and `code` is `HOST_ERROR`, or `INVALID_ARGS` when the arguments did not fit).
+#[derive(Debug, Clone)]
+pub(crate) struct HostFnError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub(crate) type SyncFn = dyn Fn(Value) -> Result<Value, HostFnError> + Send + Sync;
+pub(crate) type AsyncFut = Pin<Box<dyn Future<Output = Result<Value, HostFnError>>>>;
+pub(crate) type AsyncFn = dyn Fn(Value) -> AsyncFut + Send + Sync;
+
+/// One registered item.
+#[derive(Clone)]
+pub(crate) enum HostItem {
+    Sync(Arc<SyncFn>),
+    Async(Arc<AsyncFn>),
+    Value(Value),
+}
+
+/// The set of functions and values plugins may use, built once and shared by every plugin of
+/// an [`Engine`](crate::Engine).
+///
+/// Arguments arrive as the tuple of JS arguments: a function taking one string is written
+/// `|(name,): (String,)|`, one taking two numbers `|(a, b): (f64, f64)|`. Anything that
+/// implements `DeserializeOwned` works (`Vec<serde_json::Value>` accepts any argument list).
+/// Results go back through `Serialize`. An `Err` becomes a JS `Error` the plugin can catch.
+///
+/// ```
+/// use isola::HostApi;
+/// let host = HostApi::new()
+///     .value("config", serde_json::json!({ "version": "1.2.3" }))
+///     .func("add", |(a, b): (f64, f64)| Ok(a + b))
+///     .async_func("fetchUser", |(id,): (u32,)| async move {
+///         Ok(serde_json::json!({ "id": id, "name": "Ada" }))
+///     });
+/// assert_eq!(host.names(), vec!["add", "config", "fetchUser"]);
+/// ```
+#[derive(Clone, Default)]
+pub struct HostApi {
+    items: BTreeMap<String, HostItem>,
+}
+
+impl std::fmt::Debug for HostApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostApi").field("names", &self.names()).finish()
+    }
+}
+
+fn decode_args<A: DeserializeOwned>(args: Value) -> Result<A, HostFnError> {
+    serde_json::from_value(args).map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("invalid arguments: {e}") })
+}
+
+fn encode_result<R: Serialize>(r: anyhow::Result<R>) -> Result<Value, HostFnError> {
+    match r {
+        Ok(v) => serde_json::to_value(v)
+            .map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("host function result is not serialisable: {e}") }),
+        Err(e) => Err(HostFnError { code: "HOST_ERROR", message: format!("{e:#}") }),
+    }
+}
+
+impl HostApi {
+    /// An empty host API: plugins get an empty `host` object (and `console`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(mut self, name: &str, item: HostItem) -> Self {
+        assert!(
+            is_identifier(name),
+            "host API name `{name}` must be a JavaScript identifier (letters, digits, `_`, `$`)"
+        );
+        self.items.insert(name.to_owned(), item);
+        self
+    }
+
+    /// Registers a synchronous function as `host.NAME(...)`.
+    pub fn func<A, R, F>(self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> anyhow::Result<R> + Send + Sync + 'static,
+    {
+        let erased = move |args: Value| encode_result(f(decode_args(args)?));
+        self.insert(name, HostItem::Sync(Arc::new(erased)))
+    }
+
+    /// Registers an async function as `host.NAME(...)`, returning a `Promise` in JS. The future
+    /// runs on the plugin's own thread (its current-thread tokio runtime), so it need not be
+    /// `Send`, and tokio's timers and I/O work inside it.
+    pub fn async_func<A, R, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<R>> + 'static,
+    {
+        let f = Arc::new(f);
+        let erased = move |args: Value| -> AsyncFut {
+            let f = f.clone();
+            Box::pin(async move { encode_result(f(decode_args(args)?).await) })
+        };
+        self.insert(name, HostItem::Async(Arc::new(erased)))
+    }
+
+    /// Registers a plain value as `host.NAME` (a deep-frozen copy in every plugin).
+    pub fn value(self, name: &str, value: impl Serialize) -> Self {
+        let v = serde_json::to_value(value).expect("host API values must be serialisable to JSON");
+        self.insert(name, HostItem::Value(v))
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.items.keys().map(String::as_str).collect()
+    }
+
+    pub(crate) fn items(&self) -> impl Iterator<Item = (&str, &HostItem)> {
+        self.items.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}

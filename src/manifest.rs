@@ -1,0 +1,304 @@
+//! `plugin.json`: the declarative description of a folder plugin, and its validation.
+//!
+//! Why hand-written validation instead of `#[derive(Deserialize)]`: serde stops at the first
+//! problem, while a plugin author wants to see *every* problem at once, each with the JSON path
+//! it is about. So the manifest is read as a `serde_json::Value` and checked field by field.
+//! Unknown fields are warnings (a newer manifest may carry fields this isola does not know);
+//! missing or ill-typed required fields are errors.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode};
+
+/// The manifest API version this isola understands.
+pub const SUPPORTED_API_VERSION: u64 = 1;
+
+/// How much a [`Diagnostic`] matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The plugin cannot load.
+    Error,
+    /// The plugin loads, but something looks wrong.
+    Warning,
+}
+
+/// One problem found in a manifest: where (`$.limits.heapMb`), what kind (a stable snake_case
+/// code such as `missing_field`), and an explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// JSON path of the offending value, `$` being the whole document.
+    pub path: String,
+    /// Stable code: `invalid_json`, `not_an_object`, `missing_field`, `wrong_type`,
+    /// `invalid_value`, `unknown_field`, `unsupported_api_version`, `limit_raised`.
+    pub code: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev} [{}] {}: {}", self.code, self.path, self.message)
+    }
+}
+
+/// Limits a manifest may ask for. They can only *lower* the host's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestLimits {
+    /// Memory budget in MiB (V8 heap plus ArrayBuffer bytes).
+    pub heap_mb: Option<u64>,
+    /// Per-call time limit in milliseconds.
+    pub call_timeout_ms: Option<u64>,
+}
+
+/// A validated `plugin.json`.
+///
+/// ```
+/// use isola::Manifest;
+/// let (m, warnings) = Manifest::parse(r#"{
+///     "id": "greeter", "name": "Greeter", "version": "1.0.0", "apiVersion": 1
+/// }"#).unwrap();
+/// assert_eq!(m.main, "main.js");
+/// assert!(warnings.is_empty());
+///
+/// let problems = Manifest::parse(r#"{"id": 7, "apiVersion": 2}"#).unwrap_err();
+/// assert!(problems.len() >= 4); // id type, name, version, apiVersion: all reported at once
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Unique id: letters, digits, `-` and `_`, at most 64 characters.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The plugin's own version string.
+    pub version: String,
+    /// Optional one-line description.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub description: Option<String>,
+    /// Entry module, relative to the plugin folder (default `main.js`).
+    pub main: String,
+    /// The manifest format version; only [`SUPPORTED_API_VERSION`] is accepted.
+    pub api_version: u64,
+    /// Limits the plugin asks for (lower than the host's, or ignored with a warning).
+    #[serde(default)]
+    pub limits: ManifestLimits,
+}
+
+const KNOWN_FIELDS: &[&str] = &["id", "name", "version", "description", "main", "apiVersion", "limits"];
+const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs"];
+
+/// Checks a plugin id: 1–64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit.
+///
+/// Why so strict: ids name threads, log fields, and appear in `PLUGIN.HOOK` command syntax.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok_len = !id.is_empty() && id.len() <= 64;
+    let ok_first = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok_len && ok_first && ok_chars {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a valid plugin id: use 1-64 letters, digits, `-` or `_`, starting with a letter or digit"
+        ))
+    }
+}
+
+struct Checker {
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker {
+    fn push(&mut self, severity: Severity, path: &str, code: &str, message: String) {
+        self.diags.push(Diagnostic { severity, path: path.to_owned(), code: code.to_owned(), message });
+    }
+    fn error(&mut self, path: &str, code: &str, message: String) {
+        self.push(Severity::Error, path, code, message);
+    }
+    fn warn(&mut self, path: &str, code: &str, message: String) {
+        self.push(Severity::Warning, path, code, message);
+    }
+
+    fn string(&mut self, obj: &serde_json::Map<String, serde_json::Value>, key: &str, required: bool) -> Option<String> {
+        let path = format!("$.{key}");
+        match obj.get(key) {
+            None if required => {
+                self.error(&path, "missing_field", format!("required field `{key}` (a string) is missing"));
+                None
+            }
+            None => None,
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => {
+                self.error(&path, "invalid_value", format!("`{key}` must not be empty"));
+                None
+            }
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.error(&path, "wrong_type", format!("`{key}` must be a string, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn positive_int(&mut self, value: &serde_json::Value, path: &str, what: &str) -> Option<u64> {
+        match value.as_u64() {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                let found = type_name(value);
+                self.error(path, "wrong_type", format!("{what} must be a positive integer, found {found} `{value}`"));
+                None
+            }
+        }
+    }
+}
+
+fn type_name(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest. On success returns the manifest and its warnings; on
+    /// failure returns every diagnostic (errors and warnings), never just the first.
+    pub fn parse(text: &str) -> Result<(Manifest, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let mut c = Checker { diags: Vec::new() };
+        let doc: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                c.error(
+                    "$",
+                    "invalid_json",
+                    format!("not valid JSON: {e} (line {}, column {})", e.line(), e.column()),
+                );
+                return Err(c.diags);
+            }
+        };
+        let Some(obj) = doc.as_object() else {
+            c.error("$", "not_an_object", format!("a manifest must be a JSON object, found {}", type_name(&doc)));
+            return Err(c.diags);
+        };
+
+        for key in obj.keys().filter(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+            c.warn(&format!("$.{key}"), "unknown_field", format!("unknown field `{key}` is ignored"));
+        }
+
+        let id = c.string(obj, "id", true);
+        if let Some(id) = &id {
+            if let Err(msg) = validate_id(id) {
+                c.error("$.id", "invalid_value", msg);
+            }
+        }
+        let name = c.string(obj, "name", true);
+        let version = c.string(obj, "version", true);
+        let description = c.string(obj, "description", false);
+        let main = c.string(obj, "main", false).unwrap_or_else(|| "main.js".to_owned());
+        if let Err(msg) = check_main(&main) {
+            c.error("$.main", "invalid_value", msg);
+        }
+
+        let api_version = match obj.get("apiVersion") {
+            None => {
+                c.error(
+                    "$.apiVersion",
+                    "missing_field",
+                    format!("required field `apiVersion` is missing; this isola supports apiVersion {SUPPORTED_API_VERSION}"),
+                );
+                None
+            }
+            Some(v) => match v.as_u64() {
+                Some(SUPPORTED_API_VERSION) => Some(SUPPORTED_API_VERSION),
+                Some(n) => {
+                    c.error(
+                        "$.apiVersion",
+                        "unsupported_api_version",
+                        format!("apiVersion {n} is not supported; this isola supports apiVersion {SUPPORTED_API_VERSION}"),
+                    );
+                    None
+                }
+                None => {
+                    c.error(
+                        "$.apiVersion",
+                        "wrong_type",
+                        format!(
+                            "`apiVersion` must be an integer, found {} (this isola supports apiVersion {SUPPORTED_API_VERSION})",
+                            type_name(v)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
+        let mut limits = ManifestLimits::default();
+        match obj.get("limits") {
+            None => {}
+            Some(serde_json::Value::Object(l)) => {
+                for key in l.keys().filter(|k| !KNOWN_LIMITS.contains(&k.as_str())) {
+                    c.warn(&format!("$.limits.{key}"), "unknown_field", format!("unknown limit `{key}` is ignored"));
+                }
+                if let Some(v) = l.get("heapMb") {
+                    limits.heap_mb = c.positive_int(v, "$.limits.heapMb", "`limits.heapMb`");
+                }
+                if let Some(v) = l.get("callTimeoutMs") {
+                    limits.call_timeout_ms = c.positive_int(v, "$.limits.callTimeoutMs", "`limits.callTimeoutMs`");
+                }
+            }
+            Some(other) => c.error("$.limits", "wrong_type", format!("`limits` must be an object, found {}", type_name(other))),
+        }
+
+        if c.diags.iter().any(|d| d.severity == Severity::Error) {
+            return Err(c.diags);
+        }
+        let manifest = Manifest {
+            id: id.expect("checked"),
+            name: name.expect("checked"),
+            version: version.expect("checked"),
+            description,
+            main,
+            api_version: api_version.expect("checked"),
+            limits,
+        };
+        Ok((manifest, c.diags))
+    }
+
+    /// Turns a failed [`Manifest::parse`] into a `MANIFEST_INVALID` error naming the file.
+    pub fn invalid(plugin: &str, file: &std::path::Path, diagnostics: Vec<Diagnostic>) -> Error {
+        let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+        let mut e = Error::new(
+            ErrorCode::ManifestInvalid,
+            format!("{} has {errors} error(s)", file.display()),
+        )
+        .plugin(plugin);
+        e.diagnostics = diagnostics;
+        e
+    }
+}
+
+/// `main` must stay inside the plugin folder and be a JavaScript module.
+fn check_main(main: &str) -> Result<(), String> {
+    let p = std::path::Path::new(main);
+    if p.is_absolute() || main.starts_with('/') || main.starts_with('\\') {
+        return Err(format!("`main` must be a path relative to the plugin folder, found `{main}`"));
+    }
+    if p.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
+        return Err(format!("`main` must stay inside the plugin folder, found `{main}`"));
+    }
+    if !(main.ends_with(".js") || main.ends_with(".mjs")) {
+        return Err(format!("`main` must be a `.js` or `.mjs` file, found `{main}`"));
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! One process-wide watchdog thread that enforces call deadlines for every isolate.
+//!
+//! Why one thread and atomics: a hook call must stay in the microseconds, so arming a deadline
+//! cannot cost a thread wake-up. Each isolate owns a [`DeadlineSlot`] (one atomic); arming it is
+//! a store plus a load. The watchdog sleeps until the earliest deadline it knows of and is only
+//! woken when a call arms a deadline *earlier* than that, which in steady state (same timeout
+//! for every call) is almost never. When a deadline passes it calls V8's thread-safe
+//! `TerminateExecution` on that isolate.
+//!
+//! The slot's state machine keeps a late termination from hitting the *next* call:
+//! `armed(deadline)` -> `TERMINATING` (watchdog is calling V8) -> `TERMINATED`; the isolate's
+//! thread disarms with a compare-and-swap and waits out `TERMINATING`, so once `disarm` returns
+//! the caller knows exactly whether a termination was requested and can cancel it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+const IDLE: u64 = 0;
+const TERMINATING: u64 = u64::MAX - 1;
+const TERMINATED: u64 = u64::MAX;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since the process-wide epoch; never 0 so that 0 can mean "idle".
+fn ticks(at: Instant) -> u64 {
+    (at.saturating_duration_since(epoch()).as_nanos() as u64).clamp(1, TERMINATING - 1)
+}
+
+/// The deadline of whatever an isolate is running now, and how to stop it.
+pub(crate) struct DeadlineSlot {
+    state: AtomicU64,
+    isolate: Mutex<Option<v8::IsolateHandle>>,
+}
+
+impl DeadlineSlot {
+    /// A slot registered with the process-wide watchdog.
+    pub(crate) fn new() -> Arc<Self> {
+        let slot = Arc::new(DeadlineSlot { state: AtomicU64::new(IDLE), isolate: Mutex::new(None) });
+        watchdog().register(&slot);
+        slot
+    }
+
+    /// Which isolate to terminate (changes when a plugin restarts).
+    pub(crate) fn set_isolate(&self, handle: v8::IsolateHandle) {
+        *self.isolate.lock().unwrap() = Some(handle);
+    }
+
+    /// Starts enforcing `deadline`.
+    pub(crate) fn arm(&self, deadline: Instant) {
+        let t = ticks(deadline);
+        self.state.store(t, Ordering::SeqCst);
+        let w = watchdog();
+        if t < w.next_wake.load(Ordering::SeqCst) {
+            // Taking the lock orders us after a scan in progress; the watchdog re-scans.
+            let _guard = w.state.lock().unwrap();
+            w.wake.notify_one();
+        }
+    }
+
+    /// Stops enforcing; returns true if the deadline passed and the isolate was (or is being)
+    /// told to terminate. The caller must then cancel the termination on the isolate's thread.
+    pub(crate) fn disarm(&self) -> bool {
+        loop {
+            let cur = self.state.load(Ordering::SeqCst);
+            if cur == TERMINATING {
+                std::hint::spin_loop();
+                continue;
+            }
+            if self.state.compare_exchange(cur, IDLE, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                return cur == TERMINATED;
+            }
+        }
+    }
+
+    /// Whether the armed deadline has already been acted on.
+    pub(crate) fn fired(&self) -> bool {
+        matches!(self.state.load(Ordering::SeqCst), TERMINATING | TERMINATED)
+    }
+
+    fn check(&self, now: u64) -> Option<u64> {
+        let d = self.state.load(Ordering::SeqCst);
+        if d == IDLE || d >= TERMINATING {
+            return None;
+        }
+        if d > now {
+            return Some(d);
+        }
+        if self.state.compare_exchange(d, TERMINATING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if let Some(h) = self.isolate.lock().unwrap().as_ref() {
+                h.terminate_execution();
+            }
+            self.state.store(TERMINATED, Ordering::SeqCst);
+        }
+        None
+    }
+}
+
+struct Watchdog {
+    state: Mutex<Vec<Weak<DeadlineSlot>>>,
+    wake: Condvar,
+    /// When the watchdog will next look, in ticks (`u64::MAX`: not before it is woken).
+    next_wake: AtomicU64,
+}
+
+fn watchdog() -> &'static Watchdog {
+    static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
+    WATCHDOG.get_or_init(|| {
+        let w: &'static Watchdog = Box::leak(Box::new(Watchdog {
+            state: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            next_wake: AtomicU64::new(u64::MAX),
+        }));
+        std::thread::Builder::new()
+            .name("isola-watchdog".into())
+            .spawn(move || w.run())
+            .expect("cannot start the isola watchdog thread");
+        w
+    })
+}
+
+impl Watchdog {
+    fn register(&self, slot: &Arc<DeadlineSlot>) {
+        self.state.lock().unwrap().push(Arc::downgrade(slot));
+    }
+
+    fn run(&self) {
+        let mut slots = self.state.lock().unwrap();
+        loop {
+            let now = ticks(Instant::now());
+            let mut earliest = u64::MAX;
+            slots.retain(|w| match w.upgrade() {
+                Some(slot) => {
+                    if let Some(d) = slot.check(now) {
+                        earliest = earliest.min(d);
+                    }
+                    true
+                }
+                None => false,
+            });
+            self.next_wake.store(earliest, Ordering::SeqCst);
+            slots = if earliest == u64::MAX {
+                self.wake.wait(slots).unwrap()
+            } else {
+                let wait = Duration::from_nanos(earliest - now);
+                self.wake.wait_timeout(slots, wait).unwrap().0
+            };
+        }
+    }
+}
