@@ -9,6 +9,8 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
+
+use deno_core::v8;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -48,6 +50,10 @@ impl MemoryBudget {
 
     pub(crate) fn set_heap_used(&self, bytes: usize) {
         self.heap_used.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn heap_used(&self) -> usize {
+        self.heap_used.load(Ordering::Relaxed)
     }
 
     pub(crate) fn array_buffer_bytes(&self) -> usize {

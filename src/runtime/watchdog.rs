@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use deno_core::v8;
+
 const IDLE: u64 = 0;
 const TERMINATING: u64 = u64::MAX - 1;
 const TERMINATED: u64 = u64::MAX;
@@ -74,11 +76,6 @@ impl DeadlineSlot {
                 return cur == TERMINATED;
             }
         }
-    }
-
-    /// Whether the armed deadline has already been acted on.
-    pub(crate) fn fired(&self) -> bool {
-        matches!(self.state.load(Ordering::SeqCst), TERMINATING | TERMINATED)
     }
 
     fn check(&self, now: u64) -> Option<u64> {

@@ -1,0 +1,90 @@
+// Runs once in every isolate, before any plugin code. It builds the plugin's whole world:
+// `host` (exactly the embedder's whitelisted API), `console` (routed to the host's logs), and
+// then removes deno_core's `Deno` / `__bootstrap` globals so that no op, built-in or ours, is
+// reachable except through the functions created here.
+//
+// Evaluated as `(<this function>)(spec)`; `spec` lists the host items:
+//   [{ name, kind: "sync" | "async", id }, { name, kind: "value", value }]
+(function isolaPrelude(spec) {
+  "use strict";
+  const { op_isola_host_sync, op_isola_host_async, op_isola_log } = globalThis.Deno.core.ops;
+  const { stringify } = JSON;
+  const parse = JSON.parse;
+  const { freeze, defineProperty, getOwnPropertyNames } = Object;
+
+  function deepFreeze(v) {
+    if (v !== null && typeof v === "object") {
+      for (const k of getOwnPropertyNames(v)) deepFreeze(v[k]);
+      freeze(v);
+    }
+    return v;
+  }
+
+  // `(...args) => JSON` keeps Rust's view simple: a JSON array of positional arguments.
+  function encode(name, args) {
+    try {
+      return stringify(args);
+    } catch (e) {
+      throw new TypeError(`host.${name}: arguments must be JSON-serialisable (${e.message})`);
+    }
+  }
+
+  const host = { __proto__: null };
+  for (const item of spec) {
+    const { name, id } = item;
+    if (item.kind === "value") {
+      host[name] = deepFreeze(item.value);
+    } else if (item.kind === "sync") {
+      // An object literal method gets the right `.name` for stack traces.
+      host[name] = {
+        [name](...args) {
+          return parse(op_isola_host_sync(id, encode(name, args)));
+        },
+      }[name];
+    } else {
+      host[name] = {
+        async [name](...args) {
+          return parse(await op_isola_host_async(id, encode(name, args)));
+        },
+      }[name];
+    }
+  }
+  freeze(host);
+
+  function format(args) {
+    let out = "";
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      let s;
+      if (typeof a === "string") s = a;
+      else if (a instanceof Error) s = a.stack || String(a);
+      else if (typeof a === "function" || typeof a === "symbol" || typeof a === "bigint" || a === undefined) s = String(a);
+      else {
+        try {
+          s = stringify(a);
+        } catch {
+          s = String(a);
+        }
+      }
+      out += i === 0 ? s : " " + s;
+    }
+    return out;
+  }
+  const log = (level) => (...args) => op_isola_log(level, format(args));
+  const console = freeze({
+    trace: log(0),
+    debug: log(1),
+    log: log(2),
+    info: log(2),
+    warn: log(3),
+    error: log(4),
+  });
+
+  delete globalThis.Deno;
+  delete globalThis.__bootstrap;
+  // WebAssembly memory is allocated outside the ArrayBuffer allocator that enforces the
+  // memory budget, so it is not offered.
+  delete globalThis.WebAssembly;
+  defineProperty(globalThis, "host", { value: host, enumerable: false, writable: false, configurable: false });
+  defineProperty(globalThis, "console", { value: console, enumerable: false, writable: true, configurable: true });
+})

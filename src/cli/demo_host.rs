@@ -1,0 +1,27 @@
+//! The small host API the CLI gives plugins, so the bundled examples run from the shell:
+//! `host.log(msg)`, `host.config` and the async `host.fetchUser(id)`.
+
+use std::time::Duration;
+
+use isola::HostApi;
+use serde_json::json;
+
+pub fn demo_host() -> HostApi {
+    HostApi::new()
+        .func("log", |(msg,): (String,)| {
+            tracing::info!(target: "isola::plugin", "host.log: {msg}");
+            Ok(())
+        })
+        .value("config", json!({ "app": "isola", "version": env!("CARGO_PKG_VERSION") }))
+        .async_func("fetchUser", |(id,): (u64,)| async move {
+            // Stands in for a database or HTTP lookup.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let (name, city) = match id {
+                1 => ("Ada", "London"),
+                2 => ("Grace", "Arlington"),
+                3 => ("Linus", "Helsinki"),
+                _ => anyhow::bail!("no user with id {id}"),
+            };
+            Ok(json!({ "id": id, "name": name, "city": city }))
+        })
+}

@@ -1,0 +1,218 @@
+//! Command-line interface: `isola list`, `isola call`, `isola run`.
+
+mod demo_host;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use isola::{Engine, Error, ErrorCode, Manager, PluginInfo, PluginStatus};
+use serde_json::Value;
+
+/// isola: run sandboxed JavaScript plugins, each in its own V8 isolate with memory and time
+/// limits.
+#[derive(Parser)]
+#[command(name = "isola", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Memory budget per plugin in MiB (V8 heap plus ArrayBuffers), e.g. `--heap-limit 32`.
+    #[arg(long, global = true, value_name = "MB", default_value_t = isola::DEFAULT_HEAP_LIMIT_MB)]
+    heap_limit: u64,
+    /// Time limit per hook call in milliseconds, e.g. `--timeout 500`.
+    #[arg(long, global = true, value_name = "MS", default_value_t = isola::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
+    timeout: u64,
+    /// Show plugins' console output and host.log lines (and isola's own info logs) on stderr,
+    /// e.g. `isola -v run plugins`.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Only print results and errors, e.g. `isola --quiet run plugins`.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every plugin in DIR with its status, hooks and manifest diagnostics.
+    ///
+    /// Example: `isola list plugins --json`
+    List {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load one plugin from DIR, call one of its hooks and print the result as JSON.
+    ///
+    /// Example: `isola call plugins greeter greet Ada`
+    Call {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// The plugin id.
+        plugin: String,
+        /// The hook to call.
+        hook: String,
+        /// Arguments: each is parsed as JSON (`42`, `'{"a":1}'`), else taken as a string.
+        args: Vec<String>,
+        /// On failure, print `{"error":{"code":…,"message":…}}` on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load every plugin in DIR, print their status, and call each plugin's `main` hook.
+    ///
+    /// Example: `isola run plugins`
+    Run {
+        /// The plugin directory.
+        dir: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.global);
+    let engine = Engine::builder()
+        .host(demo_host::demo_host())
+        .heap_limit_mb(cli.global.heap_limit)
+        .call_timeout(Duration::from_millis(cli.global.timeout))
+        .build();
+    let manager = Manager::new(engine);
+    let ok = match cli.command {
+        Command::List { dir, json } => list(&manager, &dir, json),
+        Command::Call { dir, plugin, hook, args, json } => call(&manager, &dir, &plugin, &hook, &args, json),
+        Command::Run { dir } => run(&manager, &dir, cli.global.quiet),
+    };
+    manager.shutdown();
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn init_tracing(g: &Global) {
+    let default = if g.verbose {
+        "info,isola::plugin=trace"
+    } else if g.quiet {
+        "error,isola::plugin=off"
+    } else {
+        "warn,isola::plugin=off"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG").unwrap_or_else(|_| default.into());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn load_dir(manager: &Manager, dir: &Path) -> Option<isola::LoadReport> {
+    match manager.load_dir(dir) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+fn list(manager: &Manager, dir: &Path, json: bool) -> bool {
+    let Some(report) = load_dir(manager, dir) else { return false };
+    let plugins = manager.list();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plugins).unwrap_or_default());
+    } else {
+        print_table(&plugins);
+    }
+    report.failed.is_empty()
+}
+
+fn print_table(plugins: &[PluginInfo]) {
+    let idw = plugins.iter().map(|p| p.id.len()).max().unwrap_or(2).max(2);
+    println!("{:idw$}  {:9}  {:10}  HOOKS", "ID", "VERSION", "STATUS");
+    for p in plugins {
+        println!("{:idw$}  {:9}  {:10}  {}", p.id, p.version, p.status.as_str(), p.hooks.join(", "));
+        for d in &p.diagnostics {
+            println!("{:idw$}  {d}", "");
+        }
+        if let Some(e) = &p.error {
+            if e.diagnostics.is_empty() {
+                println!("{:idw$}  {e}", "");
+            } else {
+                println!("{:idw$}  {}: {}", "", e.code, e.message);
+            }
+        }
+    }
+}
+
+/// Each CLI argument as JSON if it parses, else as a string.
+fn parse_arg(a: &str) -> Value {
+    serde_json::from_str(a).unwrap_or_else(|_| Value::String(a.to_owned()))
+}
+
+fn call(manager: &Manager, dir: &Path, plugin: &str, hook: &str, args: &[String], json: bool) -> bool {
+    let r = find_plugin(dir, plugin).and_then(|path| {
+        let handle = manager.load(path)?;
+        let args: Vec<Value> = args.iter().map(|a| parse_arg(a)).collect();
+        handle.call_blocking::<_, Value>(hook, args)
+    });
+    match r {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            true
+        }
+        Err(e) => {
+            if json {
+                let body = serde_json::json!({ "error": e.to_json() });
+                println!("{}", serde_json::to_string(&body).unwrap_or_default());
+            }
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
+/// Finds the folder or script of plugin `id` in `dir` without loading the others.
+fn find_plugin(dir: &Path, id: &str) -> isola::Result<PathBuf> {
+    let found = isola::discover(dir)?;
+    let mut known = Vec::new();
+    for item in found {
+        match item {
+            Ok(src) if src.id == id => return Ok(src.location),
+            Ok(src) => known.push(src.id),
+            Err(e) if e.plugin.as_deref() == Some(id) => return Err(e),
+            Err(e) => known.extend(e.plugin),
+        }
+    }
+    Err(Error::new(
+        ErrorCode::PluginNotFound,
+        format!("no plugin `{id}` in {} (found: {})", dir.display(), known.join(", ")),
+    )
+    .plugin(id))
+}
+
+fn run(manager: &Manager, dir: &Path, quiet: bool) -> bool {
+    let Some(report) = load_dir(manager, dir) else { return false };
+    let plugins = manager.list();
+    if !quiet {
+        print_table(&plugins);
+        println!();
+    }
+    let mut ok = report.failed.is_empty();
+    for p in plugins.iter().filter(|p| p.status == PluginStatus::Ready && p.hooks.iter().any(|h| h == "main")) {
+        let r = manager.handle(&p.id).and_then(|h| h.call_blocking::<_, Value>("main", ()));
+        match r {
+            Ok(v) => println!("{}: {}", p.id, serde_json::to_string(&v).unwrap_or_default()),
+            Err(e) => {
+                ok = false;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    ok
+}

@@ -1,0 +1,338 @@
+//! [`PluginHandle`]: how a host calls one plugin, from any thread, sync or async.
+//!
+//! A handle never touches the isolate. It puts a request in the plugin's bounded mailbox and
+//! waits for the answer, so it is `Clone + Send + Sync` while the isolate stays on its own
+//! thread. The mailbox sits behind a lock-protected slot that the manager can swap: a reload
+//! (and, later, a plugin running in a child process) changes where requests go without
+//! invalidating any handle a host holds.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::stats::{PluginStats, StatsCell};
+
+/// Where a plugin is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginStatus {
+    /// Evaluating its code.
+    Loading,
+    /// Answering calls.
+    Ready,
+    /// Its isolate broke the memory limit and is being replaced.
+    Restarting,
+    /// It could not load (or could not come back after a restart); see its last error.
+    Failed,
+    /// Unloaded or shut down.
+    Stopped,
+}
+
+impl PluginStatus {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => PluginStatus::Loading,
+            1 => PluginStatus::Ready,
+            2 => PluginStatus::Restarting,
+            3 => PluginStatus::Failed,
+            _ => PluginStatus::Stopped,
+        }
+    }
+
+    /// Lower-case name, as shown by `isola list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginStatus::Loading => "loading",
+            PluginStatus::Ready => "ready",
+            PluginStatus::Restarting => "restarting",
+            PluginStatus::Failed => "failed",
+            PluginStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// Per-call settings.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = isola::CallOptions::default().timeout(Duration::from_millis(50));
+/// assert_eq!(opts.timeout, Some(Duration::from_millis(50)));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Time limit for this call instead of the plugin's default.
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Sets this call's time limit.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+}
+
+/// How an answer travels back to the caller.
+pub(crate) enum Reply {
+    Async(tokio::sync::oneshot::Sender<Result<Value>>),
+    Blocking(crossbeam_channel::Sender<Result<Value>>),
+}
+
+impl Reply {
+    pub(crate) fn send(self, r: Result<Value>) {
+        // A caller that went away (dropped its future) no longer wants the answer.
+        let _ = match self {
+            Reply::Async(tx) => tx.send(r).map_err(drop),
+            Reply::Blocking(tx) => tx.send(r).map_err(drop),
+        };
+    }
+}
+
+/// A message to a plugin's thread.
+pub(crate) enum Request {
+    Call { hook: String, args: Value, timeout: Option<Duration>, reply: Reply },
+    Stop,
+}
+
+/// The state every clone of a handle shares.
+pub(crate) struct Shared {
+    pub id: String,
+    /// Where requests go; `None` when the plugin is not running (failed or stopped).
+    mailbox: RwLock<Option<Sender<Request>>>,
+    pub stats: StatsCell,
+    status: AtomicU8,
+    closed: AtomicBool,
+    info: RwLock<Info>,
+    /// Threads that ran (or run) this plugin, joined on unload/shutdown.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What changes on (re)load.
+#[derive(Clone, Default)]
+pub(crate) struct Info {
+    pub version: String,
+    pub hooks: Vec<String>,
+    pub last_error: Option<Error>,
+}
+
+impl Shared {
+    pub(crate) fn new(id: &str) -> Arc<Shared> {
+        Arc::new(Shared {
+            id: id.to_owned(),
+            mailbox: RwLock::new(None),
+            stats: StatsCell::default(),
+            status: AtomicU8::new(PluginStatus::Loading as u8),
+            closed: AtomicBool::new(false),
+            info: RwLock::new(Info::default()),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn set_status(&self, s: PluginStatus) {
+        self.status.store(s as u8, Ordering::Release);
+    }
+
+    pub(crate) fn status(&self) -> PluginStatus {
+        PluginStatus::from_u8(self.status.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn info(&self) -> Info {
+        self.info.read().unwrap().clone()
+    }
+
+    pub(crate) fn update_info(&self, f: impl FnOnce(&mut Info)) {
+        f(&mut self.info.write().unwrap());
+    }
+
+    pub(crate) fn add_thread(&self, t: JoinHandle<()>) {
+        self.threads.lock().unwrap().push(t);
+    }
+
+    /// Points the handle at a new mailbox and returns the old one. Requests already in the
+    /// old mailbox stay there and are answered by the old thread.
+    pub(crate) fn swap_mailbox(&self, tx: Option<Sender<Request>>) -> Option<Sender<Request>> {
+        std::mem::replace(&mut *self.mailbox.write().unwrap(), tx)
+    }
+
+    /// Stops the plugin for good: later calls fail with `SHUT_DOWN`. Does not wait.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(old) = self.swap_mailbox(None) {
+            // Blocking send: if the mailbox is full this waits for the thread to take one
+            // request; the thread is always draining, each call bounded by its time limit.
+            let _ = old.send(Request::Stop);
+        }
+        self.set_status(PluginStatus::Stopped);
+    }
+
+    /// Waits for every thread of this plugin to finish.
+    pub(crate) fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn submit(&self, hook: &str, args: Value, timeout: Option<Duration>, reply: Reply) -> Result<()> {
+        let fail = |code: ErrorCode, msg: String| {
+            self.stats.record_error(code);
+            Err(Error::new(code, msg).plugin(&self.id).hook(hook))
+        };
+        let mailbox = self.mailbox.read().unwrap();
+        let Some(tx) = mailbox.as_ref() else {
+            if self.closed.load(Ordering::Acquire) {
+                return fail(ErrorCode::ShutDown, "the plugin has been unloaded or shut down".into());
+            }
+            // Not running: answer with why it is not (its load error), so the caller learns
+            // the real cause.
+            let last = self.info().last_error;
+            return Err(match last {
+                Some(e) => e.hook(hook),
+                None => Error::new(ErrorCode::PluginCrashed, "the plugin is not running").plugin(&self.id).hook(hook),
+            });
+        };
+        let req = Request::Call { hook: hook.to_owned(), args, timeout, reply };
+        match tx.try_send(req) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => fail(
+                ErrorCode::Busy,
+                format!("the plugin's mailbox is full ({} calls waiting); try again later", tx.capacity().unwrap_or(0)),
+            ),
+            Err(TrySendError::Disconnected(_)) => fail(ErrorCode::PluginCrashed, "the plugin's thread has stopped".into()),
+        }
+    }
+
+    fn lost(&self, hook: &str) -> Error {
+        let code = if self.closed.load(Ordering::Acquire) { ErrorCode::ShutDown } else { ErrorCode::PluginCrashed };
+        Error::new(code, "the plugin stopped before answering").plugin(&self.id).hook(hook)
+    }
+}
+
+/// Turns call arguments into the positional-argument JSON the plugin's thread expects:
+/// a tuple or array is the argument list, `()` means no arguments, anything else is the one
+/// argument.
+fn encode_args<A: Serialize>(args: A) -> Result<Value> {
+    serde_json::to_value(args)
+        .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("arguments cannot be serialised: {e}")))
+}
+
+fn decode<R: DeserializeOwned>(v: Value, id: &str, hook: &str) -> Result<R> {
+    serde_json::from_value(v).map_err(|e| {
+        Error::new(ErrorCode::InvalidArgs, format!("the hook's result does not fit the expected type: {e}"))
+            .plugin(id)
+            .hook(hook)
+    })
+}
+
+/// A cheap, cloneable reference to one loaded plugin.
+///
+/// Calls to one plugin run one at a time, in the order they were made; calls to different
+/// plugins run in parallel. Arguments are the hook's positional arguments: pass a tuple
+/// (`("Ada",)`, `(1, 2)`), `()` for none, or a `Vec`.
+///
+/// ```no_run
+/// # async fn demo() -> isola::Result<()> {
+/// let manager = isola::Manager::new(isola::Engine::default());
+/// let greeter = manager.load("plugins/greeter")?;
+/// let hello: String = greeter.call("greet", ("Ada",)).await?;
+/// let bye: String = greeter.call_blocking("farewell", ("Ada",))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PluginHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PluginHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHandle").field("id", &self.shared.id).field("status", &self.status()).finish()
+    }
+}
+
+impl PluginHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        PluginHandle { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The plugin's id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The plugin's hooks, sorted.
+    pub fn hooks(&self) -> Vec<String> {
+        self.shared.info().hooks
+    }
+
+    /// Whether it is ready, restarting, failed, ...
+    pub fn status(&self) -> PluginStatus {
+        self.shared.status()
+    }
+
+    /// The last load or restart failure, if any.
+    pub fn last_error(&self) -> Option<Error> {
+        self.shared.info().last_error
+    }
+
+    /// A snapshot of the plugin's counters.
+    pub fn stats(&self) -> PluginStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Calls `hook` and waits for its result without blocking the async runtime.
+    ///
+    /// The call is queued as soon as this is invoked (so several calls can be in flight
+    /// before any is awaited); the future resolves with the answer.
+    pub fn call<A: Serialize, R: DeserializeOwned>(&self, hook: &str, args: A) -> impl Future<Output = Result<R>> + Send + 'static {
+        self.call_with(hook, args, CallOptions::default())
+    }
+
+    /// [`call`](Self::call) with per-call options such as a time limit.
+    pub fn call_with<A: Serialize, R: DeserializeOwned>(
+        &self,
+        hook: &str,
+        args: A,
+        opts: CallOptions,
+    ) -> impl Future<Output = Result<R>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = encode_args(args)
+            .map_err(|e| e.plugin(&self.shared.id).hook(hook))
+            .and_then(|args| self.shared.submit(hook, args, opts.timeout, Reply::Async(tx)));
+        let shared = self.shared.clone();
+        let hook = hook.to_owned();
+        async move {
+            sent?;
+            let v = rx.await.map_err(|_| shared.lost(&hook))??;
+            decode(v, &shared.id, &hook)
+        }
+    }
+
+    /// Calls `hook` and blocks the current thread until it answers. Do not use it inside an
+    /// async task (use [`call`](Self::call)).
+    pub fn call_blocking<A: Serialize, R: DeserializeOwned>(&self, hook: &str, args: A) -> Result<R> {
+        self.call_blocking_with(hook, args, CallOptions::default())
+    }
+
+    /// [`call_blocking`](Self::call_blocking) with per-call options.
+    pub fn call_blocking_with<A: Serialize, R: DeserializeOwned>(&self, hook: &str, args: A, opts: CallOptions) -> Result<R> {
+        let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook))?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.shared.submit(hook, args, opts.timeout, Reply::Blocking(tx))?;
+        // crossbeam spins briefly before parking, which keeps a fast answer from paying a
+        // full thread wake-up.
+        let v = rx.recv().map_err(|_| self.shared.lost(hook))??;
+        decode(v, &self.shared.id, hook)
+    }
+}

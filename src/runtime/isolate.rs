@@ -1,0 +1,448 @@
+//! One plugin's V8 isolate: creating it inside its memory budget, evaluating the plugin, and
+//! calling hooks under a deadline.
+//!
+//! This file is the only place that talks to deno_core and V8 directly; everything above it
+//! (worker thread, handle, manager) deals in JSON values and [`Error`]s.
+//!
+//! A hook call takes the fast path when it can: call the function, and if it returned a plain
+//! value (or a promise already settled after one microtask checkpoint) convert it and return,
+//! without touching tokio or deno_core's event loop. Only a promise that is still pending (the
+//! hook awaits an async host function) drives the event loop, bounded by the call's deadline.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deno_core::error::{CoreError, CoreErrorKind, JsError};
+use deno_core::{JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions, serde_v8, v8};
+use serde_json::Value;
+
+use super::loader::PluginLoader;
+use super::memory::MemoryBudget;
+use super::ops::{HostTable, isola_ops};
+use super::watchdog::DeadlineSlot;
+use crate::error::{Error, ErrorCode, JsErrorInfo};
+use crate::host::HostApi;
+use crate::source::{PluginSource, SourceKind};
+
+const PRELUDE: &str = include_str!("../../js/prelude.js");
+
+/// The smallest memory budget an isolate can start in: deno_core's own bootstrap needs a few
+/// MiB of heap, and V8 aborts the process (rather than failing) if it cannot even start.
+pub(crate) const MIN_HEAP_BYTES: usize = 8 << 20;
+
+/// What a caller needs to create an isolate.
+pub(crate) struct IsolateConfig<'a> {
+    pub source: &'a PluginSource,
+    pub host: &'a HostApi,
+    pub heap_limit: usize,
+    pub load_timeout: Duration,
+}
+
+/// A loaded plugin: its runtime, its hooks, and its memory budget.
+pub(crate) struct PluginIsolate {
+    // Dropped first: the isolate must go before the budget its allocator points into (the
+    // allocator holds its own reference, so this is belt and braces).
+    runtime: JsRuntime,
+    recv: v8::Global<v8::Value>,
+    hooks: BTreeMap<String, v8::Global<v8::Function>>,
+    budget: Arc<MemoryBudget>,
+    root_url: String,
+    calls_since_heap_check: u32,
+}
+
+/// Why an evaluation stopped, before it is turned into an [`Error`].
+enum Failure {
+    /// V8 was told to terminate (deadline or memory budget).
+    Terminated,
+    /// An error with its final code.
+    Error(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl PluginIsolate {
+    /// Creates the isolate, installs the prelude and evaluates the plugin, all within the
+    /// load deadline and the memory budget.
+    pub(crate) fn new(cfg: &IsolateConfig, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) -> Result<Self, Error> {
+        let source = cfg.source;
+        let heap_limit = cfg.heap_limit.max(MIN_HEAP_BYTES);
+        let budget = MemoryBudget::new(heap_limit);
+        let (table, spec) = HostTable::build(&source.id, cfg.host);
+        let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
+        let mut runtime = JsRuntime::new(RuntimeOptions {
+            module_loader: Some(Rc::new(PluginLoader::new(&source.root))),
+            extensions: vec![isola_ops::init(table)],
+            create_params: Some(params),
+            ..Default::default()
+        });
+        let handle = runtime.v8_isolate().thread_safe_handle();
+        budget.set_isolate(handle.clone());
+        slot.set_isolate(handle);
+        let b = budget.clone();
+        runtime.add_near_heap_limit_callback(move |current, _initial| {
+            // Stop the JS and give V8 room to unwind instead of letting it abort the process.
+            b.trip();
+            current * 2
+        });
+        runtime
+            .execute_script("ext:isola/prelude.js", format!("({PRELUDE})({spec})"))
+            .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
+
+        let root_url = ModuleSpecifier::from_directory_path(&source.root)
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let recv = {
+            deno_core::scope!(scope, &mut runtime);
+            let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
+            v8::Global::new(scope, undefined)
+        };
+        let mut this = PluginIsolate {
+            runtime,
+            recv,
+            hooks: BTreeMap::new(),
+            budget,
+            root_url,
+            calls_since_heap_check: 0,
+        };
+        let deadline = Instant::now() + cfg.load_timeout;
+        slot.arm(deadline);
+        let evaluated = this.evaluate(source, deadline, rt);
+        let terminated = slot.disarm();
+        let exports = this.settle(evaluated, terminated, || {
+            format!("loading took longer than {} ms", cfg.load_timeout.as_millis())
+        });
+        let exports = exports.map_err(|e| match e.code {
+            ErrorCode::JsError => Error { code: ErrorCode::LoadFailed, ..e },
+            _ => e,
+        })?;
+        this.collect_hooks(exports, source)?;
+        this.refresh_heap_used();
+        Ok(this)
+    }
+
+    /// Turns the outcome of running JS into the final result, looking at whether the memory
+    /// budget or the deadline stopped it. Cancels a pending termination so the isolate stays
+    /// usable.
+    fn settle<T>(&mut self, r: Result<T, Failure>, terminated: bool, timeout_msg: impl FnOnce() -> String) -> Result<T, Error> {
+        if self.budget.exceeded() {
+            let limit_mb = self.budget.limit() >> 20;
+            return Err(Error::new(
+                ErrorCode::HeapLimit,
+                format!("memory limit of {limit_mb} MiB exceeded (V8 heap and ArrayBuffers); the plugin is restarted"),
+            ));
+        }
+        if terminated {
+            self.runtime.v8_isolate().cancel_terminate_execution();
+            if r.is_err() {
+                return Err(Error::new(ErrorCode::Timeout, timeout_msg()));
+            }
+        }
+        match r {
+            Ok(v) => Ok(v),
+            Err(Failure::Error(e)) => Err(e),
+            // Terminated without our watchdog or budget: treat as a timeout-like stop.
+            Err(Failure::Terminated) => {
+                self.runtime.v8_isolate().cancel_terminate_execution();
+                Err(Error::new(ErrorCode::Timeout, "execution was terminated"))
+            }
+        }
+    }
+
+    /// Whether the memory budget was broken; the isolate must then be thrown away.
+    pub(crate) fn poisoned(&self) -> bool {
+        self.budget.exceeded()
+    }
+
+    /// The hook names, sorted.
+    pub(crate) fn hook_names(&self) -> Vec<String> {
+        self.hooks.keys().cloned().collect()
+    }
+
+    /// Bytes of V8 heap in use (as of the last check) and the budget.
+    pub(crate) fn memory(&self) -> (usize, usize, usize) {
+        (self.budget.heap_used(), self.budget.array_buffer_bytes(), self.budget.limit())
+    }
+
+    /// Re-reads V8's heap statistics. Costs about a microsecond, so calls do it now and then
+    /// rather than every time.
+    pub(crate) fn refresh_heap_used(&mut self) {
+        let used = self.runtime.v8_isolate().get_heap_statistics().used_heap_size();
+        self.budget.set_heap_used(used);
+        self.calls_since_heap_check = 0;
+    }
+
+    fn evaluate(&mut self, source: &PluginSource, deadline: Instant, rt: &tokio::runtime::Runtime) -> Result<v8::Global<v8::Value>, Failure> {
+        match &source.kind {
+            SourceKind::Module { entry, .. } => {
+                let url = ModuleSpecifier::from_file_path(entry)
+                    .map_err(|_| Error::new(ErrorCode::LoadFailed, format!("bad entry path {}", entry.display())))?;
+                let runtime = &mut self.runtime;
+                let load = async {
+                    let id = runtime.load_main_es_module(&url).await?;
+                    let evaluated = runtime.mod_evaluate(id);
+                    runtime.run_event_loop(PollEventLoopOptions::default()).await?;
+                    evaluated.await?;
+                    runtime.get_module_namespace(id)
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let ns = match rt.block_on(tokio::time::timeout(remaining, load)) {
+                    Err(_) => return Err(Failure::Terminated),
+                    Ok(r) => r.map_err(|e| self.core_failure(e))?,
+                };
+                deno_core::scope!(scope, &mut self.runtime);
+                let ns = v8::Local::new(scope, ns);
+                let key = v8::String::new(scope, "default").unwrap();
+                let default = ns.get(scope, key.into()).filter(|v| !v.is_undefined()).ok_or_else(|| {
+                    let file = entry.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                    Error::new(
+                        ErrorCode::LoadFailed,
+                        format!("{file} has no default export; write `export default {{ hookName(args) {{ ... }} }}`"),
+                    )
+                })?;
+                Ok(v8::Global::new(scope, default))
+            }
+            SourceKind::Script { path } => {
+                let code = std::fs::read_to_string(path)
+                    .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot read {}: {e}", path.display())))?;
+                let url = ModuleSpecifier::from_file_path(path).map(|u| u.to_string()).unwrap_or_default();
+                self.runtime.execute_script(url, code).map_err(|e| self.js_failure(&e))?;
+                deno_core::scope!(scope, &mut self.runtime);
+                let global = scope.get_current_context().global(scope);
+                let key = v8::String::new(scope, "plugin").unwrap();
+                let plugin = global.get(scope, key.into()).filter(|v| !v.is_undefined()).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::LoadFailed,
+                        "the script defines no global `plugin`; write `var plugin = { hookName(args) { ... } };`",
+                    )
+                })?;
+                Ok(v8::Global::new(scope, plugin))
+            }
+        }
+    }
+
+    fn collect_hooks(&mut self, exports: v8::Global<v8::Value>, source: &PluginSource) -> Result<(), Error> {
+        deno_core::scope!(scope, &mut self.runtime);
+        let value = v8::Local::new(scope, &exports);
+        let what = match source.kind {
+            SourceKind::Module { .. } => "the default export",
+            SourceKind::Script { .. } => "the global `plugin`",
+        };
+        let obj = value
+            .to_object(scope)
+            .filter(|_| value.is_object())
+            .ok_or_else(|| Error::new(ErrorCode::LoadFailed, format!("{what} must be an object of hook functions")))?;
+        let names = obj.get_own_property_names(scope, Default::default()).map(|a| {
+            (0..a.length()).filter_map(|i| a.get_index(scope, i)).map(|k| k.to_rust_string_lossy(scope)).collect::<Vec<_>>()
+        });
+        for name in names.unwrap_or_default() {
+            let key = v8::String::new(scope, &name).unwrap();
+            if let Some(f) = obj.get(scope, key.into()).and_then(|v| v8::Local::<v8::Function>::try_from(v).ok()) {
+                self.hooks.insert(name, v8::Global::new(scope, f));
+            }
+        }
+        self.recv = v8::Global::new(scope, value);
+        Ok(())
+    }
+
+    /// Calls `hook` with positional `args` (a JSON array; `null` means none) under `deadline`.
+    pub(crate) fn call(
+        &mut self,
+        hook: &str,
+        args: &Value,
+        deadline: Instant,
+        timeout: Duration,
+        slot: &DeadlineSlot,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Value, Error> {
+        let Some(func) = self.hooks.get(hook).cloned() else {
+            let known = self.hook_names().join(", ");
+            return Err(Error::new(
+                ErrorCode::HookNotFound,
+                format!("the plugin has no hook `{hook}` (its hooks: {known})"),
+            ));
+        };
+        slot.arm(deadline);
+        let r = match self.invoke(&func, args) {
+            Ok(Step::Done(v)) => Ok(v),
+            Ok(Step::Pending(p)) => self.await_promise(p, deadline, rt),
+            Err(f) => Err(f),
+        };
+        let terminated = slot.disarm();
+        let r = self.settle(r, terminated, || format!("the call took longer than {} ms", timeout.as_millis()));
+        self.calls_since_heap_check += 1;
+        if self.calls_since_heap_check >= 64 {
+            self.refresh_heap_used();
+        }
+        r
+    }
+
+    /// The synchronous part of a call.
+    fn invoke(&mut self, func: &v8::Global<v8::Function>, args: &Value) -> Result<Step, Failure> {
+        let root_url = self.root_url.clone();
+        deno_core::scope!(scope, &mut self.runtime);
+        v8::tc_scope!(let tc, scope);
+        let recv = v8::Local::new(tc, &self.recv);
+        let f = v8::Local::new(tc, func);
+        let mut argv: Vec<v8::Local<v8::Value>> = Vec::new();
+        match args {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    argv.push(
+                        serde_v8::to_v8(tc, item)
+                            .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("cannot pass argument: {e}")))?,
+                    );
+                }
+            }
+            other => argv.push(
+                serde_v8::to_v8(tc, other)
+                    .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("cannot pass argument: {e}")))?,
+            ),
+        }
+        let Some(result) = f.call(tc, recv, &argv) else {
+            return Err(caught(tc, &root_url));
+        };
+        if let Ok(promise) = v8::Local::<v8::Promise>::try_from(result) {
+            tc.perform_microtask_checkpoint();
+            if tc.has_terminated() {
+                return Err(Failure::Terminated);
+            }
+            if promise.state() == v8::PromiseState::Fulfilled {
+                let v = promise.result(tc);
+                return to_json(tc, v, &root_url).map(Step::Done);
+            }
+            // Pending, or rejected: let deno_core's promise machinery take it from here (it
+            // also marks a rejection as handled so it is not reported twice).
+            return Ok(Step::Pending(v8::Global::new(tc, result)));
+        }
+        to_json(tc, result, &root_url).map(Step::Done)
+    }
+
+    /// Drives the event loop until the hook's promise settles or the deadline passes.
+    fn await_promise(&mut self, promise: v8::Global<v8::Value>, deadline: Instant, rt: &tokio::runtime::Runtime) -> Result<Value, Failure> {
+        let resolved = self.runtime.resolve(promise);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let runtime = &mut self.runtime;
+        let r = rt.block_on(tokio::time::timeout(
+            remaining,
+            runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()),
+        ));
+        let value = match r {
+            Err(_) => return Err(Failure::Terminated),
+            Ok(Err(e)) => return Err(self.core_failure(e)),
+            Ok(Ok(v)) => v,
+        };
+        let root_url = self.root_url.clone();
+        deno_core::scope!(scope, &mut self.runtime);
+        v8::tc_scope!(let tc, scope);
+        let v = v8::Local::new(tc, value);
+        to_json(tc, v, &root_url)
+    }
+
+    fn core_failure(&self, e: CoreError) -> Failure {
+        match e.into_kind() {
+            CoreErrorKind::Js(js) => self.js_failure(&js),
+            CoreErrorKind::PendingPromiseResolution => Failure::Error(Error::new(
+                ErrorCode::JsError,
+                "the hook returned a promise that can never settle (nothing it waits on is pending)",
+            )),
+            other => Failure::Error(Error::new(ErrorCode::LoadFailed, other.to_string())),
+        }
+    }
+
+    fn js_failure(&self, e: &JsError) -> Failure {
+        if is_termination(e) {
+            return Failure::Terminated;
+        }
+        Failure::Error(js_error(e, &self.root_url))
+    }
+}
+
+enum Step {
+    Done(Value),
+    Pending(v8::Global<v8::Value>),
+}
+
+fn is_termination(e: &JsError) -> bool {
+    e.exception_message.contains("execution terminated") && e.frames.is_empty()
+}
+
+/// The exception a `TryCatch` holds, or termination.
+fn caught(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>, root_url: &str) -> Failure {
+    if tc.has_terminated() {
+        return Failure::Terminated;
+    }
+    match tc.exception() {
+        Some(exc) => {
+            let e = JsError::from_v8_exception(tc, exc);
+            Failure::Error(js_error(&e, root_url))
+        }
+        None => Failure::Terminated,
+    }
+}
+
+/// A JS value as JSON: `undefined` (and functions, symbols) become `null`; values
+/// `JSON.stringify` refuses (BigInt, cycles) are an `INVALID_ARGS` error.
+fn to_json(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>, v: v8::Local<v8::Value>, root_url: &str) -> Result<Value, Failure> {
+    if v.is_undefined() || v.is_function() || v.is_symbol() {
+        return Ok(Value::Null);
+    }
+    let Some(s) = v8::json::stringify(tc, v) else {
+        return Err(match caught(tc, root_url) {
+            Failure::Error(e) => Failure::Error(Error {
+                code: ErrorCode::InvalidArgs,
+                message: format!("the hook's result is not JSON-serialisable: {}", e.message),
+                ..e
+            }),
+            t => t,
+        });
+    };
+    let text = s.to_rust_string_lossy(tc);
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::Error(Error::new(ErrorCode::InvalidArgs, format!("the hook's result is not JSON: {e}"))))
+}
+
+/// A JS exception as an isola error, with file names made relative to the plugin folder.
+fn js_error(e: &JsError, root_url: &str) -> Error {
+    let rel = |s: &str| if root_url.is_empty() { s.to_owned() } else { s.replace(root_url, "") };
+    let frame = e
+        .frames
+        .iter()
+        .find(|f| f.file_name.as_deref().is_some_and(|n| !root_url.is_empty() && n.starts_with(root_url)));
+    let name = e.name.clone().unwrap_or_else(|| "Error".into());
+    let message = e.message.clone().unwrap_or_else(|| rel(&e.exception_message));
+    let mut info = JsErrorInfo {
+        name: name.clone(),
+        message: message.clone(),
+        stack: e.stack.as_deref().map(rel),
+        file: frame.and_then(|f| f.file_name.as_deref()).map(rel),
+        line: frame.and_then(|f| f.line_number).map(|n| n as u32),
+        column: frame.and_then(|f| f.column_number).map(|n| n as u32),
+    };
+    if info.file.is_none() {
+        // Syntax errors carry no frames; V8 puts the position in the stack's first line instead
+        // (`file:///…/main.js:3`), so recover it from there.
+        if let Some((file, line)) = info.stack.as_deref().and_then(position_in_stack) {
+            info.file = Some(file);
+            info.line = Some(line);
+        }
+    }
+    let text = if message.is_empty() { name } else { format!("{name}: {message}") };
+    let mut err = Error::new(ErrorCode::JsError, text);
+    err.js = Some(info);
+    err
+}
+
+/// Finds `some/file.js:LINE` at the start of a stack (used for syntax errors).
+fn position_in_stack(stack: &str) -> Option<(String, u32)> {
+    let first = stack.lines().next()?;
+    let (file, line) = first.trim().rsplit_once(':')?;
+    let line = line.parse().ok()?;
+    (!file.contains(' ')).then(|| (file.to_owned(), line))
+}

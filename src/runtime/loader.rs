@@ -1,0 +1,85 @@
+//! The module loader: a plugin's `import`s may only reach files inside its own folder.
+//!
+//! Why a custom loader: deno_core's `FsModuleLoader` reads any path on disk. isola resolves
+//! every specifier against the importing module, then refuses anything that is not a `file:`
+//! URL under the plugin's (canonicalised) root — absolute paths elsewhere, `..` escapes,
+//! symlinks pointing out, `http:`, `node:`, `npm:`, bare names.
+
+use std::path::{Path, PathBuf};
+
+use deno_core::{
+    ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSource, ModuleSourceCode,
+    ModuleSpecifier, ModuleType, ResolutionKind,
+};
+use deno_error::JsErrorBox;
+
+pub(crate) struct PluginLoader {
+    root: PathBuf,
+}
+
+impl PluginLoader {
+    pub(crate) fn new(root: &Path) -> Self {
+        PluginLoader { root: root.to_path_buf() }
+    }
+
+    fn inside(&self, spec: &ModuleSpecifier) -> Result<PathBuf, JsErrorBox> {
+        let refuse = |why: &str| {
+            JsErrorBox::type_error(format!(
+                "import of \"{spec}\" refused: {why}; a plugin may only import files inside its own folder"
+            ))
+        };
+        if spec.scheme() != "file" {
+            return Err(refuse(&format!("the `{}:` scheme is not available", spec.scheme())));
+        }
+        let path = spec.to_file_path().map_err(|_| refuse("not a local file"))?;
+        // Canonicalise so that `..` and symlinks cannot step outside.
+        let real = std::fs::canonicalize(&path)
+            .map_err(|e| JsErrorBox::type_error(format!("cannot load \"{}\": {e}", self.rel(&path))))?;
+        if !real.starts_with(&self.root) {
+            return Err(refuse("it is outside the plugin folder"));
+        }
+        Ok(real)
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.root).map(|r| r.display().to_string()).unwrap_or_else(|_| p.display().to_string())
+    }
+}
+
+impl ModuleLoader for PluginLoader {
+    fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> Result<ModuleSpecifier, JsErrorBox> {
+        let bare = !(specifier.starts_with("./")
+            || specifier.starts_with("../")
+            || specifier.starts_with('/')
+            || specifier.contains(':'));
+        if bare {
+            return Err(JsErrorBox::type_error(format!(
+                "import of \"{specifier}\" refused: bare module names are not available; \
+                 a plugin may only import files inside its own folder (\"./file.js\")"
+            )));
+        }
+        let spec = deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)?;
+        self.inside(&spec)?;
+        Ok(spec)
+    }
+
+    fn load(
+        &self,
+        spec: &ModuleSpecifier,
+        _referrer: Option<&ModuleLoadReferrer>,
+        _options: ModuleLoadOptions,
+    ) -> ModuleLoadResponse {
+        let load = || {
+            let path = self.inside(spec)?;
+            let code = std::fs::read_to_string(&path)
+                .map_err(|e| JsErrorBox::type_error(format!("cannot read \"{}\": {e}", self.rel(&path))))?;
+            let module_type = if path.extension().is_some_and(|e| e == "json") {
+                ModuleType::Json
+            } else {
+                ModuleType::JavaScript
+            };
+            Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.into()), spec, None))
+        };
+        ModuleLoadResponse::Sync(load())
+    }
+}

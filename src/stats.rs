@@ -1,0 +1,134 @@
+//! Per-plugin counters: what a host (or `isola list`) reads to see how a plugin behaves.
+//!
+//! The worker thread updates plain atomics after each call; readers take a [`PluginStats`]
+//! snapshot at any time from any thread without stopping the plugin.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+
+/// A snapshot of one plugin's counters.
+///
+/// ```no_run
+/// # fn demo(handle: isola::PluginHandle) {
+/// let s = handle.stats();
+/// println!("{} calls, {} timeouts, {:?} CPU", s.calls, s.errors_of(isola::ErrorCode::Timeout), s.cpu_time);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginStats {
+    /// Hook calls answered (successfully or not) by the plugin's thread.
+    pub calls: u64,
+    /// Failed calls by error code (only codes that occurred).
+    pub errors: BTreeMap<ErrorCode, u64>,
+    /// Times the isolate was replaced after breaking its memory limit.
+    pub restarts: u64,
+    /// V8 heap in use, bytes (refreshed every few dozen calls and at load).
+    pub heap_used: u64,
+    /// Bytes held by ArrayBuffer backing stores.
+    pub array_buffer_bytes: u64,
+    /// The memory budget (heap + ArrayBuffers), bytes.
+    pub heap_limit: u64,
+    /// CPU time the plugin's thread has used (thread CPU clock), including loading.
+    #[serde(with = "duration_micros")]
+    pub cpu_time: Duration,
+    /// Wall time spent inside hook calls.
+    #[serde(with = "duration_micros")]
+    pub wall_time: Duration,
+}
+
+impl PluginStats {
+    /// How many calls failed with `code`.
+    pub fn errors_of(&self, code: ErrorCode) -> u64 {
+        self.errors.get(&code).copied().unwrap_or(0)
+    }
+}
+
+mod duration_micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_micros() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_micros(u64::deserialize(d)?))
+    }
+}
+
+/// The live counters behind [`PluginStats`].
+#[derive(Default)]
+pub(crate) struct StatsCell {
+    calls: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    restarts: AtomicU64,
+    heap_used: AtomicU64,
+    array_buffer_bytes: AtomicU64,
+    heap_limit: AtomicU64,
+    cpu_nanos: AtomicU64,
+    wall_nanos: AtomicU64,
+}
+
+impl StatsCell {
+    pub(crate) fn record_call(&self, error: Option<ErrorCode>, wall: Duration) {
+        self.calls.fetch_add(1, Relaxed);
+        if let Some(code) = error {
+            self.record_error(code);
+        }
+        self.wall_nanos.fetch_add(wall.as_nanos() as u64, Relaxed);
+    }
+
+    /// Counts an error that did not reach the plugin's thread (BUSY, SHUT_DOWN, ...).
+    pub(crate) fn record_error(&self, code: ErrorCode) {
+        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_restart(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_memory(&self, heap_used: usize, array_buffers: usize, limit: usize) {
+        self.heap_used.store(heap_used as u64, Relaxed);
+        self.array_buffer_bytes.store(array_buffers as u64, Relaxed);
+        self.heap_limit.store(limit as u64, Relaxed);
+    }
+
+    /// Adds the CPU time the calling thread used since `since` (a previous [`thread_cpu_time`]).
+    pub(crate) fn add_cpu(&self, since: Duration) -> Duration {
+        let now = thread_cpu_time();
+        self.cpu_nanos.fetch_add(now.saturating_sub(since).as_nanos() as u64, Relaxed);
+        now
+    }
+
+    pub(crate) fn snapshot(&self) -> PluginStats {
+        let errors = ErrorCode::ALL
+            .iter()
+            .zip(&self.errors)
+            .filter_map(|(c, n)| Some((*c, n.load(Relaxed))).filter(|(_, n)| *n > 0))
+            .collect();
+        PluginStats {
+            calls: self.calls.load(Relaxed),
+            errors,
+            restarts: self.restarts.load(Relaxed),
+            heap_used: self.heap_used.load(Relaxed),
+            array_buffer_bytes: self.array_buffer_bytes.load(Relaxed),
+            heap_limit: self.heap_limit.load(Relaxed),
+            cpu_time: Duration::from_nanos(self.cpu_nanos.load(Relaxed)),
+            wall_time: Duration::from_nanos(self.wall_nanos.load(Relaxed)),
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread (a vDSO call, tens of nanoseconds).
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
