@@ -57,6 +57,9 @@ struct Entry {
 
 /// Runs a set of plugins, each in its own isolate and thread.
 ///
+/// Dropping the manager shuts every plugin down (handles then answer `SHUT_DOWN`), so keep it
+/// alive as long as its plugins are used.
+///
 /// ```no_run
 /// use isola::{Engine, HostApi, Manager};
 /// let manager = Manager::new(Engine::new(HostApi::new().func("log", |(msg,): (String,)| {

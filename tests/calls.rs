@@ -1,0 +1,250 @@
+//! Calling hooks: results, JS errors, missing hooks, argument types, host functions, async.
+
+mod common;
+
+use common::{PluginDir, engine, load_module};
+use isola::{ErrorCode, Manager};
+use serde_json::{Value, json};
+
+#[test]
+fn arguments_and_results_cross_through_serde() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            echo(...args) { return args; },
+            none() {},
+            obj(o) { return { sum: o.a + o.b, tags: o.tags.map((t) => t.toUpperCase()) }; },
+        };",
+    );
+    let v: Value = h.call_blocking("echo", (1, "two", [3], json!({"four": 4}), Value::Null, true)).unwrap();
+    assert_eq!(v, json!([1, "two", [3], {"four": 4}, null, true]));
+    let v: Value = h.call_blocking("none", ()).unwrap();
+    assert_eq!(v, Value::Null);
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Out {
+        sum: i64,
+        tags: Vec<String>,
+    }
+    let out: Out = h.call_blocking("obj", (json!({"a": 1, "b": 2, "tags": ["x", "y"]}),)).unwrap();
+    assert_eq!(out, Out { sum: 3, tags: vec!["X".into(), "Y".into()] });
+}
+
+#[test]
+fn a_throwing_hook_is_js_error_with_stack_and_location() {
+    let (_d, _m, h) = load_module(
+        "function inner(x) {\n  throw new TypeError(`bad value ${x}`);\n}\nexport default {\n  boom(x) { return inner(x); },\n};\n",
+    );
+    let e = h.call_blocking::<_, Value>("boom", (7,)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError);
+    assert_eq!((e.plugin.as_deref(), e.hook.as_deref()), (Some("p"), Some("boom")));
+    let js = e.js.as_ref().unwrap();
+    assert_eq!(js.name, "TypeError");
+    assert_eq!(js.message, "bad value 7");
+    assert_eq!((js.file.as_deref(), js.line, js.column), (Some("main.js"), Some(2), Some(9)));
+    let stack = js.stack.as_deref().unwrap();
+    assert!(stack.contains("main.js:2:9") && stack.contains("main.js:5"), "{stack}");
+    assert!(!stack.contains("file://"), "paths are relative to the plugin: {stack}");
+    assert!(e.to_string().contains("p.boom") && e.to_string().contains("main.js:2:9"), "{e}");
+    // The plugin still answers.
+    assert!(h.call_blocking::<_, Value>("boom", (1,)).is_err());
+}
+
+#[test]
+fn throwing_a_non_error_value_is_still_reported() {
+    let (_d, _m, h) = load_module("export default { s() { throw 'plain string'; }, rej() { return Promise.reject(42); } };");
+    let e = h.call_blocking::<_, Value>("s", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError);
+    assert!(e.to_string().contains("plain string"), "{e}");
+    let e = h.call_blocking::<_, Value>("rej", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError);
+    assert!(e.to_string().contains("42"), "{e}");
+}
+
+#[test]
+fn a_missing_hook_is_hook_not_found_listing_the_hooks() {
+    let (_d, _m, h) = load_module("export default { a() {}, b() {} };");
+    let e = h.call_blocking::<_, Value>("nope", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::HookNotFound);
+    assert_eq!(e.hook.as_deref(), Some("nope"));
+    assert!(e.message.contains("a, b"), "{e}");
+}
+
+#[test]
+fn a_result_of_the_wrong_type_is_invalid_args() {
+    let (_d, _m, h) = load_module("export default { s() { return 'text'; }, big() { return 10n; }, cyc() { const o = {}; o.o = o; return o; } };");
+    let e = h.call_blocking::<_, u32>("s", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgs);
+    assert!(e.message.contains("expected"), "{e}");
+    let e = h.call_blocking::<_, Value>("big", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgs, "{e}");
+    let e = h.call_blocking::<_, Value>("cyc", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgs, "{e}");
+}
+
+#[test]
+fn host_functions_with_wrong_argument_types_throw_a_catchable_type_error() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            ok() { return host.add(2, 3); },
+            wrong() { try { host.add('two', {}); return 'no error'; } catch (e) { return [e.name, e.code, e.message]; } },
+            symbol() { try { host.add(Symbol('s')); return 'no error'; } catch (e) { return e.name; } },
+            bigint() { try { host.add(1n, 2n); return 'no error'; } catch (e) { return e.name; } },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, f64>("ok", ()).unwrap(), 5.0);
+    let v: Value = h.call_blocking("wrong", ()).unwrap();
+    assert_eq!(v[0], "TypeError");
+    assert_eq!(v[1], "INVALID_ARGS");
+    assert!(v[2].as_str().unwrap().contains("invalid arguments"), "{v}");
+    // Values JSON cannot carry never reach Rust: the plugin gets a TypeError, the host lives.
+    assert_eq!(h.call_blocking::<_, String>("bigint", ()).unwrap(), "TypeError");
+    let v: String = h.call_blocking("symbol", ()).unwrap();
+    assert!(v == "TypeError" || v == "no error", "{v}");
+}
+
+#[test]
+fn host_function_errors_are_catchable_js_errors() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            caught() { try { host.fail('x'); } catch (e) { return { name: e.name, code: e.code, message: e.message, isError: e instanceof Error }; } },
+            uncaught() { host.fail('y'); },
+            async asyncCaught() { try { await host.fetchUser(0); } catch (e) { return e.message; } },
+        };",
+    );
+    let v: Value = h.call_blocking("caught", ()).unwrap();
+    assert_eq!(v, json!({"name": "Error", "code": "HOST_ERROR", "message": "host says no: x", "isError": true}));
+    let e = h.call_blocking::<_, Value>("uncaught", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError);
+    assert!(e.message.contains("host says no: y"), "{e}");
+    let msg: String = h.call_blocking("asyncCaught", ()).unwrap();
+    assert_eq!(msg, "no user with id 0");
+}
+
+#[test]
+fn async_hooks_await_async_host_functions() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            async user(id) { const u = await host.fetchUser(id); return u.name; },
+            async many() { const us = await Promise.all([1, 2, 3].map((i) => host.fetchUser(i))); return us.map((u) => u.id); },
+            async quick() { return 'no await needed'; },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, String>("user", (7,)).unwrap(), "user7");
+    assert_eq!(h.call_blocking::<_, Vec<u64>>("many", ()).unwrap(), vec![1, 2, 3]);
+    assert_eq!(h.call_blocking::<_, String>("quick", ()).unwrap(), "no await needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_calls_from_a_tokio_runtime() {
+    let (_d, _m, h) = load_module("export default { async user(id) { return (await host.fetchUser(id)).name; }, add(a, b) { return a + b; } };");
+    // Several calls in flight before any is awaited; answers come in order.
+    let futs: Vec<_> = (1..=20).map(|i| h.call::<_, String>("user", (i,))).collect();
+    for (i, f) in futs.into_iter().enumerate() {
+        assert_eq!(f.await.unwrap(), format!("user{}", i + 1));
+    }
+    let sum: i64 = h.call("add", (2, 3)).await.unwrap();
+    assert_eq!(sum, 5);
+}
+
+#[test]
+fn host_values_are_visible_and_frozen() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            read() { return host.config.nested.list; },
+            mutate() { 'use strict'; try { host.config.version = 'x'; } catch (e) { return e.name; } return 'mutated'; },
+            replace() { try { host.add = () => 0; } catch (e) {} return host.add(1, 1); },
+            names() { return Object.keys(host).sort(); },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, Value>("read", ()).unwrap(), json!([1, 2]));
+    assert_eq!(h.call_blocking::<_, String>("mutate", ()).unwrap(), "TypeError");
+    assert_eq!(h.call_blocking::<_, f64>("replace", ()).unwrap(), 2.0);
+    assert_eq!(
+        h.call_blocking::<_, Vec<String>>("names", ()).unwrap(),
+        vec!["add", "config", "fail", "fetchUser", "log", "sleep"]
+    );
+}
+
+#[test]
+fn plugins_with_the_same_globals_do_not_see_each_other() {
+    let dir = PluginDir::new();
+    let code = "globalThis.shared = globalThis.shared ?? [];\nexport default { push(v) { globalThis.shared.push(v); return globalThis.shared; } };";
+    dir.module("a", code);
+    dir.module("b", code);
+    let m = Manager::new(engine());
+    m.load_dir(dir.path()).unwrap();
+    let a = m.handle("a").unwrap();
+    let b = m.handle("b").unwrap();
+    assert_eq!(a.call_blocking::<_, Vec<i64>>("push", (1,)).unwrap(), vec![1]);
+    assert_eq!(a.call_blocking::<_, Vec<i64>>("push", (2,)).unwrap(), vec![1, 2]);
+    assert_eq!(b.call_blocking::<_, Vec<i64>>("push", (3,)).unwrap(), vec![3]);
+}
+
+#[test]
+fn state_persists_between_calls_of_a_script_plugin() {
+    let dir = PluginDir::new();
+    let m = Manager::new(engine());
+    let h = m.load(dir.script("count", "var n = 0; var plugin = { inc() { return ++n; } };")).unwrap();
+    for i in 1..=5 {
+        assert_eq!(h.call_blocking::<_, i64>("inc", ()).unwrap(), i);
+    }
+}
+
+#[test]
+fn the_sandbox_offers_nothing_but_host_and_console() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            probe() {
+                return {
+                    Deno: typeof Deno,
+                    bootstrap: typeof __bootstrap,
+                    require: typeof require,
+                    process: typeof process,
+                    fetch: typeof fetch,
+                    WebAssembly: typeof WebAssembly,
+                    setTimeout: typeof setTimeout,
+                    XMLHttpRequest: typeof XMLHttpRequest,
+                    host: typeof host,
+                    console: typeof console.log,
+                    globals: Object.getOwnPropertyNames(globalThis).filter((n) => /deno|ops|core/i.test(n)),
+                };
+            },
+            ops() {
+                // Reaching deno_core's op table through any path must fail.
+                const tries = [
+                    () => Deno.core.ops.op_print('x'),
+                    () => globalThis.__bootstrap.core.ops,
+                    () => host.log.constructor('return Deno')(),
+                    () => (0, eval)('Deno.core'),
+                ];
+                return tries.map((t) => { try { t(); return 'reached'; } catch (e) { return e.name; } });
+            },
+        };",
+    );
+    let v: Value = h.call_blocking("probe", ()).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "Deno": "undefined", "bootstrap": "undefined", "require": "undefined", "process": "undefined",
+            "fetch": "undefined", "WebAssembly": "undefined", "setTimeout": "undefined",
+            "XMLHttpRequest": "undefined", "host": "object", "console": "function", "globals": []
+        })
+    );
+    let v: Vec<String> = h.call_blocking("ops", ()).unwrap();
+    assert!(v.iter().all(|r| r != "reached"), "{v:?}");
+}
+
+#[test]
+fn console_output_does_not_break_anything() {
+    let (_d, _m, h) = load_module(
+        "export default { talk() { console.log('a', 1, {b: 2}); console.error(new Error('e')); console.warn(Symbol('s'), 10n); const o = {}; o.o = o; console.info(o); return 'ok'; } };",
+    );
+    assert_eq!(h.call_blocking::<_, String>("talk", ()).unwrap(), "ok");
+}
+
+#[test]
+fn calls_on_an_unknown_plugin_are_plugin_not_found() {
+    let m = Manager::new(engine());
+    let e = m.handle("ghost").unwrap_err();
+    assert_eq!(e.code, ErrorCode::PluginNotFound);
+    assert_eq!(e.plugin.as_deref(), Some("ghost"));
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests: throwaway plugin directories and a host API.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use isola::{Engine, HostApi, Manager, PluginHandle};
+use serde_json::json;
+
+/// A temporary plugin directory that is deleted when dropped.
+pub struct PluginDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl PluginDir {
+    pub fn new() -> Self {
+        PluginDir { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a folder plugin with a default manifest and `main.js`.
+    pub fn module(&self, id: &str, main_js: &str) -> PathBuf {
+        self.module_with_manifest(
+            id,
+            &json!({"id": id, "name": id, "version": "1.0.0", "apiVersion": 1}).to_string(),
+            main_js,
+        )
+    }
+
+    pub fn module_with_manifest(&self, id: &str, manifest: &str, main_js: &str) -> PathBuf {
+        let dir = self.path().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.json"), manifest).unwrap();
+        std::fs::write(dir.join("main.js"), main_js).unwrap();
+        dir
+    }
+
+    /// Writes a classic-script plugin `ID.js`.
+    pub fn script(&self, id: &str, code: &str) -> PathBuf {
+        let p = self.path().join(format!("{id}.js"));
+        std::fs::write(&p, code).unwrap();
+        p
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// A host API like the CLI's demo one, plus functions tests need.
+pub fn test_host() -> HostApi {
+    HostApi::new()
+        .value("config", json!({"version": "9.9.9", "nested": {"list": [1, 2]}}))
+        .func("log", |(_msg,): (String,)| Ok(()))
+        .func("add", |(a, b): (f64, f64)| Ok(a + b))
+        .func("fail", |(msg,): (String,)| -> anyhow::Result<()> { anyhow::bail!("host says no: {msg}") })
+        .async_func("fetchUser", |(id,): (u64,)| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if id == 0 {
+                anyhow::bail!("no user with id 0");
+            }
+            Ok(json!({"id": id, "name": format!("user{id}")}))
+        })
+        .async_func("sleep", |(ms,): (u64,)| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        })
+}
+
+pub fn engine() -> Engine {
+    Engine::builder().host(test_host()).call_timeout(Duration::from_secs(5)).build()
+}
+
+/// Loads one folder plugin from `main_js` in a fresh directory.
+pub fn load_module(main_js: &str) -> (PluginDir, Manager, PluginHandle) {
+    load_module_with(engine(), main_js)
+}
+
+pub fn load_module_with(engine: Engine, main_js: &str) -> (PluginDir, Manager, PluginHandle) {
+    let dir = PluginDir::new();
+    let path = dir.module("p", main_js);
+    let manager = Manager::new(engine);
+    let handle = manager.load(path).unwrap_or_else(|e| panic!("plugin failed to load: {e}"));
+    (dir, manager, handle)
+}
