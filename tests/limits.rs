@@ -1,0 +1,191 @@
+//! Limits are real: infinite loops, heap bombs, ArrayBuffer floods, recursion, full mailboxes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PluginDir, load_module, load_module_with, test_host};
+use isola::{CallOptions, Engine, ErrorCode, Manager, PluginStatus};
+use serde_json::{Value, json};
+
+fn engine_with(timeout_ms: u64, heap_mb: u64) -> Engine {
+    Engine::builder()
+        .host(test_host())
+        .call_timeout(Duration::from_millis(timeout_ms))
+        .heap_limit_mb(heap_mb)
+        .build()
+}
+
+const STATEFUL_SPINNER: &str = "let calls = 0;
+export default {
+    spin() { calls++; while (true) {} },
+    count() { return ++calls; },
+    async spinAfterAwait() { await host.fetchUser(1); while (true) {} },
+    async slowHost(ms) { return await host.sleep(ms); },
+};";
+
+#[test]
+fn infinite_loop_times_out_near_the_deadline_and_state_is_kept() {
+    let (_d, _m, h) = load_module_with(engine_with(100, 64), STATEFUL_SPINNER);
+    let t = Instant::now();
+    let e = h.call_blocking::<_, Value>("spin", ()).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.code, ErrorCode::Timeout);
+    assert_eq!((e.plugin.as_deref(), e.hook.as_deref()), (Some("p"), Some("spin")));
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(400), "terminated late: {took:?}");
+    // The isolate survived with its state: `calls` was 1 after spin.
+    assert_eq!(h.call_blocking::<_, i64>("count", ()).unwrap(), 2);
+    assert_eq!(h.status(), PluginStatus::Ready);
+    assert_eq!(h.stats().errors_of(ErrorCode::Timeout), 1);
+    assert_eq!(h.stats().restarts, 0);
+}
+
+#[test]
+fn a_per_call_timeout_overrides_the_default() {
+    let (_d, _m, h) = load_module_with(engine_with(5_000, 64), STATEFUL_SPINNER);
+    let t = Instant::now();
+    let e = h.call_blocking_with::<_, Value>("spin", (), CallOptions::default().timeout(Duration::from_millis(30))).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout);
+    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    assert_eq!(h.call_blocking::<_, i64>("count", ()).unwrap(), 2);
+}
+
+#[test]
+fn async_hooks_are_bounded_by_the_same_deadline() {
+    let (_d, _m, h) = load_module_with(engine_with(100, 64), STATEFUL_SPINNER);
+    // Spinning after an await: the watchdog stops it.
+    let e = h.call_blocking::<_, Value>("spinAfterAwait", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    // Waiting on a slow host function: the deadline stops the wait.
+    let t = Instant::now();
+    let e = h.call_blocking::<_, Value>("slowHost", (10_000,)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    assert_eq!(h.call_blocking::<_, u64>("slowHost", (1,)).unwrap(), 1);
+}
+
+#[test]
+fn loading_has_a_time_limit_too() {
+    let dir = PluginDir::new();
+    let path = dir.module("stuck", "while (true) {}\nexport default {};");
+    let m = Manager::new(Engine::builder().host(test_host()).load_timeout(Duration::from_millis(100)).build());
+    let t = Instant::now();
+    let e = m.load(path).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert_eq!(e.plugin.as_deref(), Some("stuck"));
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn heap_bomb_is_heap_limit_and_the_plugin_comes_back() {
+    let (_d, _m, h) = load_module_with(
+        engine_with(10_000, 16),
+        "let calls = 0;
+        export default {
+            bomb() { const a = []; while (true) { a.push({ i: a.length, s: 'x'.repeat(64) + a.length }); } },
+            count() { return ++calls; },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, i64>("count", ()).unwrap(), 1);
+    let e = h.call_blocking::<_, Value>("bomb", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::HeapLimit, "{e}");
+    assert_eq!((e.plugin.as_deref(), e.hook.as_deref()), (Some("p"), Some("bomb")));
+    // Restarted fresh: state is gone, the plugin answers.
+    assert_eq!(h.call_blocking::<_, i64>("count", ()).unwrap(), 1);
+    let stats = h.stats();
+    assert_eq!(stats.restarts, 1);
+    assert_eq!(stats.errors_of(ErrorCode::HeapLimit), 1);
+    assert_eq!(stats.heap_limit, 16 << 20);
+    assert_eq!(h.status(), PluginStatus::Ready);
+}
+
+#[test]
+fn array_buffer_flood_is_heap_limit_too() {
+    let (_d, _m, h) = load_module_with(
+        engine_with(10_000, 32),
+        "export default {
+            flood() { const keep = []; while (true) keep.push(new ArrayBuffer(1 << 20)); },
+            typed() { const keep = []; while (true) keep.push(new Uint8Array(4 << 20)); },
+            huge() { return new ArrayBuffer(1 << 30).byteLength; },
+            ok() { return new ArrayBuffer(1 << 20).byteLength; },
+        };",
+    );
+    for hook in ["flood", "typed", "huge"] {
+        let e = h.call_blocking::<_, Value>(hook, ()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::HeapLimit, "{hook}: {e}");
+        assert_eq!(h.call_blocking::<_, u64>("ok", ()).unwrap(), 1 << 20, "after {hook}");
+    }
+    assert_eq!(h.stats().restarts, 3);
+}
+
+#[test]
+fn unbounded_recursion_is_a_range_error() {
+    let (_d, _m, h) = load_module("function f(n) { return f(n + 1) + 1; }\nexport default { rec() { return f(0); }, ok() { return 'ok'; } };");
+    let e = h.call_blocking::<_, Value>("rec", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError);
+    assert_eq!(e.js.as_ref().unwrap().name, "RangeError");
+    assert!(e.message.contains("call stack"), "{e}");
+    assert_eq!(h.call_blocking::<_, String>("ok", ()).unwrap(), "ok");
+}
+
+#[test]
+fn manifest_limits_can_only_lower_the_hosts() {
+    let dir = PluginDir::new();
+    let path = dir.module_with_manifest(
+        "tight",
+        &json!({"id": "tight", "name": "T", "version": "1.0.0", "apiVersion": 1,
+                "limits": {"heapMb": 12, "callTimeoutMs": 50}})
+        .to_string(),
+        "export default { spin() { while (true) {} }, hi() { return 1; } };",
+    );
+    let m = Manager::new(engine_with(10_000, 64));
+    let h = m.load(path).unwrap();
+    let t = Instant::now();
+    assert_eq!(h.call_blocking::<_, Value>("spin", ()).unwrap_err().code, ErrorCode::Timeout);
+    assert!(t.elapsed() < Duration::from_millis(1000));
+    assert_eq!(h.stats().heap_limit, 12 << 20);
+
+    let path = dir.module_with_manifest(
+        "greedy",
+        &json!({"id": "greedy", "name": "G", "version": "1.0.0", "apiVersion": 1, "limits": {"heapMb": 4096}}).to_string(),
+        "export default {};",
+    );
+    let h = m.load(path).unwrap();
+    assert_eq!(h.stats().heap_limit, 64 << 20);
+}
+
+#[test]
+fn a_full_mailbox_is_busy() {
+    let dir = PluginDir::new();
+    let path = dir.module("slow", "export default { async nap(ms) { return await host.sleep(ms); } };");
+    let m = Manager::new(Engine::builder().host(test_host()).mailbox_capacity(2).build());
+    let h = m.load(path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // One running + two queued fill it; the next is refused at once.
+        let running = h.call::<_, u64>("nap", (300,));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let q1 = h.call::<_, u64>("nap", (1,));
+        let q2 = h.call::<_, u64>("nap", (1,));
+        let t = Instant::now();
+        let e = h.call::<_, u64>("nap", (1,)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Busy);
+        assert!(t.elapsed() < Duration::from_millis(50));
+        assert_eq!((e.plugin.as_deref(), e.hook.as_deref()), (Some("slow"), Some("nap")));
+        assert_eq!(running.await.unwrap(), 300);
+        assert_eq!(q1.await.unwrap(), 1);
+        assert_eq!(q2.await.unwrap(), 1);
+    });
+    assert_eq!(h.stats().errors_of(ErrorCode::Busy), 1);
+    // Drained: calls work again.
+    assert_eq!(h.call_blocking::<_, u64>("nap", (1,)).unwrap(), 1);
+}
+
+#[test]
+fn a_hook_that_never_settles_is_reported() {
+    let (_d, _m, h) = load_module("export default { forever() { return new Promise(() => {}); } };");
+    let e = h.call_blocking::<_, Value>("forever", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError, "{e}");
+    assert!(e.message.contains("never settle"), "{e}");
+}
