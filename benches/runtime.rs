@@ -1,0 +1,121 @@
+//! Criterion benchmarks of isola's hot paths: cold start, hook call, pipelined calls, host
+//! function call, and how close to its deadline a runaway call is stopped.
+//!
+//! Run with `cargo bench --bench runtime`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use isola::{CallOptions, Engine, HostApi, Manager};
+
+fn engine() -> Engine {
+    Engine::new(HostApi::new().func("add", |(a, b): (f64, f64)| Ok(a + b)).value("config", serde_json::json!({"v": 1})))
+}
+
+const PLUGIN: &str = "let n = 0;
+export default {
+    noop() {},
+    inc() { return ++n; },
+    hostLoop(count) { let s = 0; for (let i = 0; i < count; i++) s = host.add(s, 1); return s; },
+    jsLoop(count) { let s = 0; const add = (a, b) => a + b; for (let i = 0; i < count; i++) s = add(s, 1); return s; },
+    spin() { while (true) {} },
+};";
+
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), "bench");
+    dir
+}
+
+fn write_plugin(dir: &Path, id: &str) {
+    let p = dir.join(id);
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("plugin.json"), format!(r#"{{"id":"{id}","name":"b","version":"1.0.0","apiVersion":1}}"#)).unwrap();
+    std::fs::write(p.join("main.js"), PLUGIN).unwrap();
+}
+
+fn cold_start(c: &mut Criterion) {
+    let dir = plugin_dir();
+    let manager = Manager::new(engine());
+    c.bench_function("cold_start (thread + isolate + evaluate + ready)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                manager.load(dir.path().join("bench")).unwrap();
+                total += t.elapsed();
+                manager.unload("bench").unwrap();
+            }
+            total
+        })
+    });
+}
+
+fn hook_call(c: &mut Criterion) {
+    let dir = plugin_dir();
+    let manager = Manager::new(engine());
+    let h = manager.load(dir.path().join("bench")).unwrap();
+    c.bench_function("hook_call (call_blocking, one at a time)", |b| {
+        b.iter(|| h.call_blocking::<_, i64>("inc", ()).unwrap())
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    c.bench_function("hook_call (async call from tokio, one at a time)", |b| {
+        b.iter(|| rt.block_on(h.call::<_, i64>("inc", ())).unwrap())
+    });
+    const N: u64 = 1000;
+    let mut g = c.benchmark_group("pipelined");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("1000 calls in flight on one plugin", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let futs: Vec<_> = (0..N).map(|_| h.call::<_, i64>("inc", ())).collect();
+                for f in futs {
+                    f.await.unwrap();
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+fn host_function(c: &mut Criterion) {
+    let dir = plugin_dir();
+    let manager = Manager::new(engine());
+    let h = manager.load(dir.path().join("bench")).unwrap();
+    const N: u64 = 10_000;
+    let mut g = c.benchmark_group("host_function");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("host.add from JS (10k calls per hook)", |b| {
+        b.iter(|| assert_eq!(h.call_blocking::<_, u64>("hostLoop", (N,)).unwrap(), N))
+    });
+    g.bench_function("baseline: JS function (10k calls per hook)", |b| {
+        b.iter(|| assert_eq!(h.call_blocking::<_, u64>("jsLoop", (N,)).unwrap(), N))
+    });
+    g.finish();
+}
+
+fn timeout_precision(c: &mut Criterion) {
+    let dir = plugin_dir();
+    let manager = Manager::new(engine());
+    let h = manager.load(dir.path().join("bench")).unwrap();
+    let limit = Duration::from_millis(20);
+    let mut g = c.benchmark_group("limits");
+    g.sample_size(20);
+    g.bench_function("while(true) stopped after a 20 ms deadline (time past the deadline)", |b| {
+        b.iter_custom(|iters| {
+            let mut over = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let e = h.call_blocking_with::<_, ()>("spin", (), CallOptions::default().timeout(limit)).unwrap_err();
+                assert_eq!(e.code, isola::ErrorCode::Timeout);
+                over += t.elapsed().saturating_sub(limit);
+            }
+            over
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cold_start, hook_call, host_function, timeout_precision);
+criterion_main!(benches);
