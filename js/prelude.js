@@ -3,7 +3,8 @@
 // then removes deno_core's `Deno` / `__bootstrap` globals so that no op, built-in or ours, is
 // reachable except through the functions created here.
 //
-// Evaluated as `(<this function>)(spec)`; `spec` lists the host items:
+// The startup snapshot stores this function as `globalThis.__isolaPrelude`; each isolate then
+// runs `__isolaPrelude(spec)`, where `spec` lists the host items:
 //   [{ name, kind: "sync" | "async", id }, { name, kind: "value", value }]
 (function isolaPrelude(spec) {
   "use strict";
@@ -80,6 +81,7 @@
     error: log(4),
   });
 
+  delete globalThis.__isolaPrelude;
   delete globalThis.Deno;
   delete globalThis.__bootstrap;
   // WebAssembly memory is allocated outside the ArrayBuffer allocator that enforces the

@@ -21,12 +21,11 @@ use serde_json::Value;
 use super::loader::PluginLoader;
 use super::memory::MemoryBudget;
 use super::ops::{HostTable, isola_ops};
+use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
 use crate::host::HostApi;
 use crate::source::{PluginSource, SourceKind};
-
-const PRELUDE: &str = include_str!("../../js/prelude.js");
 
 /// The smallest memory budget an isolate can start in: deno_core's own bootstrap needs a few
 /// MiB of heap, and V8 aborts the process (rather than failing) if it cannot even start.
@@ -79,6 +78,7 @@ impl PluginIsolate {
             module_loader: Some(Rc::new(PluginLoader::new(&source.root))),
             extensions: vec![isola_ops::init(table)],
             create_params: Some(params),
+            startup_snapshot: Some(snapshot()),
             ..Default::default()
         });
         let handle = runtime.v8_isolate().thread_safe_handle();
@@ -91,7 +91,7 @@ impl PluginIsolate {
             current * 2
         });
         runtime
-            .execute_script("ext:isola/prelude.js", format!("({PRELUDE})({spec})"))
+            .execute_script("ext:isola/setup.js", format!("{PRELUDE_GLOBAL}({spec})"))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
 
         let root_url = ModuleSpecifier::from_directory_path(&source.root)

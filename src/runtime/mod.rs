@@ -5,4 +5,5 @@ pub(crate) mod isolate;
 pub(crate) mod loader;
 pub(crate) mod memory;
 pub(crate) mod ops;
+pub(crate) mod snapshot;
 pub(crate) mod watchdog;

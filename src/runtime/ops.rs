@@ -25,6 +25,11 @@ pub(crate) struct HostTable {
 }
 
 impl HostTable {
+    /// No host functions (used to build the startup snapshot).
+    pub(crate) fn empty() -> HostTable {
+        HostTable { plugin: "".into(), sync_fns: Vec::new(), async_fns: Vec::new() }
+    }
+
     /// Splits a host API into index tables and the JSON spec the prelude builds `host` from.
     pub(crate) fn build(plugin: &str, host: &crate::HostApi) -> (HostTable, serde_json::Value) {
         let mut table = HostTable { plugin: plugin.into(), sync_fns: Vec::new(), async_fns: Vec::new() };
