@@ -18,7 +18,11 @@ fn write_plugins(dir: &Path, n: usize) {
     for i in 0..n {
         let p = dir.join(format!("p{i:04}"));
         std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("plugin.json"), format!(r#"{{"id":"p{i:04}","name":"p","version":"1.0.0","apiVersion":1}}"#)).unwrap();
+        std::fs::write(
+            p.join("plugin.json"),
+            format!(r#"{{"id":"p{i:04}","name":"p","version":"1.0.0","apiVersion":1}}"#),
+        )
+        .unwrap();
         std::fs::write(p.join("main.js"), "let n = 0; export default { inc() { return ++n; } };").unwrap();
     }
 }

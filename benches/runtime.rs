@@ -31,7 +31,8 @@ fn plugin_dir() -> tempfile::TempDir {
 fn write_plugin(dir: &Path, id: &str) {
     let p = dir.join(id);
     std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join("plugin.json"), format!(r#"{{"id":"{id}","name":"b","version":"1.0.0","apiVersion":1}}"#)).unwrap();
+    std::fs::write(p.join("plugin.json"), format!(r#"{{"id":"{id}","name":"b","version":"1.0.0","apiVersion":1}}"#))
+        .unwrap();
     std::fs::write(p.join("main.js"), PLUGIN).unwrap();
 }
 

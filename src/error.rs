@@ -154,14 +154,7 @@ impl Error {
     /// A new error with a code and message; add context with [`Error::plugin`] and
     /// [`Error::hook`].
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-            plugin: None,
-            hook: None,
-            js: None,
-            diagnostics: Vec::new(),
-        }
+        Error { code, message: message.into(), plugin: None, hook: None, js: None, diagnostics: Vec::new() }
     }
 
     /// Names the plugin this error concerns.

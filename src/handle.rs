@@ -206,7 +206,9 @@ impl Shared {
                 ErrorCode::Busy,
                 format!("the plugin's mailbox is full ({} calls waiting); try again later", tx.capacity().unwrap_or(0)),
             ),
-            Err(TrySendError::Disconnected(_)) => fail(ErrorCode::PluginCrashed, "the plugin's thread has stopped".into()),
+            Err(TrySendError::Disconnected(_)) => {
+                fail(ErrorCode::PluginCrashed, "the plugin's thread has stopped".into())
+            }
         }
     }
 
@@ -295,7 +297,11 @@ impl PluginHandle {
     ///
     /// The call is queued as soon as this is invoked (so several calls can be in flight
     /// before any is awaited); the future resolves with the answer.
-    pub fn call<A: Serialize, R: DeserializeOwned>(&self, hook: &str, args: A) -> impl Future<Output = Result<R>> + Send + 'static {
+    pub fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        hook: &str,
+        args: A,
+    ) -> impl Future<Output = Result<R>> + Send + 'static {
         self.call_with(hook, args, CallOptions::default())
     }
 
@@ -326,7 +332,12 @@ impl PluginHandle {
     }
 
     /// [`call_blocking`](Self::call_blocking) with per-call options.
-    pub fn call_blocking_with<A: Serialize, R: DeserializeOwned>(&self, hook: &str, args: A, opts: CallOptions) -> Result<R> {
+    pub fn call_blocking_with<A: Serialize, R: DeserializeOwned>(
+        &self,
+        hook: &str,
+        args: A,
+        opts: CallOptions,
+    ) -> Result<R> {
         let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook))?;
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.shared.submit(hook, args, opts.timeout, Reply::Blocking(tx))?;

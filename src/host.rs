@@ -64,13 +64,16 @@ impl std::fmt::Debug for HostApi {
 }
 
 fn decode_args<A: DeserializeOwned>(args: Value) -> Result<A, HostFnError> {
-    serde_json::from_value(args).map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("invalid arguments: {e}") })
+    serde_json::from_value(args)
+        .map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("invalid arguments: {e}") })
 }
 
 fn encode_result<R: Serialize>(r: anyhow::Result<R>) -> Result<Value, HostFnError> {
     match r {
-        Ok(v) => serde_json::to_value(v)
-            .map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("host function result is not serialisable: {e}") }),
+        Ok(v) => serde_json::to_value(v).map_err(|e| HostFnError {
+            code: "INVALID_ARGS",
+            message: format!("host function result is not serialisable: {e}"),
+        }),
         Err(e) => Err(HostFnError { code: "HOST_ERROR", message: format!("{e:#}") }),
     }
 }

@@ -119,7 +119,8 @@ impl Manager {
 
     /// Loads one plugin (a folder with `plugin.json`, or a `.js` script) and returns its handle.
     pub fn load(&self, path: impl AsRef<Path>) -> Result<PluginHandle> {
-        let source = PluginSource::from_path(path.as_ref()).inspect_err(|e| self.record_failure(e, Some(path.as_ref())))?;
+        let source =
+            PluginSource::from_path(path.as_ref()).inspect_err(|e| self.record_failure(e, Some(path.as_ref())))?;
         let (shared, s) = self.start(source)?;
         finish_start(&shared, s)?;
         Ok(PluginHandle::new(shared))
@@ -210,17 +211,21 @@ impl Manager {
 
     /// A handle to plugin `id` (also for a failed plugin: its calls answer with its error).
     pub fn handle(&self, id: &str) -> Result<PluginHandle> {
-        self.plugins.read().unwrap().get(id).map(|e| e.handle.clone()).ok_or_else(|| {
-            Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
-        })
+        self.plugins
+            .read()
+            .unwrap()
+            .get(id)
+            .map(|e| e.handle.clone())
+            .ok_or_else(|| Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id))
     }
 
     /// Stops plugin `id` (waiting for its thread) and forgets it. Handles to it answer
     /// `SHUT_DOWN` from now on.
     pub fn unload(&self, id: &str) -> Result<()> {
-        let entry = self.plugins.write().unwrap().remove(id).ok_or_else(|| {
-            Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
-        })?;
+        let entry =
+            self.plugins.write().unwrap().remove(id).ok_or_else(|| {
+                Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
+            })?;
         let shared = entry.handle.shared();
         shared.close();
         shared.join();
@@ -249,7 +254,10 @@ impl Manager {
         let source = match PluginSource::from_path(&location) {
             Ok(s) if s.id == id => s,
             Ok(s) => {
-                return fail(Error::new(ErrorCode::LoadFailed, format!("its id changed to `{}`; load it as a new plugin", s.id)).plugin(id));
+                return fail(
+                    Error::new(ErrorCode::LoadFailed, format!("its id changed to `{}`; load it as a new plugin", s.id))
+                        .plugin(id),
+                );
             }
             Err(e) => return fail(e),
         };

@@ -128,7 +128,12 @@ impl Checker {
         self.push(Severity::Warning, path, code, message);
     }
 
-    fn string(&mut self, obj: &serde_json::Map<String, serde_json::Value>, key: &str, required: bool) -> Option<String> {
+    fn string(
+        &mut self,
+        obj: &serde_json::Map<String, serde_json::Value>,
+        key: &str,
+        required: bool,
+    ) -> Option<String> {
         let path = format!("$.{key}");
         match obj.get(key) {
             None if required => {
@@ -179,11 +184,7 @@ impl Manifest {
         let doc: serde_json::Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                c.error(
-                    "$",
-                    "invalid_json",
-                    format!("not valid JSON: {e} (line {}, column {})", e.line(), e.column()),
-                );
+                c.error("$", "invalid_json", format!("not valid JSON: {e} (line {}, column {})", e.line(), e.column()));
                 return Err(c.diags);
             }
         };
@@ -215,22 +216,25 @@ impl Manifest {
                 c.error(
                     "$.apiVersion",
                     "missing_field",
-                    format!("required field `apiVersion` is missing; this isola supports apiVersion {SUPPORTED_API_VERSION}"),
+                    format!(
+                        "required field `apiVersion` is missing; this isola supports apiVersion {SUPPORTED_API_VERSION}"
+                    ),
                 );
                 None
             }
-            Some(v) => match v.as_u64() {
-                Some(SUPPORTED_API_VERSION) => Some(SUPPORTED_API_VERSION),
-                Some(n) => {
-                    c.error(
+            Some(v) => {
+                match v.as_u64() {
+                    Some(SUPPORTED_API_VERSION) => Some(SUPPORTED_API_VERSION),
+                    Some(n) => {
+                        c.error(
                         "$.apiVersion",
                         "unsupported_api_version",
                         format!("apiVersion {n} is not supported; this isola supports apiVersion {SUPPORTED_API_VERSION}"),
                     );
-                    None
-                }
-                None => {
-                    c.error(
+                        None
+                    }
+                    None => {
+                        c.error(
                         "$.apiVersion",
                         "wrong_type",
                         format!(
@@ -238,9 +242,10 @@ impl Manifest {
                             type_name(v)
                         ),
                     );
-                    None
+                        None
+                    }
                 }
-            },
+            }
         };
 
         let mut limits = ManifestLimits::default();
@@ -257,7 +262,9 @@ impl Manifest {
                     limits.call_timeout_ms = c.positive_int(v, "$.limits.callTimeoutMs", "`limits.callTimeoutMs`");
                 }
             }
-            Some(other) => c.error("$.limits", "wrong_type", format!("`limits` must be an object, found {}", type_name(other))),
+            Some(other) => {
+                c.error("$.limits", "wrong_type", format!("`limits` must be an object, found {}", type_name(other)))
+            }
         }
 
         if c.diags.iter().any(|d| d.severity == Severity::Error) {
@@ -278,11 +285,8 @@ impl Manifest {
     /// Turns a failed [`Manifest::parse`] into a `MANIFEST_INVALID` error naming the file.
     pub fn invalid(plugin: &str, file: &std::path::Path, diagnostics: Vec<Diagnostic>) -> Error {
         let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-        let mut e = Error::new(
-            ErrorCode::ManifestInvalid,
-            format!("{} has {errors} error(s)", file.display()),
-        )
-        .plugin(plugin);
+        let mut e =
+            Error::new(ErrorCode::ManifestInvalid, format!("{} has {errors} error(s)", file.display())).plugin(plugin);
         e.diagnostics = diagnostics;
         e
     }

@@ -76,11 +76,7 @@ impl PluginSource {
         let abs = std::fs::canonicalize(path).map_err(|e| {
             Error::new(ErrorCode::LoadFailed, format!("cannot open {}: {e}", path.display())).plugin(guess_id(path))
         })?;
-        if abs.is_dir() {
-            from_folder(&abs)
-        } else {
-            from_script(&abs)
-        }
+        if abs.is_dir() { from_folder(&abs) } else { from_script(&abs) }
     }
 }
 
@@ -159,9 +155,5 @@ pub fn is_plugin_path(p: &Path) -> bool {
     if hidden {
         return false;
     }
-    if p.is_dir() {
-        p.join("plugin.json").is_file()
-    } else {
-        p.extension().and_then(|e| e.to_str()) == Some("js")
-    }
+    if p.is_dir() { p.join("plugin.json").is_file() } else { p.extension().and_then(|e| e.to_str()) == Some("js") }
 }

@@ -4,6 +4,7 @@
 //! snapshot at any time from any thread without stopping the plugin.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -70,8 +71,17 @@ pub(crate) struct StatsCell {
     heap_used: AtomicU64,
     array_buffer_bytes: AtomicU64,
     heap_limit: AtomicU64,
-    cpu_nanos: AtomicU64,
+    cpu: Mutex<CpuClocks>,
     wall_nanos: AtomicU64,
+}
+
+/// CPU time is read on demand from the running threads' CPU clocks, so calls pay nothing for
+/// it. A thread registers its clock when it starts and, before it exits, folds its total into
+/// `finished` and deregisters (under the lock, so no reader uses a dead thread's clock).
+#[derive(Default)]
+struct CpuClocks {
+    finished: Duration,
+    running: Vec<libc::clockid_t>,
 }
 
 impl StatsCell {
@@ -99,11 +109,31 @@ impl StatsCell {
         self.heap_limit.store(limit as u64, Relaxed);
     }
 
-    /// Adds the CPU time the calling thread used since `since` (a previous [`thread_cpu_time`]).
-    pub(crate) fn add_cpu(&self, since: Duration) -> Duration {
-        let now = thread_cpu_time();
-        self.cpu_nanos.fetch_add(now.saturating_sub(since).as_nanos() as u64, Relaxed);
-        now
+    /// Starts counting the calling thread's CPU time towards this plugin.
+    pub(crate) fn register_thread(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self is always valid for the calling thread.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+            self.cpu.lock().unwrap().running.push(clock);
+        }
+    }
+
+    /// Stops counting the calling thread, keeping what it used. Call before the thread exits.
+    pub(crate) fn unregister_thread(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: as above.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+            let mut cpu = self.cpu.lock().unwrap();
+            if let Some(i) = cpu.running.iter().position(|c| *c == clock) {
+                cpu.running.swap_remove(i);
+                cpu.finished += clock_time(clock);
+            }
+        }
+    }
+
+    fn cpu_time(&self) -> Duration {
+        let cpu = self.cpu.lock().unwrap();
+        cpu.finished + cpu.running.iter().map(|c| clock_time(*c)).sum::<Duration>()
     }
 
     pub(crate) fn snapshot(&self) -> PluginStats {
@@ -119,16 +149,18 @@ impl StatsCell {
             heap_used: self.heap_used.load(Relaxed),
             array_buffer_bytes: self.array_buffer_bytes.load(Relaxed),
             heap_limit: self.heap_limit.load(Relaxed),
-            cpu_time: Duration::from_nanos(self.cpu_nanos.load(Relaxed)),
+            cpu_time: self.cpu_time(),
             wall_time: Duration::from_nanos(self.wall_nanos.load(Relaxed)),
         }
     }
 }
 
-/// CPU time consumed by the calling thread (a vDSO call, tens of nanoseconds).
-pub(crate) fn thread_cpu_time() -> Duration {
+/// The time on a CPU clock (0 if it cannot be read).
+fn clock_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: valid pointer; the clock belongs to a live thread (see `CpuClocks`).
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

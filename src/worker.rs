@@ -17,7 +17,6 @@ use crate::handle::{PluginStatus, Request, Shared};
 use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
 use crate::runtime::watchdog::DeadlineSlot;
 use crate::source::PluginSource;
-use crate::stats::thread_cpu_time;
 
 /// Stack for plugin threads: V8 stops JS recursion at about 1 MiB of stack; the rest is for
 /// Rust frames and host functions.
@@ -33,9 +32,9 @@ pub(crate) struct Starting {
 impl Starting {
     /// Blocks until the plugin has evaluated (or failed to); returns its hook names.
     pub(crate) fn wait(&self) -> Result<Vec<String>, Error> {
-        self.ready.recv().unwrap_or_else(|_| {
-            Err(Error::new(ErrorCode::PluginCrashed, "the plugin's thread died while loading"))
-        })
+        self.ready
+            .recv()
+            .unwrap_or_else(|_| Err(Error::new(ErrorCode::PluginCrashed, "the plugin's thread died while loading")))
     }
 }
 
@@ -64,18 +63,24 @@ struct Worker {
 
 impl Worker {
     fn run(self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
+        self.shared.stats.register_thread();
+        self.serve(rx, ready);
+        self.shared.stats.unregister_thread();
+    }
+
+    fn serve(&self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
         let id = self.source.id.clone();
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = ready.send(Err(Error::new(ErrorCode::LoadFailed, format!("cannot start tokio: {e}")).plugin(&id)));
+                let _ =
+                    ready.send(Err(Error::new(ErrorCode::LoadFailed, format!("cannot start tokio: {e}")).plugin(&id)));
                 return;
             }
         };
         // deno_core expects to be created and polled inside a tokio context.
         let _guard = rt.enter();
         let slot = DeadlineSlot::new();
-        let mut cpu_mark = thread_cpu_time();
         let mut isolate = match self.load(&slot, &rt) {
             Ok(i) => {
                 let _ = ready.send(Ok(i.hook_names()));
@@ -86,7 +91,6 @@ impl Worker {
                 return;
             }
         };
-        cpu_mark = self.shared.stats.add_cpu(cpu_mark);
 
         while let Ok(req) = rx.recv() {
             let (hook, args, timeout, reply) = match req {
@@ -103,9 +107,10 @@ impl Worker {
             };
             let started = Instant::now();
             let timeout = timeout.unwrap_or(self.limits.call_timeout);
-            let r = iso.call(&hook, &args, started + timeout, timeout, &slot, &rt).map_err(|e| e.in_context(&id, Some(&hook)));
+            let r = iso
+                .call(&hook, &args, started + timeout, timeout, &slot, &rt)
+                .map_err(|e| e.in_context(&id, Some(&hook)));
             self.shared.stats.record_call(r.as_ref().err().map(|e| e.code), started.elapsed());
-            cpu_mark = self.shared.stats.add_cpu(cpu_mark);
             let poisoned = iso.poisoned();
             if !poisoned {
                 let (heap, ab, limit) = iso.memory();
@@ -127,7 +132,6 @@ impl Worker {
                         self.shared.set_status(PluginStatus::Failed);
                     }
                 }
-                cpu_mark = self.shared.stats.add_cpu(cpu_mark);
             }
         }
         // Whatever is still queued will not run.

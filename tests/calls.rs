@@ -50,7 +50,8 @@ fn a_throwing_hook_is_js_error_with_stack_and_location() {
 
 #[test]
 fn throwing_a_non_error_value_is_still_reported() {
-    let (_d, _m, h) = load_module("export default { s() { throw 'plain string'; }, rej() { return Promise.reject(42); } };");
+    let (_d, _m, h) =
+        load_module("export default { s() { throw 'plain string'; }, rej() { return Promise.reject(42); } };");
     let e = h.call_blocking::<_, Value>("s", ()).unwrap_err();
     assert_eq!(e.code, ErrorCode::JsError);
     assert!(e.to_string().contains("plain string"), "{e}");
@@ -70,7 +71,9 @@ fn a_missing_hook_is_hook_not_found_listing_the_hooks() {
 
 #[test]
 fn a_result_of_the_wrong_type_is_invalid_args() {
-    let (_d, _m, h) = load_module("export default { s() { return 'text'; }, big() { return 10n; }, cyc() { const o = {}; o.o = o; return o; } };");
+    let (_d, _m, h) = load_module(
+        "export default { s() { return 'text'; }, big() { return 10n; }, cyc() { const o = {}; o.o = o; return o; } };",
+    );
     let e = h.call_blocking::<_, u32>("s", ()).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgs);
     assert!(e.message.contains("expected"), "{e}");
@@ -135,7 +138,9 @@ fn async_hooks_await_async_host_functions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_calls_from_a_tokio_runtime() {
-    let (_d, _m, h) = load_module("export default { async user(id) { return (await host.fetchUser(id)).name; }, add(a, b) { return a + b; } };");
+    let (_d, _m, h) = load_module(
+        "export default { async user(id) { return (await host.fetchUser(id)).name; }, add(a, b) { return a + b; } };",
+    );
     // Several calls in flight before any is awaited; answers come in order.
     let futs: Vec<_> = (1..=20).map(|i| h.call::<_, String>("user", (i,))).collect();
     for (i, f) in futs.into_iter().enumerate() {

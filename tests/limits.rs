@@ -9,11 +9,7 @@ use isola::{CallOptions, Engine, ErrorCode, Manager, PluginStatus};
 use serde_json::{Value, json};
 
 fn engine_with(timeout_ms: u64, heap_mb: u64) -> Engine {
-    Engine::builder()
-        .host(test_host())
-        .call_timeout(Duration::from_millis(timeout_ms))
-        .heap_limit_mb(heap_mb)
-        .build()
+    Engine::builder().host(test_host()).call_timeout(Duration::from_millis(timeout_ms)).heap_limit_mb(heap_mb).build()
 }
 
 const STATEFUL_SPINNER: &str = "let calls = 0;
@@ -47,7 +43,9 @@ fn infinite_loop_times_out_near_the_deadline_and_state_is_kept() {
 fn a_per_call_timeout_overrides_the_default() {
     let (_d, _m, h) = load_module_with(engine_with(5_000, 64), STATEFUL_SPINNER);
     let t = Instant::now();
-    let e = h.call_blocking_with::<_, Value>("spin", (), CallOptions::default().timeout(Duration::from_millis(30))).unwrap_err();
+    let e = h
+        .call_blocking_with::<_, Value>("spin", (), CallOptions::default().timeout(Duration::from_millis(30)))
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
     assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
     assert_eq!(h.call_blocking::<_, i64>("count", ()).unwrap(), 2);
@@ -123,7 +121,9 @@ fn array_buffer_flood_is_heap_limit_too() {
 
 #[test]
 fn unbounded_recursion_is_a_range_error() {
-    let (_d, _m, h) = load_module("function f(n) { return f(n + 1) + 1; }\nexport default { rec() { return f(0); }, ok() { return 'ok'; } };");
+    let (_d, _m, h) = load_module(
+        "function f(n) { return f(n + 1) + 1; }\nexport default { rec() { return f(0); }, ok() { return 'ok'; } };",
+    );
     let e = h.call_blocking::<_, Value>("rec", ()).unwrap_err();
     assert_eq!(e.code, ErrorCode::JsError);
     assert_eq!(e.js.as_ref().unwrap().name, "RangeError");
@@ -150,7 +150,8 @@ fn manifest_limits_can_only_lower_the_hosts() {
 
     let path = dir.module_with_manifest(
         "greedy",
-        &json!({"id": "greedy", "name": "G", "version": "1.0.0", "apiVersion": 1, "limits": {"heapMb": 4096}}).to_string(),
+        &json!({"id": "greedy", "name": "G", "version": "1.0.0", "apiVersion": 1, "limits": {"heapMb": 4096}})
+            .to_string(),
         "export default {};",
     );
     let h = m.load(path).unwrap();

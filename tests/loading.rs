@@ -54,7 +54,8 @@ fn manifest_problems_are_reported_all_at_once() {
     let e = &report.failed[0];
     assert_eq!(e.code, ErrorCode::ManifestInvalid);
     assert_eq!(e.plugin.as_deref(), Some("bad"));
-    let paths: Vec<&str> = e.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.path.as_str()).collect();
+    let paths: Vec<&str> =
+        e.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.path.as_str()).collect();
     for expected in ["$.name", "$.version", "$.apiVersion", "$.limits.heapMb"] {
         assert!(paths.contains(&expected), "missing diagnostic for {expected}: {paths:?}");
     }

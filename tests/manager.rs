@@ -13,9 +13,15 @@ fn two_hundred_plugins_load_answer_concurrently_and_shut_down() {
     let dir = PluginDir::new();
     for i in 0..200 {
         if i % 2 == 0 {
-            dir.module(&format!("m{i:03}"), &format!("let n = 0; export default {{ id() {{ n++; return {i}; }}, n() {{ return n; }} }};"));
+            dir.module(
+                &format!("m{i:03}"),
+                &format!("let n = 0; export default {{ id() {{ n++; return {i}; }}, n() {{ return n; }} }};"),
+            );
         } else {
-            dir.script(&format!("s{i:03}"), &format!("var n = 0; var plugin = {{ id() {{ n++; return {i}; }}, n() {{ return n; }} }};"));
+            dir.script(
+                &format!("s{i:03}"),
+                &format!("var n = 0; var plugin = {{ id() {{ n++; return {i}; }}, n() {{ return n; }} }};"),
+            );
         }
     }
     let m = Manager::new(engine());
@@ -148,7 +154,8 @@ fn calls_queued_during_a_reload_are_all_answered() {
     let h = m.load(&path).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let pending: Vec<_> = (0..20).map(|_| h.call::<_, i64>("v", (5,))).collect();
-    std::fs::write(path.join("main.js"), "export default { async v(ms) { await host.sleep(ms); return 2; } };").unwrap();
+    std::fs::write(path.join("main.js"), "export default { async v(ms) { await host.sleep(ms); return 2; } };")
+        .unwrap();
     m.reload("q").unwrap();
     let after = h.call::<_, i64>("v", (1,));
     rt.block_on(async {

@@ -94,29 +94,20 @@ impl PluginIsolate {
             .execute_script("ext:isola/setup.js", format!("{PRELUDE_GLOBAL}({spec})"))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
 
-        let root_url = ModuleSpecifier::from_directory_path(&source.root)
-            .map(|u| u.to_string())
-            .unwrap_or_default();
+        let root_url = ModuleSpecifier::from_directory_path(&source.root).map(|u| u.to_string()).unwrap_or_default();
         let recv = {
             deno_core::scope!(scope, &mut runtime);
             let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
             v8::Global::new(scope, undefined)
         };
-        let mut this = PluginIsolate {
-            runtime,
-            recv,
-            hooks: BTreeMap::new(),
-            budget,
-            root_url,
-            calls_since_heap_check: 0,
-        };
+        let mut this =
+            PluginIsolate { runtime, recv, hooks: BTreeMap::new(), budget, root_url, calls_since_heap_check: 0 };
         let deadline = Instant::now() + cfg.load_timeout;
         slot.arm(deadline);
         let evaluated = this.evaluate(source, deadline, rt);
         let terminated = slot.disarm();
-        let exports = this.settle(evaluated, terminated, || {
-            format!("loading took longer than {} ms", cfg.load_timeout.as_millis())
-        });
+        let exports = this
+            .settle(evaluated, terminated, || format!("loading took longer than {} ms", cfg.load_timeout.as_millis()));
         let exports = exports.map_err(|e| match e.code {
             ErrorCode::JsError => Error { code: ErrorCode::LoadFailed, ..e },
             _ => e,
@@ -129,7 +120,12 @@ impl PluginIsolate {
     /// Turns the outcome of running JS into the final result, looking at whether the memory
     /// budget or the deadline stopped it. Cancels a pending termination so the isolate stays
     /// usable.
-    fn settle<T>(&mut self, r: Result<T, Failure>, terminated: bool, timeout_msg: impl FnOnce() -> String) -> Result<T, Error> {
+    fn settle<T>(
+        &mut self,
+        r: Result<T, Failure>,
+        terminated: bool,
+        timeout_msg: impl FnOnce() -> String,
+    ) -> Result<T, Error> {
         if self.budget.exceeded() {
             let limit_mb = self.budget.limit() >> 20;
             return Err(Error::new(
@@ -177,7 +173,12 @@ impl PluginIsolate {
         self.calls_since_heap_check = 0;
     }
 
-    fn evaluate(&mut self, source: &PluginSource, deadline: Instant, rt: &tokio::runtime::Runtime) -> Result<v8::Global<v8::Value>, Failure> {
+    fn evaluate(
+        &mut self,
+        source: &PluginSource,
+        deadline: Instant,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<v8::Global<v8::Value>, Failure> {
         match &source.kind {
             SourceKind::Module { entry, .. } => {
                 let url = ModuleSpecifier::from_file_path(entry)
@@ -238,7 +239,10 @@ impl PluginIsolate {
             .filter(|_| value.is_object())
             .ok_or_else(|| Error::new(ErrorCode::LoadFailed, format!("{what} must be an object of hook functions")))?;
         let names = obj.get_own_property_names(scope, Default::default()).map(|a| {
-            (0..a.length()).filter_map(|i| a.get_index(scope, i)).map(|k| k.to_rust_string_lossy(scope)).collect::<Vec<_>>()
+            (0..a.length())
+                .filter_map(|i| a.get_index(scope, i))
+                .map(|k| k.to_rust_string_lossy(scope))
+                .collect::<Vec<_>>()
         });
         for name in names.unwrap_or_default() {
             let key = v8::String::new(scope, &name).unwrap();
@@ -260,7 +264,7 @@ impl PluginIsolate {
         slot: &DeadlineSlot,
         rt: &tokio::runtime::Runtime,
     ) -> Result<Value, Error> {
-        let Some(func) = self.hooks.get(hook).cloned() else {
+        let Some(func) = self.hooks.get(hook) else {
             let known = self.hook_names().join(", ");
             return Err(Error::new(
                 ErrorCode::HookNotFound,
@@ -268,7 +272,7 @@ impl PluginIsolate {
             ));
         };
         slot.arm(deadline);
-        let r = match self.invoke(&func, args) {
+        let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url) {
             Ok(Step::Done(v)) => Ok(v),
             Ok(Step::Pending(p)) => self.await_promise(p, deadline, rt),
             Err(f) => Err(f),
@@ -282,50 +286,13 @@ impl PluginIsolate {
         r
     }
 
-    /// The synchronous part of a call.
-    fn invoke(&mut self, func: &v8::Global<v8::Function>, args: &Value) -> Result<Step, Failure> {
-        let root_url = self.root_url.clone();
-        deno_core::scope!(scope, &mut self.runtime);
-        v8::tc_scope!(let tc, scope);
-        let recv = v8::Local::new(tc, &self.recv);
-        let f = v8::Local::new(tc, func);
-        let mut argv: Vec<v8::Local<v8::Value>> = Vec::new();
-        match args {
-            Value::Null => {}
-            Value::Array(items) => {
-                for item in items {
-                    argv.push(
-                        serde_v8::to_v8(tc, item)
-                            .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("cannot pass argument: {e}")))?,
-                    );
-                }
-            }
-            other => argv.push(
-                serde_v8::to_v8(tc, other)
-                    .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("cannot pass argument: {e}")))?,
-            ),
-        }
-        let Some(result) = f.call(tc, recv, &argv) else {
-            return Err(caught(tc, &root_url));
-        };
-        if let Ok(promise) = v8::Local::<v8::Promise>::try_from(result) {
-            tc.perform_microtask_checkpoint();
-            if tc.has_terminated() {
-                return Err(Failure::Terminated);
-            }
-            if promise.state() == v8::PromiseState::Fulfilled {
-                let v = promise.result(tc);
-                return to_json(tc, v, &root_url).map(Step::Done);
-            }
-            // Pending, or rejected: let deno_core's promise machinery take it from here (it
-            // also marks a rejection as handled so it is not reported twice).
-            return Ok(Step::Pending(v8::Global::new(tc, result)));
-        }
-        to_json(tc, result, &root_url).map(Step::Done)
-    }
-
     /// Drives the event loop until the hook's promise settles or the deadline passes.
-    fn await_promise(&mut self, promise: v8::Global<v8::Value>, deadline: Instant, rt: &tokio::runtime::Runtime) -> Result<Value, Failure> {
+    fn await_promise(
+        &mut self,
+        promise: v8::Global<v8::Value>,
+        deadline: Instant,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Value, Failure> {
         let resolved = self.runtime.resolve(promise);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let runtime = &mut self.runtime;
@@ -364,6 +331,53 @@ impl PluginIsolate {
     }
 }
 
+/// The synchronous part of a call.
+fn invoke(
+    runtime: &mut JsRuntime,
+    func: &v8::Global<v8::Function>,
+    recv: &v8::Global<v8::Value>,
+    args: &Value,
+    root_url: &str,
+) -> Result<Step, Failure> {
+    deno_core::scope!(scope, runtime);
+    v8::tc_scope!(let tc, scope);
+    let recv = v8::Local::new(tc, recv);
+    let f = v8::Local::new(tc, func);
+    let mut argv: Vec<v8::Local<v8::Value>> = Vec::new();
+    match args {
+        Value::Null => {}
+        Value::Array(items) => {
+            for item in items {
+                argv.push(
+                    serde_v8::to_v8(tc, item)
+                        .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("cannot pass argument: {e}")))?,
+                );
+            }
+        }
+        other => argv.push(
+            serde_v8::to_v8(tc, other)
+                .map_err(|e| Error::new(ErrorCode::InvalidArgs, format!("cannot pass argument: {e}")))?,
+        ),
+    }
+    let Some(result) = f.call(tc, recv, &argv) else {
+        return Err(caught(tc, root_url));
+    };
+    if let Ok(promise) = v8::Local::<v8::Promise>::try_from(result) {
+        tc.perform_microtask_checkpoint();
+        if tc.has_terminated() {
+            return Err(Failure::Terminated);
+        }
+        if promise.state() == v8::PromiseState::Fulfilled {
+            let v = promise.result(tc);
+            return to_json(tc, v, root_url).map(Step::Done);
+        }
+        // Pending, or rejected: let deno_core's promise machinery take it from here (it
+        // also marks a rejection as handled so it is not reported twice).
+        return Ok(Step::Pending(v8::Global::new(tc, result)));
+    }
+    to_json(tc, result, root_url).map(Step::Done)
+}
+
 enum Step {
     Done(Value),
     Pending(v8::Global<v8::Value>),
@@ -389,7 +403,11 @@ fn caught(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>, root_url: &
 
 /// A JS value as JSON: `undefined` (and functions, symbols) become `null`; values
 /// `JSON.stringify` refuses (BigInt, cycles) are an `INVALID_ARGS` error.
-fn to_json(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>, v: v8::Local<v8::Value>, root_url: &str) -> Result<Value, Failure> {
+fn to_json(
+    tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
+    v: v8::Local<v8::Value>,
+    root_url: &str,
+) -> Result<Value, Failure> {
     if v.is_undefined() || v.is_function() || v.is_symbol() {
         return Ok(Value::Null);
     }

@@ -73,11 +73,8 @@ impl ModuleLoader for PluginLoader {
             let path = self.inside(spec)?;
             let code = std::fs::read_to_string(&path)
                 .map_err(|e| JsErrorBox::type_error(format!("cannot read \"{}\": {e}", self.rel(&path))))?;
-            let module_type = if path.extension().is_some_and(|e| e == "json") {
-                ModuleType::Json
-            } else {
-                ModuleType::JavaScript
-            };
+            let module_type =
+                if path.extension().is_some_and(|e| e == "json") { ModuleType::Json } else { ModuleType::JavaScript };
             Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.into()), spec, None))
         };
         ModuleLoadResponse::Sync(load())
