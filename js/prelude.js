@@ -8,7 +8,8 @@
 //   [{ name, kind: "sync" | "async", id }, { name, kind: "value", value }]
 (function isolaPrelude(spec) {
   "use strict";
-  const { op_isola_host_sync, op_isola_host_async, op_isola_log } = globalThis.Deno.core.ops;
+  const core = globalThis.Deno.core;
+  const { op_isola_host_sync, op_isola_host_async, op_isola_log } = core.ops;
   const { stringify } = JSON;
   const parse = JSON.parse;
   const { freeze, defineProperty, getOwnPropertyNames } = Object;
@@ -79,6 +80,14 @@
     info: log(2),
     warn: log(3),
     error: log(4),
+  });
+
+  // A promise a hook dropped on the floor that later rejects is the plugin's bug, not the
+  // next caller's: log it with the plugin's console instead of failing whichever call happens
+  // to drive the event loop next.
+  core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
+    console.error("unhandled promise rejection:", reason);
+    return true;
   });
 
   delete globalThis.__isolaPrelude;

@@ -253,3 +253,16 @@ fn calls_on_an_unknown_plugin_are_plugin_not_found() {
     assert_eq!(e.code, ErrorCode::PluginNotFound);
     assert_eq!(e.plugin.as_deref(), Some("ghost"));
 }
+
+#[test]
+fn a_dropped_promise_that_rejects_does_not_fail_later_calls() {
+    let (_d, _m, h) = load_module(
+        "export default {
+            drop() { Promise.reject(new Error('dropped')); host.fetchUser(0); return 'returned'; },
+            async later() { return (await host.fetchUser(1)).name; },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, String>("drop", ()).unwrap(), "returned");
+    assert_eq!(h.call_blocking::<_, String>("later", ()).unwrap(), "user1");
+    assert_eq!(h.call_blocking::<_, String>("later", ()).unwrap(), "user1");
+}

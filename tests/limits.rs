@@ -61,6 +61,7 @@ fn async_hooks_are_bounded_by_the_same_deadline() {
     let t = Instant::now();
     let e = h.call_blocking::<_, Value>("slowHost", (10_000,)).unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(e.message.contains("100 ms"), "{e}");
     assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
     assert_eq!(h.call_blocking::<_, u64>("slowHost", (1,)).unwrap(), 1);
 }

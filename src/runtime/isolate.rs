@@ -142,10 +142,11 @@ impl PluginIsolate {
         match r {
             Ok(v) => Ok(v),
             Err(Failure::Error(e)) => Err(e),
-            // Terminated without our watchdog or budget: treat as a timeout-like stop.
+            // The deadline passed while the JS was idle (awaiting a host function), or V8
+            // reported a termination the watchdog had not flagged yet.
             Err(Failure::Terminated) => {
                 self.runtime.v8_isolate().cancel_terminate_execution();
-                Err(Error::new(ErrorCode::Timeout, "execution was terminated"))
+                Err(Error::new(ErrorCode::Timeout, timeout_msg()))
             }
         }
     }
