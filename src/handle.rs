@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::events::{EventBus, LifecycleEvent};
 use crate::stats::{PluginStats, StatsCell};
 
 /// Where a plugin is in its life.
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     info: RwLock<Info>,
     /// Threads that ran (or run) this plugin, joined on unload/shutdown.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Where lifecycle events (restarts) go.
+    bus: Arc<EventBus>,
 }
 
 /// What changes on (re)load.
@@ -124,7 +127,7 @@ pub(crate) struct Info {
 }
 
 impl Shared {
-    pub(crate) fn new(id: &str) -> Arc<Shared> {
+    pub(crate) fn new(id: &str, bus: Arc<EventBus>) -> Arc<Shared> {
         Arc::new(Shared {
             id: id.to_owned(),
             mailbox: RwLock::new(None),
@@ -133,7 +136,12 @@ impl Shared {
             closed: AtomicBool::new(false),
             info: RwLock::new(Info::default()),
             threads: Mutex::new(Vec::new()),
+            bus,
         })
+    }
+
+    pub(crate) fn emit(&self, event: LifecycleEvent) {
+        self.bus.emit(event);
     }
 
     pub(crate) fn set_status(&self, s: PluginStatus) {
@@ -216,6 +224,16 @@ impl Shared {
         let code = if self.closed.load(Ordering::Acquire) { ErrorCode::ShutDown } else { ErrorCode::PluginCrashed };
         Error::new(code, "the plugin stopped before answering").plugin(&self.id).hook(hook)
     }
+}
+
+/// Calls a hook through a mailbox that no handle points at yet (a plugin being loaded or
+/// reloaded), blocking until it answers.
+pub(crate) fn call_mailbox(tx: &Sender<Request>, id: &str, hook: &str, args: Value) -> Result<Value> {
+    let (rtx, rrx) = crossbeam_channel::bounded(1);
+    let req = Request::Call { hook: hook.to_owned(), args, timeout: None, reply: Reply::Blocking(rtx) };
+    let lost = || Error::new(ErrorCode::PluginCrashed, "the plugin stopped before answering").plugin(id).hook(hook);
+    tx.send(req).map_err(|_| lost())?;
+    rrx.recv().map_err(|_| lost())?
 }
 
 /// Turns call arguments into the positional-argument JSON the plugin's thread expects:

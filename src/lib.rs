@@ -25,6 +25,7 @@
 
 mod engine;
 mod error;
+mod events;
 mod handle;
 mod host;
 mod manager;
@@ -32,6 +33,7 @@ mod manifest;
 mod runtime;
 mod source;
 mod stats;
+mod watch;
 mod worker;
 
 pub use engine::{
@@ -39,6 +41,7 @@ pub use engine::{
     Limits,
 };
 pub use error::{Error, ErrorCode, JsErrorInfo, Result};
+pub use events::LifecycleEvent;
 pub use handle::{CallOptions, PluginHandle, PluginStatus};
 pub use host::HostApi;
 pub use manager::{LoadReport, Manager, PluginInfo};

@@ -6,17 +6,29 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use serde_json::Value;
 
 use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
-use crate::handle::{PluginHandle, PluginStatus, Shared};
+use crate::events::{EventBus, LifecycleEvent};
+use crate::handle::{PluginHandle, PluginStatus, Request, Shared, call_mailbox};
 use crate::manifest::Diagnostic;
 use crate::source::{PluginSource, discover, guess_id};
 use crate::stats::PluginStats;
+use crate::watch::Watcher;
 use crate::worker;
+
+/// Hook a plugin may export to receive state when it loads (`onLoad(state)`; `state` is what
+/// the previous version's `onUnload()` returned, or `null`).
+pub const ON_LOAD: &str = "onLoad";
+/// Hook a plugin may export to hand state to its next version on reload.
+pub const ON_UNLOAD: &str = "onUnload";
 
 /// What [`Manager::list`] reports about one plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -75,25 +87,125 @@ struct Entry {
 /// # Ok::<(), isola::Error>(())
 /// ```
 pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+/// The manager's state, shared with its directory watcher.
+pub(crate) struct Inner {
     engine: Engine,
     plugins: RwLock<BTreeMap<String, Entry>>,
+    bus: Arc<EventBus>,
+    /// One reload at a time (a file save and an explicit reload may race).
+    reloading: Mutex<()>,
+    watcher: Mutex<Option<Watcher>>,
 }
 
 impl Manager {
     /// A manager with no plugins yet.
     pub fn new(engine: Engine) -> Manager {
-        Manager { engine, plugins: RwLock::new(BTreeMap::new()) }
+        Manager {
+            inner: Arc::new(Inner {
+                engine,
+                plugins: RwLock::new(BTreeMap::new()),
+                bus: Arc::new(EventBus::default()),
+                reloading: Mutex::new(()),
+                watcher: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Subscribes to lifecycle events (loaded, reloaded, reload failed, unloaded, restarted).
+    /// Each subscriber gets every event from now on.
+    pub fn events(&self) -> Receiver<LifecycleEvent> {
+        self.inner.bus.subscribe()
+    }
+
+    /// Watches `dir` and keeps the plugins in sync with it: a changed plugin is reloaded
+    /// (debounced, so an editor's several writes make one reload), a new one is loaded, a
+    /// removed one unloaded. A version that fails to load never replaces a working one.
+    /// Usually called after [`load_dir`](Self::load_dir) on the same directory.
+    pub fn watch(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let w = Watcher::start(self.inner.clone(), dir.as_ref())?;
+        if let Some(old) = self.inner.watcher.lock().unwrap().replace(w) {
+            old.stop();
+        }
+        Ok(())
     }
 
     /// The engine plugins are started with.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.inner.engine
     }
 
     /// Loads every plugin in `dir`, in parallel. Fails only if the directory cannot be read;
     /// broken plugins are reported in the [`LoadReport`] and kept (as failed) in the list.
     pub fn load_dir(&self, dir: impl AsRef<Path>) -> Result<LoadReport> {
-        let found = discover(dir.as_ref())?;
+        self.inner.load_dir(dir.as_ref())
+    }
+
+    /// Loads one plugin (a folder with `plugin.json`, or a `.js` script) and returns its handle.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<PluginHandle> {
+        self.inner.load(path.as_ref())
+    }
+
+    /// Every plugin the manager knows, sorted by id.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        self.inner.list()
+    }
+
+    /// The ids of every plugin the manager knows.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.plugins.read().unwrap().keys().cloned().collect()
+    }
+
+    /// A handle to plugin `id` (also for a failed plugin: its calls answer with its error).
+    pub fn handle(&self, id: &str) -> Result<PluginHandle> {
+        self.inner.entry(id).map(|(shared, _)| PluginHandle::new(shared))
+    }
+
+    /// Stops plugin `id` (waiting for its thread) and forgets it. Handles to it answer
+    /// `SHUT_DOWN` from now on.
+    pub fn unload(&self, id: &str) -> Result<()> {
+        self.inner.unload(id)
+    }
+
+    /// Reads plugin `id` from disk again and starts it in a fresh isolate. Handles keep
+    /// working and now reach the new version; calls already queued finish on the old one.
+    /// If the new version fails to load, the old one (if it was running) keeps serving and
+    /// the error is returned and kept as the plugin's last error.
+    ///
+    /// State hand-off: if the old version has an `onUnload()` hook, what it returns is passed
+    /// to the new version's `onLoad(state)` before the new version takes calls.
+    pub fn reload(&self, id: &str) -> Result<()> {
+        self.inner.reload(id)
+    }
+
+    /// Stops watching, stops every plugin and waits for all their threads. Handles answer
+    /// `SHUT_DOWN` after.
+    pub fn shutdown(&self) {
+        if let Some(w) = self.inner.watcher.lock().unwrap().take() {
+            w.stop();
+        }
+        let entries = std::mem::take(&mut *self.inner.plugins.write().unwrap());
+        // Tell every thread first, then wait: the threads wind down in parallel.
+        for e in entries.values() {
+            e.handle.shared().close();
+        }
+        for e in entries.values() {
+            e.handle.shared().join();
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Inner {
+    pub(crate) fn load_dir(&self, dir: &Path) -> Result<LoadReport> {
+        let found = discover(dir)?;
         let mut report = LoadReport::default();
         let mut starting = Vec::new();
         for item in found {
@@ -108,8 +220,8 @@ impl Manager {
                 }
             }
         }
-        for (shared, s) in starting {
-            match finish_start(&shared, s) {
+        for (shared, version, t0, s) in starting {
+            match self.finish_start(&shared, &version, t0, s) {
                 Ok(()) => report.loaded.push(shared.id.clone()),
                 Err(e) => report.failed.push(e),
             }
@@ -117,21 +229,20 @@ impl Manager {
         Ok(report)
     }
 
-    /// Loads one plugin (a folder with `plugin.json`, or a `.js` script) and returns its handle.
-    pub fn load(&self, path: impl AsRef<Path>) -> Result<PluginHandle> {
-        let source =
-            PluginSource::from_path(path.as_ref()).inspect_err(|e| self.record_failure(e, Some(path.as_ref())))?;
-        let (shared, s) = self.start(source)?;
-        finish_start(&shared, s)?;
+    pub(crate) fn load(&self, path: &Path) -> Result<PluginHandle> {
+        let source = PluginSource::from_path(path).inspect_err(|e| self.record_failure(e, Some(path)))?;
+        let (shared, version, t0, s) = self.start(source)?;
+        self.finish_start(&shared, &version, t0, s)?;
         Ok(PluginHandle::new(shared))
     }
 
     /// Registers `source` and starts its thread (without waiting for it to load).
-    fn start(&self, source: PluginSource) -> Result<(Arc<Shared>, worker::Starting)> {
+    fn start(&self, source: PluginSource) -> Result<(Arc<Shared>, String, Instant, worker::Starting)> {
+        let t0 = Instant::now();
         let mut plugins = self.plugins.write().unwrap();
         if let Some(existing) = plugins.get(&source.id) {
-            if existing.handle.status() != PluginStatus::Failed && existing.handle.status() != PluginStatus::Stopped {
-                return Err(Error::new(
+            if !matches!(existing.handle.status(), PluginStatus::Failed | PluginStatus::Stopped) {
+                let e = Error::new(
                     ErrorCode::LoadFailed,
                     format!(
                         "another plugin with id `{}` is already loaded (from {}); ids must be unique",
@@ -139,11 +250,13 @@ impl Manager {
                         existing.location.display()
                     ),
                 )
-                .plugin(&source.id));
+                .plugin(&source.id);
+                return Err(e);
             }
         }
-        let shared = Shared::new(&source.id);
-        shared.update_info(|i| i.version = source.version().to_owned());
+        let shared = Shared::new(&source.id, self.bus.clone());
+        let version = source.version().to_owned();
+        shared.update_info(|i| i.version = version.clone());
         plugins.insert(
             source.id.clone(),
             Entry {
@@ -153,38 +266,76 @@ impl Manager {
             },
         );
         drop(plugins);
-        let s = worker::spawn(&self.engine, source, shared.clone()).inspect_err(|e| {
-            shared.update_info(|i| i.last_error = Some(e.clone()));
-            shared.set_status(PluginStatus::Failed);
-        })?;
-        Ok((shared, s))
+        let s = worker::spawn(&self.engine, source, shared.clone()).inspect_err(|e| self.failed(&shared, e))?;
+        Ok((shared, version, t0, s))
+    }
+
+    /// Waits for a starting plugin, runs its `onLoad`, and opens its mailbox.
+    fn finish_start(&self, shared: &Arc<Shared>, version: &str, t0: Instant, s: worker::Starting) -> Result<()> {
+        match s.wait() {
+            Ok(hooks) => {
+                self.run_on_load(shared, &s.tx, &hooks, Value::Null);
+                shared.update_info(|i| i.hooks = hooks);
+                shared.add_thread(s.thread);
+                shared.swap_mailbox(Some(s.tx));
+                self.bus.emit(LifecycleEvent::Loaded {
+                    plugin: shared.id.clone(),
+                    version: version.to_owned(),
+                    took_ms: millis(t0),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = s.thread.join();
+                self.failed(shared, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn failed(&self, shared: &Shared, e: &Error) {
+        shared.update_info(|i| i.last_error = Some(e.clone()));
+        shared.set_status(PluginStatus::Failed);
+        self.bus.emit(LifecycleEvent::LoadFailed { plugin: shared.id.clone(), error: e.clone() });
+    }
+
+    /// Calls `onLoad(state)` if the plugin has it; a failure is reported, never fatal.
+    fn run_on_load(&self, shared: &Shared, tx: &crossbeam_channel::Sender<Request>, hooks: &[String], state: Value) {
+        if hooks.iter().any(|h| h == ON_LOAD) {
+            if let Err(e) = call_mailbox(tx, &shared.id, ON_LOAD, Value::Array(vec![state])) {
+                self.bus.emit(LifecycleEvent::HookFailed { plugin: shared.id.clone(), error: e });
+            }
+        }
     }
 
     /// Keeps a plugin that could not even be read in the list, as failed.
     fn record_failure(&self, e: &Error, path: Option<&Path>) {
         let id = e.plugin.clone().unwrap_or_else(|| path.map(guess_id).unwrap_or_default());
-        let shared = Shared::new(&id);
+        let shared = Shared::new(&id, self.bus.clone());
         shared.update_info(|i| {
             i.version = "0.0.0".into();
             i.last_error = Some(e.clone());
         });
         shared.set_status(PluginStatus::Failed);
-        let mut plugins = self.plugins.write().unwrap();
-        if plugins.get(&id).is_some_and(|p| p.handle.status() == PluginStatus::Ready) {
-            return; // never shadow a running plugin with a broken namesake
+        {
+            let mut plugins = self.plugins.write().unwrap();
+            if plugins.get(&id).is_some_and(|p| p.handle.status() == PluginStatus::Ready) {
+                return; // never shadow a running plugin with a broken namesake
+            }
+            let location = path.map(Path::to_path_buf).or_else(|| plugins.get(&id).map(|p| p.location.clone()));
+            plugins.insert(
+                id.clone(),
+                Entry {
+                    handle: PluginHandle::new(shared),
+                    location: location.unwrap_or_default(),
+                    diagnostics: e.diagnostics.clone(),
+                },
+            );
         }
-        plugins.insert(
-            id,
-            Entry {
-                handle: PluginHandle::new(shared),
-                location: path.map(Path::to_path_buf).unwrap_or_default(),
-                diagnostics: e.diagnostics.clone(),
-            },
-        );
+        self.bus.emit(LifecycleEvent::LoadFailed { plugin: id, error: e.clone() });
     }
 
-    /// Every plugin the manager knows, sorted by id.
-    pub fn list(&self) -> Vec<PluginInfo> {
+    pub(crate) fn list(&self) -> Vec<PluginInfo> {
         let plugins = self.plugins.read().unwrap();
         plugins
             .iter()
@@ -204,127 +355,98 @@ impl Manager {
             .collect()
     }
 
-    /// The ids of every plugin the manager knows.
-    pub fn ids(&self) -> Vec<String> {
-        self.plugins.read().unwrap().keys().cloned().collect()
-    }
-
-    /// A handle to plugin `id` (also for a failed plugin: its calls answer with its error).
-    pub fn handle(&self, id: &str) -> Result<PluginHandle> {
-        self.plugins
-            .read()
-            .unwrap()
+    /// The shared state and location of plugin `id`.
+    fn entry(&self, id: &str) -> Result<(Arc<Shared>, PathBuf)> {
+        let plugins = self.plugins.read().unwrap();
+        let e = plugins
             .get(id)
-            .map(|e| e.handle.clone())
-            .ok_or_else(|| Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id))
+            .ok_or_else(|| Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id))?;
+        Ok((e.handle.shared().clone(), e.location.clone()))
     }
 
-    /// Stops plugin `id` (waiting for its thread) and forgets it. Handles to it answer
-    /// `SHUT_DOWN` from now on.
-    pub fn unload(&self, id: &str) -> Result<()> {
-        let entry =
-            self.plugins.write().unwrap().remove(id).ok_or_else(|| {
-                Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
-            })?;
+    /// The id of the plugin loaded from `location`, if any.
+    pub(crate) fn id_at(&self, location: &Path) -> Option<String> {
+        self.plugins.read().unwrap().iter().find(|(_, e)| e.location == location).map(|(id, _)| id.clone())
+    }
+
+    pub(crate) fn unload(&self, id: &str) -> Result<()> {
+        let entry = self.plugins.write().unwrap().remove(id).ok_or_else(|| {
+            Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
+        })?;
         let shared = entry.handle.shared();
         shared.close();
         shared.join();
+        self.bus.emit(LifecycleEvent::Unloaded { plugin: id.to_owned() });
         Ok(())
     }
 
-    /// Reads plugin `id` from disk again and starts it in a fresh isolate. Handles keep
-    /// working and now reach the new version; calls already queued finish on the old one.
-    /// If the new version fails to load, the old one (if it was running) keeps serving and
-    /// the error is returned and kept as the plugin's last error.
-    pub fn reload(&self, id: &str) -> Result<()> {
-        let (shared, location) = {
-            let plugins = self.plugins.read().unwrap();
-            let e = plugins.get(id).ok_or_else(|| {
-                Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
-            })?;
-            (e.handle.shared().clone(), e.location.clone())
-        };
+    pub(crate) fn reload(&self, id: &str) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().unwrap();
+        let t0 = Instant::now();
+        let (shared, location) = self.entry(id)?;
         let fail = |e: Error| {
             shared.update_info(|i| i.last_error = Some(e.clone()));
             if shared.status() != PluginStatus::Ready {
                 shared.set_status(PluginStatus::Failed);
             }
+            self.bus.emit(LifecycleEvent::ReloadFailed { plugin: id.to_owned(), error: e.clone() });
             Err(e)
         };
         let source = match PluginSource::from_path(&location) {
             Ok(s) if s.id == id => s,
             Ok(s) => {
-                return fail(
-                    Error::new(ErrorCode::LoadFailed, format!("its id changed to `{}`; load it as a new plugin", s.id))
-                        .plugin(id),
-                );
+                let msg = format!("its id changed to `{}`; unload it and load it as a new plugin", s.id);
+                return fail(Error::new(ErrorCode::LoadFailed, msg).plugin(id));
             }
             Err(e) => return fail(e),
         };
         let diagnostics = source.diagnostics.clone();
         let version = source.version().to_owned();
+        // (Read before the new thread starts: it marks the plugin ready once it has loaded.)
+        let was_running = shared.status() == PluginStatus::Ready;
         let s = match worker::spawn(&self.engine, source, shared.clone()) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        match s.wait() {
-            Ok(hooks) => {
-                shared.update_info(|i| {
-                    i.hooks = hooks;
-                    i.version = version;
-                    i.last_error = None;
-                });
-                shared.add_thread(s.thread);
-                if let Some(old) = shared.swap_mailbox(Some(s.tx)) {
-                    let _ = old.send(crate::handle::Request::Stop);
-                }
-                shared.set_status(PluginStatus::Ready);
-                if let Some(e) = self.plugins.write().unwrap().get_mut(id) {
-                    e.diagnostics = diagnostics;
-                }
-                Ok(())
-            }
+        let hooks = match s.wait() {
+            Ok(hooks) => hooks,
             Err(e) => {
                 let _ = s.thread.join();
-                fail(e.in_context(id, None))
+                return fail(e.in_context(id, None));
             }
+        };
+        // State hand-off: the old version's onUnload() result goes to the new onLoad(state).
+        let state = if was_running && shared.info().hooks.iter().any(|h| h == ON_UNLOAD) {
+            match PluginHandle::new(shared.clone()).call_blocking::<_, Value>(ON_UNLOAD, ()) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.bus.emit(LifecycleEvent::HookFailed { plugin: id.to_owned(), error: e });
+                    Value::Null
+                }
+            }
+        } else {
+            Value::Null
+        };
+        self.run_on_load(&shared, &s.tx, &hooks, state);
+        shared.update_info(|i| {
+            i.hooks = hooks;
+            i.version = version.clone();
+            i.last_error = None;
+        });
+        shared.add_thread(s.thread);
+        if let Some(old) = shared.swap_mailbox(Some(s.tx)) {
+            // Requests already in the old mailbox are answered by the old version first.
+            let _ = old.send(Request::Stop);
         }
-    }
-
-    /// Stops every plugin and waits for all their threads. Handles answer `SHUT_DOWN` after.
-    pub fn shutdown(&self) {
-        let entries = std::mem::take(&mut *self.plugins.write().unwrap());
-        // Tell every thread first, then wait: the threads wind down in parallel.
-        for e in entries.values() {
-            e.handle.shared().close();
+        shared.set_status(PluginStatus::Ready);
+        if let Some(e) = self.plugins.write().unwrap().get_mut(id) {
+            e.diagnostics = diagnostics;
         }
-        for e in entries.values() {
-            e.handle.shared().join();
-        }
+        self.bus.emit(LifecycleEvent::Reloaded { plugin: id.to_owned(), version, took_ms: millis(t0) });
+        Ok(())
     }
 }
 
-impl Drop for Manager {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Waits for a starting plugin and records the outcome on its shared state.
-fn finish_start(shared: &Arc<Shared>, s: worker::Starting) -> Result<()> {
-    let r = s.wait();
-    match r {
-        Ok(hooks) => {
-            shared.update_info(|i| i.hooks = hooks);
-            shared.add_thread(s.thread);
-            shared.swap_mailbox(Some(s.tx));
-            Ok(())
-        }
-        Err(e) => {
-            let _ = s.thread.join();
-            shared.update_info(|i| i.last_error = Some(e.clone()));
-            shared.set_status(PluginStatus::Failed);
-            Err(e)
-        }
-    }
+fn millis(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }

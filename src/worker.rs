@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::engine::{Engine, Limits};
 use crate::error::{Error, ErrorCode};
+use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Request, Shared};
 use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
 use crate::runtime::watchdog::DeadlineSlot;
@@ -116,11 +117,15 @@ impl Worker {
                 let (heap, ab, limit) = iso.memory();
                 self.shared.stats.set_memory(heap, ab, limit);
             }
+            let heap_error = if poisoned { r.as_ref().err().cloned() } else { None };
             reply.send(r);
             if poisoned {
                 // The isolate broke its memory budget: discard it and start the plugin fresh.
                 // (Drop first: V8 wants isolates on one thread disposed in reverse order.)
                 self.shared.set_status(PluginStatus::Restarting);
+                if let Some(error) = heap_error {
+                    self.shared.emit(LifecycleEvent::Restarted { plugin: id.clone(), error });
+                }
                 drop(isolate.take());
                 self.shared.stats.record_restart();
                 tracing::warn!(plugin = %id, "memory limit exceeded; restarting the plugin");
