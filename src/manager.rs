@@ -370,9 +370,10 @@ impl Inner {
     }
 
     pub(crate) fn unload(&self, id: &str) -> Result<()> {
-        let entry = self.plugins.write().unwrap().remove(id).ok_or_else(|| {
-            Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
-        })?;
+        let entry =
+            self.plugins.write().unwrap().remove(id).ok_or_else(|| {
+                Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id)
+            })?;
         let shared = entry.handle.shared();
         shared.close();
         shared.join();

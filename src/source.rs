@@ -155,5 +155,9 @@ pub fn is_plugin_path(p: &Path) -> bool {
     if hidden {
         return false;
     }
-    if p.is_dir() { p.join("plugin.json").is_file() } else { p.extension().and_then(|e| e.to_str()) == Some("js") }
+    if p.is_dir() {
+        p.join("plugin.json").is_file()
+    } else {
+        p.is_file() && p.extension().and_then(|e| e.to_str()) == Some("js")
+    }
 }

@@ -35,7 +35,9 @@ impl Watcher {
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot watch {}: {e}", dir.display())))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut notify = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
+            // Reading a file is not changing it (and loading a plugin reads its files, so
+            // counting reads would make every reload trigger the next).
+            if let Some(ev) = ev.ok().filter(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
                 let _ = tx.send(ev.paths);
             }
         })
@@ -62,7 +64,8 @@ fn run(manager: Arc<Inner>, dir: PathBuf, changes: Receiver<Vec<PathBuf>>, stop:
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     loop {
         let next_due = pending.values().min().map(|t| *t + DEBOUNCE);
-        let timeout = next_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        let timeout =
+            next_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
         select! {
             recv(stop) -> _ => return,
             recv(changes) -> paths => {
