@@ -23,6 +23,7 @@ const SUBSCRIBER_CAPACITY: usize = 4096;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum LifecycleEvent {
     /// A plugin loaded for the first time (or was added to a watched directory).
     #[serde(rename_all = "camelCase")]

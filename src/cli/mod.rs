@@ -1,6 +1,8 @@
 //! Command-line interface: `isola list`, `isola call`, `isola run`.
 
 mod demo_host;
+mod dev;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -73,11 +75,33 @@ enum Command {
         /// The plugin directory.
         dir: PathBuf,
     },
+    /// Load DIR, watch it for changes (reloading plugins as they are saved), and take commands
+    /// on stdin: `PLUGIN.HOOK(ARGS)`, `list`, `stats`, `reload PLUGIN`, `help`, `quit`.
+    ///
+    /// Example: `isola dev plugins`, then type `greeter.greet("Ada")`
+    Dev {
+        /// The plugin directory.
+        dir: PathBuf,
+    },
+    /// Serve DIR over JSON-RPC 2.0 on stdin/stdout, one message per line (methods: call, list,
+    /// stats, reload; lifecycle events arrive as `event` notifications).
+    ///
+    /// Example: `echo '{"jsonrpc":"2.0","id":1,"method":"call","params":{"plugin":"greeter","hook":"greet","args":["Ada"]}}' | isola serve plugins`
+    Serve {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// Reload plugins when their files change.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.global);
+    // `dev` is interactive: its logs (plugin console output included) share stdout with the
+    // results. Everything else keeps stdout for results (and `serve` for protocol messages).
+    let to_stdout = matches!(cli.command, Command::Dev { .. });
+    init_tracing(&cli.global, to_stdout);
     let engine = Engine::builder()
         .host(demo_host::demo_host())
         .heap_limit_mb(cli.global.heap_limit)
@@ -88,13 +112,19 @@ pub fn main() -> ExitCode {
         Command::List { dir, json } => list(&manager, &dir, json),
         Command::Call { dir, plugin, hook, args, json } => call(&manager, &dir, &plugin, &hook, &args, json),
         Command::Run { dir } => run(&manager, &dir, cli.global.quiet),
+        Command::Dev { dir } => dev::dev(&manager, &dir),
+        Command::Serve { dir, watch } => return exit(serve::serve(manager, &dir, watch)),
     };
     manager.shutdown();
+    exit(ok)
+}
+
+fn exit(ok: bool) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn init_tracing(g: &Global) {
-    let default = if g.verbose {
+fn init_tracing(g: &Global, to_stdout: bool) {
+    let default = if g.verbose || (to_stdout && !g.quiet) {
         "info,isola::plugin=trace"
     } else if g.quiet {
         "error,isola::plugin=off"
@@ -103,12 +133,12 @@ fn init_tracing(g: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG").unwrap_or_else(|_| default.into());
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if to_stdout {
+        builder.with_writer(std::io::stdout).with_ansi(std::io::stdout().is_terminal()).init();
+    } else {
+        builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn load_dir(manager: &Manager, dir: &Path) -> Option<isola::LoadReport> {
@@ -132,7 +162,7 @@ fn list(manager: &Manager, dir: &Path, json: bool) -> bool {
     report.failed.is_empty()
 }
 
-fn print_table(plugins: &[PluginInfo]) {
+pub(crate) fn print_table(plugins: &[PluginInfo]) {
     let idw = plugins.iter().map(|p| p.id.len()).max().unwrap_or(2).max(2);
     println!("{:idw$}  {:9}  {:10}  HOOKS", "ID", "VERSION", "STATUS");
     for p in plugins {
