@@ -201,3 +201,22 @@ fn watch_sends_lifecycle_events_as_notifications() {
     s.request(2, "call", json!({"plugin": "fast", "hook": "echo", "args": [1]}));
     assert_eq!(s.reply()["result"], "new");
 }
+
+#[test]
+fn the_python_example_client_works() {
+    let Ok(out) = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/isola_client.py"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins"))
+        .env("ISOLA", env!("CARGO_BIN_EXE_isola"))
+        .output()
+    else {
+        eprintln!("python3 is not installed; skipping the Python client example");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Hello, Ada! App version:"), "{stdout}");
+    assert!(stdout.contains("'Sunny in London', 'Sunny in Arlington', 'Sunny in Helsinki'"), "{stdout}");
+    assert!(stdout.contains("error: HOOK_NOT_FOUND"), "{stdout}");
+    assert!(stdout.contains("'event': 'loaded'"), "{stdout}");
+}
