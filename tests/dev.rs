@@ -53,3 +53,35 @@ fn quit_stops_and_reload_reports_failures_with_location() {
     assert!(out.contains("main.js:"), "the failure names file and line: {out}");
     assert!(!out.contains("\n2\n"), "nothing runs after quit: {out}");
 }
+
+#[test]
+fn ctrl_c_exits_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let dir = PluginDir::new();
+    dir.script("p", "var plugin = { v() { return 1; } };");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isola"))
+        .arg("dev")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("watching") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "dev exited before it was ready");
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "dev did not exit on Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -17,6 +17,7 @@ const HELP: &str = "commands:
   quit                stop (so do end of input and Ctrl-C)";
 
 pub fn dev(manager: &Manager, dir: &Path) -> bool {
+    let interrupted = ctrl_c();
     let events = manager.events();
     std::thread::spawn(move || {
         for e in events {
@@ -35,7 +36,6 @@ pub fn dev(manager: &Manager, dir: &Path) -> bool {
     println!("watching {} — type `help` for commands", dir.display());
 
     let lines = stdin_lines();
-    let interrupted = ctrl_c();
     loop {
         select! {
             recv(lines) -> line => match line {
@@ -141,14 +141,22 @@ pub fn stdin_lines() -> crossbeam_channel::Receiver<String> {
     rx
 }
 
-/// Fires once on Ctrl-C (SIGINT).
+/// Fires once on Ctrl-C (SIGINT). The handler is installed before this returns, so a Ctrl-C
+/// right after start-up is not lost to the default action (killing the process).
 pub fn ctrl_c() -> crossbeam_channel::Receiver<()> {
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let (ready_tx, ready) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+        let _guard = rt.enter();
+        let Ok(mut sigint) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else {
+            return;
+        };
+        let _ = ready_tx.send(());
+        if rt.block_on(sigint.recv()).is_some() {
             let _ = tx.send(());
         }
     });
+    let _ = ready.recv();
     rx
 }
