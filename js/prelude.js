@@ -9,7 +9,7 @@
 (function isolaPrelude(spec) {
   "use strict";
   const core = globalThis.Deno.core;
-  const { op_isola_host_sync, op_isola_host_async, op_isola_log } = core.ops;
+  const { op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage } = core.ops;
   const { stringify } = JSON;
   const parse = JSON.parse;
   const { freeze, defineProperty, getOwnPropertyNames } = Object;
@@ -36,6 +36,8 @@
     const { name, id } = item;
     if (item.kind === "value") {
       host[name] = deepFreeze(item.value);
+    } else if (item.kind === "storage") {
+      host.storage = makeStorage();
     } else if (item.kind === "sync") {
       // An object literal method gets the right `.name` for stack traces.
       host[name] = {
@@ -52,6 +54,30 @@
     }
   }
   freeze(host);
+
+  // `host.storage`: JSON values under string keys, private to this plugin.
+  function makeStorage() {
+    const key = (k) => {
+      if (typeof k !== "string") throw new TypeError("storage keys must be strings");
+      return k;
+    };
+    return freeze({
+      get(k) {
+        return parse(op_isola_storage(0, key(k), ""));
+      },
+      set(k, value) {
+        const text = encode("storage.set", value);
+        if (text === undefined) throw new TypeError("host.storage.set: the value must be JSON-serialisable (not undefined)");
+        op_isola_storage(1, key(k), text);
+      },
+      delete(k) {
+        return parse(op_isola_storage(2, key(k), ""));
+      },
+      list(prefix = "") {
+        return parse(op_isola_storage(3, key(prefix), ""));
+      },
+    });
+  }
 
   function format(args) {
     let out = "";

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::host::HostApi;
+use crate::permissions::{Permissions, Policy};
 use crate::source::PluginSource;
+use crate::storage::{Storage, StorageQuota};
 
 /// Default memory budget per plugin: V8 heap plus ArrayBuffer bytes.
 pub const DEFAULT_HEAP_LIMIT_MB: u64 = 64;
@@ -80,6 +82,8 @@ pub struct Engine {
 struct EngineInner {
     host: HostApi,
     limits: Limits,
+    policy: Policy,
+    storage: Storage,
 }
 
 impl Default for Engine {
@@ -96,7 +100,7 @@ impl Engine {
 
     /// Starts configuring an engine.
     pub fn builder() -> EngineBuilder {
-        EngineBuilder { host: HostApi::new(), limits: Limits::default() }
+        EngineBuilder { host: HostApi::new(), limits: Limits::default(), policy: Policy::default(), storage: None }
     }
 
     /// The host API every plugin sees.
@@ -108,6 +112,29 @@ impl Engine {
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
+
+    /// Where plugins with the `storage` permission keep their data.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// The admin permission policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// What `source` asks for and what it is granted.
+    pub fn permissions_for(&self, source: &PluginSource) -> Permissions {
+        let requested = source.manifest().map(|m| m.permissions.clone()).unwrap_or_default();
+        let granted = self.inner.policy.effective(&source.id, &requested);
+        Permissions { requested, granted }
+    }
+
+    /// `source`'s storage quota: the engine's, lowered by its manifest.
+    pub fn storage_quota_for(&self, source: &PluginSource) -> StorageQuota {
+        let q = self.inner.storage.quota();
+        source.manifest().map_or(q, |m| q.for_plugin(&m.limits))
+    }
 }
 
 /// Builds an [`Engine`]; see [`Engine::builder`].
@@ -115,6 +142,8 @@ impl Engine {
 pub struct EngineBuilder {
     host: HostApi,
     limits: Limits,
+    policy: Policy,
+    storage: Option<Storage>,
 }
 
 impl EngineBuilder {
@@ -148,8 +177,22 @@ impl EngineBuilder {
         self
     }
 
+    /// Grants and refusals of permissions that win over manifests.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Where `host.storage` keeps data: [`Storage::in_dir`] for durable storage,
+    /// [`Storage::memory`] (the default) for data that dies with the process.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
     /// Finishes the engine.
     pub fn build(self) -> Engine {
-        Engine { inner: Arc::new(EngineInner { host: self.host, limits: self.limits }) }
+        let storage = self.storage.unwrap_or_else(Storage::memory);
+        Engine { inner: Arc::new(EngineInner { host: self.host, limits: self.limits, policy: self.policy, storage }) }
     }
 }

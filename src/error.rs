@@ -48,11 +48,15 @@ pub enum ErrorCode {
     PluginCrashed,
     /// The plugin (or the whole manager) has been shut down.
     ShutDown,
+    /// A plugin called a host function it holds no permission for.
+    PermissionDenied,
+    /// A storage write would break one of the plugin's storage quotas; nothing was written.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (handy for stats tables and docs).
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Timeout,
         ErrorCode::HeapLimit,
         ErrorCode::HookNotFound,
@@ -64,6 +68,8 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::PluginCrashed,
         ErrorCode::ShutDown,
+        ErrorCode::PermissionDenied,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The stable string form, e.g. `"HOOK_NOT_FOUND"`.
@@ -80,6 +86,8 @@ impl ErrorCode {
             ErrorCode::Busy => "BUSY",
             ErrorCode::PluginCrashed => "PLUGIN_CRASHED",
             ErrorCode::ShutDown => "SHUT_DOWN",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 }

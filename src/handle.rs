@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
+use crate::permissions::Permissions;
 use crate::stats::{PluginStats, StatsCell};
 
 /// Where a plugin is in its life.
@@ -108,7 +109,7 @@ pub(crate) struct Shared {
     pub id: String,
     /// Where requests go; `None` when the plugin is not running (failed or stopped).
     mailbox: RwLock<Option<Sender<Request>>>,
-    pub stats: StatsCell,
+    pub stats: Arc<StatsCell>,
     status: AtomicU8,
     closed: AtomicBool,
     info: RwLock<Info>,
@@ -124,6 +125,7 @@ pub(crate) struct Info {
     pub version: String,
     pub hooks: Vec<String>,
     pub last_error: Option<Error>,
+    pub permissions: Permissions,
 }
 
 impl Shared {
@@ -131,7 +133,7 @@ impl Shared {
         Arc::new(Shared {
             id: id.to_owned(),
             mailbox: RwLock::new(None),
-            stats: StatsCell::default(),
+            stats: Arc::default(),
             status: AtomicU8::new(PluginStatus::Loading as u8),
             closed: AtomicBool::new(false),
             info: RwLock::new(Info::default()),

@@ -55,6 +55,8 @@ pub(crate) enum HostItem {
 #[derive(Clone, Default)]
 pub struct HostApi {
     items: BTreeMap<String, HostItem>,
+    /// item name -> the permission a plugin needs to use it.
+    permissions: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for HostApi {
@@ -126,6 +128,32 @@ impl HostApi {
     pub fn value(self, name: &str, value: impl Serialize) -> Self {
         let v = serde_json::to_value(value).expect("host API values must be serialisable to JSON");
         self.insert(name, HostItem::Value(v))
+    }
+
+    /// Gates `name` behind `permission`: only plugins granted it may call the function (others
+    /// get a `PERMISSION_DENIED` error) or see the value (it is absent for others). Items not
+    /// gated are open to every plugin.
+    ///
+    /// ```
+    /// use isola::HostApi;
+    /// let host = HostApi::new()
+    ///     .async_func("fetchUser", |(id,): (u32,)| async move { Ok(id) })
+    ///     .requires("fetchUser", "users");
+    /// assert_eq!(host.permission_of("fetchUser"), Some("users"));
+    /// ```
+    pub fn requires(mut self, name: &str, permission: &str) -> Self {
+        self.permissions.insert(name.to_owned(), permission.to_owned());
+        self
+    }
+
+    /// The permission `name` needs, if it is gated.
+    pub fn permission_of(&self, name: &str) -> Option<&str> {
+        self.permissions.get(name).map(String::as_str)
+    }
+
+    /// Every permission name the host API declares (plus `storage`).
+    pub fn declared_permissions(&self) -> std::collections::BTreeSet<&str> {
+        self.permissions.values().map(String::as_str).chain(std::iter::once(crate::permissions::STORAGE)).collect()
     }
 
     /// The registered names, sorted.

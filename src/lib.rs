@@ -30,9 +30,11 @@ mod handle;
 mod host;
 mod manager;
 mod manifest;
+mod permissions;
 mod runtime;
 mod source;
 mod stats;
+mod storage;
 mod watch;
 mod worker;
 
@@ -47,4 +49,6 @@ pub use host::HostApi;
 pub use manager::{LoadReport, Manager, PluginInfo};
 pub use manifest::{Diagnostic, Manifest, ManifestLimits, SUPPORTED_API_VERSION, Severity, validate_id};
 pub use source::{PluginSource, SourceKind, discover, is_plugin_path};
+pub use permissions::{Permissions, Policy, STORAGE};
 pub use stats::PluginStats;
+pub use storage::{MAX_KEY_BYTES, MemoryStorage, RedbStorage, Storage, StorageBackend, StorageError, StorageQuota, Usage};

@@ -18,7 +18,8 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::handle::{PluginHandle, PluginStatus, Request, Shared, call_mailbox};
-use crate::manifest::Diagnostic;
+use crate::manifest::{Diagnostic, Severity};
+use crate::permissions::Permissions;
 use crate::source::{PluginSource, discover, guess_id};
 use crate::stats::PluginStats;
 use crate::watch::Watcher;
@@ -50,6 +51,8 @@ pub struct PluginInfo {
     pub error: Option<Error>,
     /// Manifest warnings (and, for an invalid manifest, its errors).
     pub diagnostics: Vec<Diagnostic>,
+    /// Permissions asked for and granted.
+    pub permissions: Permissions,
 }
 
 /// The outcome of [`Manager::load_dir`]: which plugins run and which did not (and why).
@@ -180,6 +183,12 @@ impl Manager {
         self.inner.reload(id)
     }
 
+    /// Deletes everything plugin `id` stored with `host.storage` (loaded or not). Unloading
+    /// and reloading keep data; this is the explicit removal.
+    pub fn remove_data(&self, id: &str) -> Result<()> {
+        self.inner.remove_data(id)
+    }
+
     /// Stops watching, stops every plugin and waits for all their threads. Handles answer
     /// `SHUT_DOWN` after.
     pub fn shutdown(&self) {
@@ -256,13 +265,17 @@ impl Inner {
         }
         let shared = Shared::new(&source.id, self.bus.clone());
         let version = source.version().to_owned();
-        shared.update_info(|i| i.version = version.clone());
+        let permissions = self.engine.permissions_for(&source);
+        shared.update_info(|i| {
+            i.version = version.clone();
+            i.permissions = permissions;
+        });
         plugins.insert(
             source.id.clone(),
             Entry {
                 handle: PluginHandle::new(shared.clone()),
                 location: source.location.clone(),
-                diagnostics: source.diagnostics.clone(),
+                diagnostics: self.diagnostics_for(&source),
             },
         );
         drop(plugins);
@@ -291,6 +304,34 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// The source's manifest warnings, plus one per requested permission nothing declares.
+    fn diagnostics_for(&self, source: &PluginSource) -> Vec<Diagnostic> {
+        let mut diags = source.diagnostics.clone();
+        let declared = self.engine.host().declared_permissions();
+        let requested = source.manifest().map(|m| m.permissions.as_slice()).unwrap_or_default();
+        for (i, p) in requested.iter().enumerate() {
+            if !declared.contains(p.as_str()) {
+                let known: Vec<&str> = declared.iter().copied().collect();
+                diags.push(Diagnostic {
+                    severity: Severity::Warning,
+                    path: format!("$.permissions[{i}]"),
+                    code: "unknown_permission".into(),
+                    message: format!("no host function or value declares the permission `{p}` (known: {})", known.join(", ")),
+                });
+            }
+        }
+        diags
+    }
+
+    /// Deletes everything plugin `id` stored (whether or not it is loaded).
+    pub(crate) fn remove_data(&self, id: &str) -> Result<()> {
+        self.engine
+            .storage()
+            .backend()
+            .remove_plugin(id)
+            .map_err(|e| Error::new(ErrorCode::LoadFailed, e.to_string()).plugin(id))
     }
 
     fn failed(&self, shared: &Shared, e: &Error) {
@@ -350,6 +391,7 @@ impl Inner {
                     stats: e.handle.stats(),
                     error: info.last_error,
                     diagnostics: e.diagnostics.clone(),
+                    permissions: info.permissions,
                 }
             })
             .collect()
@@ -401,7 +443,8 @@ impl Inner {
             }
             Err(e) => return fail(e),
         };
-        let diagnostics = source.diagnostics.clone();
+        let diagnostics = self.diagnostics_for(&source);
+        let permissions = self.engine.permissions_for(&source);
         let version = source.version().to_owned();
         // (Read before the new thread starts: it marks the plugin ready once it has loaded.)
         let was_running = shared.status() == PluginStatus::Ready;
@@ -433,6 +476,7 @@ impl Inner {
             i.hooks = hooks;
             i.version = version.clone();
             i.last_error = None;
+            i.permissions = permissions;
         });
         shared.add_thread(s.thread);
         if let Some(old) = shared.swap_mailbox(Some(s.tx)) {

@@ -58,6 +58,12 @@ pub struct ManifestLimits {
     pub heap_mb: Option<u64>,
     /// Per-call time limit in milliseconds.
     pub call_timeout_ms: Option<u64>,
+    /// Storage quota: total bytes of keys and values.
+    pub storage_bytes: Option<u64>,
+    /// Storage quota: bytes of the largest value.
+    pub storage_value_bytes: Option<u64>,
+    /// Storage quota: number of keys.
+    pub storage_keys: Option<u64>,
 }
 
 /// A validated `plugin.json`.
@@ -92,10 +98,13 @@ pub struct Manifest {
     /// Limits the plugin asks for (lower than the host's, or ignored with a warning).
     #[serde(default)]
     pub limits: ManifestLimits,
+    /// Permissions the plugin asks for: names of gated host functions/values, or `storage`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
 }
 
-const KNOWN_FIELDS: &[&str] = &["id", "name", "version", "description", "main", "apiVersion", "limits"];
-const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs"];
+const KNOWN_FIELDS: &[&str] = &["id", "name", "version", "description", "main", "apiVersion", "limits", "permissions"];
+const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs", "storageBytes", "storageValueBytes", "storageKeys"];
 
 /// Checks a plugin id: 1–64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit.
 ///
@@ -261,10 +270,46 @@ impl Manifest {
                 if let Some(v) = l.get("callTimeoutMs") {
                     limits.call_timeout_ms = c.positive_int(v, "$.limits.callTimeoutMs", "`limits.callTimeoutMs`");
                 }
+                if let Some(v) = l.get("storageBytes") {
+                    limits.storage_bytes = c.positive_int(v, "$.limits.storageBytes", "`limits.storageBytes`");
+                }
+                if let Some(v) = l.get("storageValueBytes") {
+                    limits.storage_value_bytes =
+                        c.positive_int(v, "$.limits.storageValueBytes", "`limits.storageValueBytes`");
+                }
+                if let Some(v) = l.get("storageKeys") {
+                    limits.storage_keys = c.positive_int(v, "$.limits.storageKeys", "`limits.storageKeys`");
+                }
             }
             Some(other) => {
                 c.error("$.limits", "wrong_type", format!("`limits` must be an object, found {}", type_name(other)))
             }
+        }
+
+        let mut permissions = Vec::new();
+        match obj.get("permissions") {
+            None => {}
+            Some(serde_json::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(p) if !p.is_empty() && p.chars().all(|ch| ch.is_ascii_alphanumeric() || "_-.:$".contains(ch)) => {
+                            if !permissions.iter().any(|q| q == p) {
+                                permissions.push(p.to_owned());
+                            }
+                        }
+                        _ => c.error(
+                            &format!("$.permissions[{i}]"),
+                            "invalid_value",
+                            format!("a permission is a non-empty name such as \"storage\", found `{item}`"),
+                        ),
+                    }
+                }
+            }
+            Some(other) => c.error(
+                "$.permissions",
+                "wrong_type",
+                format!("`permissions` must be an array of names, found {}", type_name(other)),
+            ),
         }
 
         if c.diags.iter().any(|d| d.severity == Severity::Error) {
@@ -278,6 +323,7 @@ impl Manifest {
             main,
             api_version: api_version.expect("checked"),
             limits,
+            permissions,
         };
         Ok((manifest, c.diags))
     }

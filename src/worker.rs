@@ -43,6 +43,7 @@ impl Starting {
 /// to `shared`; whether loading worked comes back through [`Starting::wait`].
 pub(crate) fn spawn(engine: &Engine, source: PluginSource, shared: Arc<Shared>) -> Result<Starting, Error> {
     let limits = engine.limits().for_plugin(&source);
+    let granted = engine.permissions_for(&source).granted;
     let (tx, rx) = crossbeam_channel::bounded(limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let engine = engine.clone();
@@ -50,7 +51,7 @@ pub(crate) fn spawn(engine: &Engine, source: PluginSource, shared: Arc<Shared>) 
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
-        .spawn(move || Worker { engine, source, limits, shared }.run(rx, ready_tx))
+        .spawn(move || Worker { engine, source, limits, granted, shared }.run(rx, ready_tx))
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")).plugin(&id))?;
     Ok(Starting { tx, thread, ready })
 }
@@ -59,6 +60,7 @@ struct Worker {
     engine: Engine,
     source: PluginSource,
     limits: Limits,
+    granted: Vec<String>,
     shared: Arc<Shared>,
 }
 
@@ -153,6 +155,9 @@ impl Worker {
             host: self.engine.host(),
             heap_limit: self.limits.heap_limit,
             load_timeout: self.limits.load_timeout,
+            granted: &self.granted,
+            stats: self.shared.stats.clone(),
+            storage: (self.engine.storage().clone(), self.engine.storage_quota_for(&self.source)),
         };
         let iso = PluginIsolate::new(&cfg, slot, rt).map_err(|e| e.in_context(&self.source.id, None))?;
         let (heap, ab, limit) = iso.memory();

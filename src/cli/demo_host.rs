@@ -24,4 +24,6 @@ pub fn demo_host() -> HostApi {
             };
             Ok(json!({ "id": id, "name": name, "city": city }))
         })
+        // Looking users up is not for every plugin: it needs the `users` permission.
+        .requires("fetchUser", "users")
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use isola::{Engine, Error, ErrorCode, Manager, PluginInfo, PluginStatus};
+use isola::{Engine, Error, ErrorCode, Manager, PluginInfo, PluginStatus, Storage};
 use serde_json::Value;
 
 /// isola: run sandboxed JavaScript plugins, each in its own V8 isolate with memory and time
@@ -38,6 +38,10 @@ struct Global {
     /// Only print results and errors, e.g. `isola --quiet run plugins`.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Where plugins' `host.storage` data lives (default: $XDG_DATA_HOME/isola, or
+    /// ~/.local/share/isola), e.g. `--data-dir ./data`.
+    #[arg(long, global = true, value_name = "DIR", env = "ISOLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +87,13 @@ enum Command {
         /// The plugin directory.
         dir: PathBuf,
     },
+    /// Manage plugins' stored data.
+    ///
+    /// Example: `isola data remove notes`
+    Data {
+        #[command(subcommand)]
+        action: DataAction,
+    },
     /// Serve DIR over JSON-RPC 2.0 on stdin/stdout, one message per line (methods: call, list,
     /// stats, reload; lifecycle events arrive as `event` notifications).
     ///
@@ -96,6 +107,27 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DataAction {
+    /// Delete everything PLUGIN stored with host.storage (unloading a plugin keeps its data).
+    Remove {
+        /// The plugin id.
+        plugin: String,
+    },
+}
+
+/// `--data-dir`, else the platform's per-user data directory.
+fn data_dir(g: &Global) -> PathBuf {
+    if let Some(d) = &g.data_dir {
+        return d.clone();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("isola")
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `dev` is interactive: its logs (plugin console output included) share stdout with the
@@ -106,6 +138,7 @@ pub fn main() -> ExitCode {
         .host(demo_host::demo_host())
         .heap_limit_mb(cli.global.heap_limit)
         .call_timeout(Duration::from_millis(cli.global.timeout))
+        .storage(Storage::in_dir(data_dir(&cli.global)))
         .build();
     let manager = Manager::new(engine);
     let ok = match cli.command {
@@ -113,6 +146,18 @@ pub fn main() -> ExitCode {
         Command::Call { dir, plugin, hook, args, json } => call(&manager, &dir, &plugin, &hook, &args, json),
         Command::Run { dir } => run(&manager, &dir, cli.global.quiet),
         Command::Dev { dir } => dev::dev(&manager, &dir),
+        Command::Data { action: DataAction::Remove { plugin } } => match manager.remove_data(&plugin) {
+            Ok(()) => {
+                if !cli.global.quiet {
+                    println!("removed the data of `{plugin}`");
+                }
+                true
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                false
+            }
+        },
         Command::Serve { dir, watch } => return exit(serve::serve(manager, &dir, watch)),
     };
     manager.shutdown();
@@ -167,6 +212,16 @@ pub(crate) fn print_table(plugins: &[PluginInfo]) {
     println!("{:idw$}  {:9}  {:10}  HOOKS", "ID", "VERSION", "STATUS");
     for p in plugins {
         println!("{:idw$}  {:9}  {:10}  {}", p.id, p.version, p.status.as_str(), p.hooks.join(", "));
+        let perms = &p.permissions;
+        if !perms.requested.is_empty() || !perms.granted.is_empty() {
+            let refused: Vec<&str> =
+                perms.requested.iter().filter(|r| !perms.granted.contains(r)).map(String::as_str).collect();
+            let mut line = format!("permissions: granted [{}]", perms.granted.join(", "));
+            if !refused.is_empty() {
+                line += &format!(", refused [{}]", refused.join(", "));
+            }
+            println!("{:idw$}  {line}", "");
+        }
         for d in &p.diagnostics {
             println!("{:idw$}  {d}", "");
         }

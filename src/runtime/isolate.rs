@@ -20,12 +20,14 @@ use serde_json::Value;
 
 use super::loader::PluginLoader;
 use super::memory::MemoryBudget;
-use super::ops::{HostTable, isola_ops};
+use super::ops::{Grant, HostTable, isola_ops};
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
 use crate::host::HostApi;
 use crate::source::{PluginSource, SourceKind};
+use crate::stats::StatsCell;
+use crate::storage::{Storage, StorageQuota};
 
 /// The smallest memory budget an isolate can start in: deno_core's own bootstrap needs a few
 /// MiB of heap, and V8 aborts the process (rather than failing) if it cannot even start.
@@ -37,6 +39,9 @@ pub(crate) struct IsolateConfig<'a> {
     pub host: &'a HostApi,
     pub heap_limit: usize,
     pub load_timeout: Duration,
+    pub granted: &'a [String],
+    pub stats: Arc<StatsCell>,
+    pub storage: (Storage, StorageQuota),
 }
 
 /// A loaded plugin: its runtime, its hooks, and its memory budget.
@@ -72,7 +77,13 @@ impl PluginIsolate {
         let source = cfg.source;
         let heap_limit = cfg.heap_limit.max(MIN_HEAP_BYTES);
         let budget = MemoryBudget::new(heap_limit);
-        let (table, spec) = HostTable::build(&source.id, cfg.host);
+        let (table, spec) = HostTable::build(Grant {
+            plugin: &source.id,
+            host: cfg.host,
+            granted: cfg.granted,
+            stats: cfg.stats.clone(),
+            storage: cfg.storage.clone(),
+        });
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
             module_loader: Some(Rc::new(PluginLoader::new(&source.root))),

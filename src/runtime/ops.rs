@@ -15,39 +15,100 @@ use std::sync::Arc;
 use deno_core::{OpState, op2};
 use deno_error::{JsErrorClass, PropertyValue};
 
+use crate::error::ErrorCode;
 use crate::host::{AsyncFn, HostFnError, HostItem, SyncFn};
+use crate::permissions::STORAGE;
+use crate::stats::StatsCell;
+use crate::storage::{Storage, StorageError, StorageQuota, check_key};
 
-/// Per-isolate op state: the host functions by index, and who is calling.
+/// A host function and, if the plugin may not call it, the permission it lacks.
+struct Gated<F: ?Sized> {
+    f: Arc<F>,
+    missing: Option<String>,
+    name: String,
+}
+
+/// Per-isolate op state: the host functions by index, who is calling, what it may do.
 pub(crate) struct HostTable {
-    pub plugin: Arc<str>,
-    pub sync_fns: Vec<Arc<SyncFn>>,
-    pub async_fns: Vec<Arc<AsyncFn>>,
+    plugin: Arc<str>,
+    sync_fns: Vec<Gated<SyncFn>>,
+    async_fns: Vec<Gated<AsyncFn>>,
+    stats: Arc<StatsCell>,
+    storage: Option<(Storage, StorageQuota)>,
+}
+
+/// What a plugin's isolate is given.
+pub(crate) struct Grant<'a> {
+    pub plugin: &'a str,
+    pub host: &'a crate::HostApi,
+    pub granted: &'a [String],
+    pub stats: Arc<StatsCell>,
+    /// The engine's storage and this plugin's quota.
+    pub storage: (Storage, StorageQuota),
 }
 
 impl HostTable {
     /// No host functions (used to build the startup snapshot).
     pub(crate) fn empty() -> HostTable {
-        HostTable { plugin: "".into(), sync_fns: Vec::new(), async_fns: Vec::new() }
+        HostTable {
+            plugin: "".into(),
+            sync_fns: Vec::new(),
+            async_fns: Vec::new(),
+            stats: Arc::default(),
+            storage: None,
+        }
     }
 
     /// Splits a host API into index tables and the JSON spec the prelude builds `host` from.
-    pub(crate) fn build(plugin: &str, host: &crate::HostApi) -> (HostTable, serde_json::Value) {
-        let mut table = HostTable { plugin: plugin.into(), sync_fns: Vec::new(), async_fns: Vec::new() };
+    /// Gated values the plugin may not read are left out; gated functions stay (so that calling
+    /// one explains itself) but refuse with `PERMISSION_DENIED`.
+    pub(crate) fn build(g: Grant) -> (HostTable, serde_json::Value) {
+        let holds = |name: &str| g.host.permission_of(name).filter(|p| !g.granted.iter().any(|q| q == p));
+        let storage = g.granted.iter().any(|p| p == STORAGE).then_some(g.storage);
+        let mut table = HostTable {
+            plugin: g.plugin.into(),
+            sync_fns: Vec::new(),
+            async_fns: Vec::new(),
+            stats: g.stats,
+            storage,
+        };
         let mut spec = Vec::new();
-        for (name, item) in host.items() {
+        for (name, item) in g.host.items() {
+            let missing = holds(name).map(str::to_owned);
             spec.push(match item {
                 HostItem::Sync(f) => {
-                    table.sync_fns.push(f.clone());
+                    table.sync_fns.push(Gated { f: f.clone(), missing, name: name.to_owned() });
                     serde_json::json!({"name": name, "kind": "sync", "id": table.sync_fns.len() - 1})
                 }
                 HostItem::Async(f) => {
-                    table.async_fns.push(f.clone());
+                    table.async_fns.push(Gated { f: f.clone(), missing, name: name.to_owned() });
                     serde_json::json!({"name": name, "kind": "async", "id": table.async_fns.len() - 1})
                 }
+                HostItem::Value(_) if missing.is_some() => continue,
                 HostItem::Value(v) => serde_json::json!({"name": name, "kind": "value", "value": v}),
             });
         }
+        if table.storage.is_some() {
+            spec.push(serde_json::json!({"name": "storage", "kind": "storage"}));
+        }
         (table, serde_json::Value::Array(spec))
+    }
+
+    /// Refuses a call the plugin holds no permission for, counting it.
+    fn check<F: ?Sized>(&self, g: &Gated<F>) -> Result<(), HostOpError> {
+        match &g.missing {
+            None => Ok(()),
+            Some(p) => {
+                self.stats.record_error(ErrorCode::PermissionDenied);
+                Err(HostOpError(HostFnError {
+                    code: "PERMISSION_DENIED",
+                    message: format!(
+                        "plugin `{}` lacks the permission `{p}` that host.{} requires (add it to \"permissions\" in plugin.json)",
+                        self.plugin, g.name
+                    ),
+                }))
+            }
+        }
     }
 }
 
@@ -94,9 +155,45 @@ fn unknown(id: u32) -> HostOpError {
 #[op2]
 #[string]
 fn op_isola_host_sync(state: &mut OpState, #[smi] id: u32, #[string] args: &str) -> Result<String, HostOpError> {
-    let f = state.borrow::<HostTable>().sync_fns.get(id as usize).cloned().ok_or_else(|| unknown(id))?;
-    let out = f(parse_args(args)?).map_err(HostOpError)?;
+    let table = state.borrow::<HostTable>();
+    let g = table.sync_fns.get(id as usize).ok_or_else(|| unknown(id))?;
+    table.check(g)?;
+    let out = (g.f)(parse_args(args)?).map_err(HostOpError)?;
     Ok(out.to_string())
+}
+
+/// `host.storage.get/set/delete/list`, scoped to the calling plugin.
+#[op2]
+#[string]
+fn op_isola_storage(
+    state: &mut OpState,
+    #[smi] op: u32,
+    #[string] key: &str,
+    #[string] value: &str,
+) -> Result<String, HostOpError> {
+    let table = state.borrow::<HostTable>();
+    let Some((storage, quota)) = &table.storage else {
+        return Err(HostOpError(HostFnError { code: "PERMISSION_DENIED", message: "no storage permission".into() }));
+    };
+    let plugin = &*table.plugin;
+    let backend = storage.backend();
+    let r = match op {
+        0 => check_key(key).and_then(|_| backend.get(plugin, key)).map(|v| v.unwrap_or_else(|| "null".into())),
+        1 => check_key(key).and_then(|_| backend.set(plugin, key, value, quota)).map(|_| "null".into()),
+        2 => check_key(key).and_then(|_| backend.delete(plugin, key)).map(|b| b.to_string()),
+        _ => backend.list(plugin, key).map(|keys| serde_json::to_string(&keys).unwrap_or_default()),
+    };
+    r.map_err(|e| {
+        let code = match &e {
+            StorageError::Quota(_) => {
+                table.stats.record_error(ErrorCode::QuotaExceeded);
+                "QUOTA_EXCEEDED"
+            }
+            StorageError::InvalidKey(_) => "INVALID_ARGS",
+            StorageError::Backend(_) => "HOST_ERROR",
+        };
+        HostOpError(HostFnError { code, message: e.to_string() })
+    })
 }
 
 #[op2]
@@ -106,7 +203,13 @@ async fn op_isola_host_async(
     #[smi] id: u32,
     #[string] args: String,
 ) -> Result<String, HostOpError> {
-    let f = state.borrow().borrow::<HostTable>().async_fns.get(id as usize).cloned().ok_or_else(|| unknown(id))?;
+    let f = {
+        let state = state.borrow();
+        let table = state.borrow::<HostTable>();
+        let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
+        table.check(g)?;
+        g.f.clone()
+    };
     let out = f(parse_args(&args)?).await.map_err(HostOpError)?;
     Ok(out.to_string())
 }
@@ -126,7 +229,7 @@ fn op_isola_log(state: &mut OpState, #[smi] level: u32, #[string] msg: &str) {
 
 deno_core::extension!(
     isola_ops,
-    ops = [op_isola_host_sync, op_isola_host_async, op_isola_log],
+    ops = [op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage],
     options = { table: HostTable },
     middleware = |op| match op.name {
         // Everything deno_core itself would expose stays unreachable: the prelude deletes

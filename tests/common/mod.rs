@@ -53,6 +53,13 @@ impl PluginDir {
     }
 }
 
+/// A data directory for child `isola` processes, so tests never write to the user's home.
+pub fn data_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("isola-test-data-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// A host API like the CLI's demo one, plus functions tests need.
 pub fn test_host() -> HostApi {
     HostApi::new()
