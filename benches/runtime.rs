@@ -118,5 +118,38 @@ fn timeout_precision(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cold_start, hook_call, host_function, timeout_precision);
+const STORAGE_PLUGIN: &str = "export default {
+    setLoop(n) { for (let i = 0; i < n; i++) host.storage.set(`k${i % 100}`, { i, text: 'hello' }); return n; },
+    getLoop(n) { let found = 0; for (let i = 0; i < n; i++) if (host.storage.get(`k${i % 100}`) !== null) found++; return found; },
+};";
+
+fn storage(c: &mut Criterion) {
+    let data = tempfile::tempdir().unwrap();
+    for (name, storage) in [("memory", isola::Storage::memory()), ("redb", isola::Storage::in_dir(data.path()))] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(
+            p.join("plugin.json"),
+            r#"{"id":"store","name":"s","version":"1.0.0","apiVersion":1,"permissions":["storage"]}"#,
+        )
+        .unwrap();
+        std::fs::write(p.join("main.js"), STORAGE_PLUGIN).unwrap();
+        let manager = Manager::new(Engine::builder().storage(storage).build());
+        let h = manager.load(&p).unwrap();
+        let mut g = c.benchmark_group(format!("storage/{name}"));
+        g.sample_size(20);
+        const N: u64 = 100;
+        g.throughput(Throughput::Elements(N));
+        g.bench_function("host.storage.set from JS (100 per hook)", |b| {
+            b.iter(|| h.call_blocking::<_, u64>("setLoop", (N,)).unwrap())
+        });
+        g.bench_function("host.storage.get from JS (100 per hook)", |b| {
+            b.iter(|| assert_eq!(h.call_blocking::<_, u64>("getLoop", (N,)).unwrap(), N))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, cold_start, hook_call, host_function, timeout_precision, storage);
 criterion_main!(benches);
