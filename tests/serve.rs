@@ -74,8 +74,9 @@ impl Server {
 
 fn plugins() -> PluginDir {
     let dir = PluginDir::new();
-    dir.module(
+    dir.module_with_manifest(
         "slow",
+        &json!({"id": "slow", "name": "slow", "version": "1.0.0", "apiVersion": 1, "permissions": ["users"]}).to_string(),
         "export default { async nap(ms) { await host.fetchUser(1); const end = Date.now() + ms; while (Date.now() < end) {} return ms; } };",
     );
     dir.module("fast", "export default { echo(x) { return x; }, boom() { throw new RangeError('nope'); } };");
