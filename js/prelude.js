@@ -9,7 +9,8 @@
 (function isolaPrelude(spec) {
   "use strict";
   const core = globalThis.Deno.core;
-  const { op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage } = core.ops;
+  const { op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage, op_isola_call, op_isola_emit } =
+    core.ops;
   const { stringify } = JSON;
   const parse = JSON.parse;
   const { freeze, defineProperty, getOwnPropertyNames } = Object;
@@ -38,6 +39,18 @@
       host[name] = deepFreeze(item.value);
     } else if (item.kind === "storage") {
       host.storage = makeStorage();
+    } else if (item.kind === "events") {
+      host.events = freeze({
+        emit(event, payload = null) {
+          return op_isola_emit(String(event), encode("events.emit", payload) ?? "null");
+        },
+      });
+    } else if (item.kind === "plugins") {
+      host.plugins = freeze({
+        async call(plugin, hook, ...args) {
+          return parse(await op_isola_call(String(plugin), String(hook), encode("plugins.call", args)));
+        },
+      });
     } else if (item.kind === "sync") {
       // An object literal method gets the right `.name` for stack traces.
       host[name] = {

@@ -52,11 +52,13 @@ pub enum ErrorCode {
     PermissionDenied,
     /// A storage write would break one of the plugin's storage quotas; nothing was written.
     QuotaExceeded,
+    /// No command of that name; the message lists close matches.
+    CommandNotFound,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (handy for stats tables and docs).
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Timeout,
         ErrorCode::HeapLimit,
         ErrorCode::HookNotFound,
@@ -70,6 +72,7 @@ impl ErrorCode {
         ErrorCode::ShutDown,
         ErrorCode::PermissionDenied,
         ErrorCode::QuotaExceeded,
+        ErrorCode::CommandNotFound,
     ];
 
     /// The stable string form, e.g. `"HOOK_NOT_FOUND"`.
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::ShutDown => "SHUT_DOWN",
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::CommandNotFound => "COMMAND_NOT_FOUND",
         }
     }
 }

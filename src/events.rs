@@ -95,10 +95,13 @@ impl LifecycleEvent {
     }
 }
 
-/// Fans events out to every subscriber.
+type Forward = Box<dyn Fn(&LifecycleEvent) + Send + Sync>;
+
+/// Fans events out to every subscriber (and to plugins subscribed to `plugin:*` events).
 #[derive(Default)]
 pub(crate) struct EventBus {
     subscribers: Mutex<Vec<Sender<LifecycleEvent>>>,
+    forward: Mutex<Option<Forward>>,
 }
 
 impl EventBus {
@@ -108,8 +111,16 @@ impl EventBus {
         rx
     }
 
+    /// Also hands every event to `f` (the manager uses it to notify plugins).
+    pub(crate) fn set_forward(&self, f: impl Fn(&LifecycleEvent) + Send + Sync + 'static) {
+        *self.forward.lock().unwrap() = Some(Box::new(f));
+    }
+
     pub(crate) fn emit(&self, event: LifecycleEvent) {
         tracing::debug!(plugin = event.plugin(), "{event:?}");
+        if let Some(f) = self.forward.lock().unwrap().as_ref() {
+            f(&event);
+        }
         self.subscribers.lock().unwrap().retain(|tx| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {

@@ -98,9 +98,19 @@ impl Reply {
     }
 }
 
+/// On whose behalf a call runs: the plugins waiting on it (for `host.plugins.call`) and how
+/// many event hops led to it (for `host.events.emit`). Empty for calls from the host.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallContext {
+    /// Plugins up the call chain, outermost first.
+    pub chain: Vec<String>,
+    /// Events emitted by plugins that led here.
+    pub event_depth: u32,
+}
+
 /// A message to a plugin's thread.
 pub(crate) enum Request {
-    Call { hook: String, args: Value, timeout: Option<Duration>, reply: Reply },
+    Call { hook: String, args: Value, timeout: Option<Duration>, ctx: CallContext, reply: Reply },
     Stop,
 }
 
@@ -191,7 +201,7 @@ impl Shared {
         }
     }
 
-    fn submit(&self, hook: &str, args: Value, timeout: Option<Duration>, reply: Reply) -> Result<()> {
+    fn submit(&self, hook: &str, args: Value, timeout: Option<Duration>, ctx: CallContext, reply: Reply) -> Result<()> {
         let fail = |code: ErrorCode, msg: String| {
             self.stats.record_error(code);
             Err(Error::new(code, msg).plugin(&self.id).hook(hook))
@@ -209,7 +219,7 @@ impl Shared {
                 None => Error::new(ErrorCode::PluginCrashed, "the plugin is not running").plugin(&self.id).hook(hook),
             });
         };
-        let req = Request::Call { hook: hook.to_owned(), args, timeout, reply };
+        let req = Request::Call { hook: hook.to_owned(), args, timeout, ctx, reply };
         match tx.try_send(req) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => fail(
@@ -232,7 +242,13 @@ impl Shared {
 /// reloaded), blocking until it answers.
 pub(crate) fn call_mailbox(tx: &Sender<Request>, id: &str, hook: &str, args: Value) -> Result<Value> {
     let (rtx, rrx) = crossbeam_channel::bounded(1);
-    let req = Request::Call { hook: hook.to_owned(), args, timeout: None, reply: Reply::Blocking(rtx) };
+    let req = Request::Call {
+        hook: hook.to_owned(),
+        args,
+        timeout: None,
+        ctx: CallContext::default(),
+        reply: Reply::Blocking(rtx),
+    };
     let lost = || Error::new(ErrorCode::PluginCrashed, "the plugin stopped before answering").plugin(id).hook(hook);
     tx.send(req).map_err(|_| lost())?;
     rrx.recv().map_err(|_| lost())?
@@ -332,16 +348,27 @@ impl PluginHandle {
         args: A,
         opts: CallOptions,
     ) -> impl Future<Output = Result<R>> + Send + 'static {
+        let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook));
+        let answer = args.map(|args| self.call_in(hook, args, opts.timeout, CallContext::default()));
+        let (id, hook) = (self.shared.id.clone(), hook.to_owned());
+        async move { decode(answer?.await?, &id, &hook) }
+    }
+
+    /// Queues a call with JSON arguments on behalf of `ctx`; the future waits for the answer.
+    pub(crate) fn call_in(
+        &self,
+        hook: &str,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+    ) -> impl Future<Output = Result<Value>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = encode_args(args)
-            .map_err(|e| e.plugin(&self.shared.id).hook(hook))
-            .and_then(|args| self.shared.submit(hook, args, opts.timeout, Reply::Async(tx)));
+        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx));
         let shared = self.shared.clone();
         let hook = hook.to_owned();
         async move {
             sent?;
-            let v = rx.await.map_err(|_| shared.lost(&hook))??;
-            decode(v, &shared.id, &hook)
+            rx.await.map_err(|_| shared.lost(&hook))?
         }
     }
 
@@ -360,7 +387,7 @@ impl PluginHandle {
     ) -> Result<R> {
         let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook))?;
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.shared.submit(hook, args, opts.timeout, Reply::Blocking(tx))?;
+        self.shared.submit(hook, args, opts.timeout, CallContext::default(), Reply::Blocking(tx))?;
         // crossbeam spins briefly before parking, which keeps a fast answer from paying a
         // full thread wake-up.
         let v = rx.recv().map_err(|_| self.shared.lost(hook))??;

@@ -151,9 +151,10 @@ impl HostApi {
         self.permissions.get(name).map(String::as_str)
     }
 
-    /// Every permission name the host API declares (plus `storage`).
+    /// Every permission name the host API declares (isola's own — `storage`, `events`,
+    /// `call:PLUGIN` — come on top).
     pub fn declared_permissions(&self) -> std::collections::BTreeSet<&str> {
-        self.permissions.values().map(String::as_str).chain(std::iter::once(crate::permissions::STORAGE)).collect()
+        self.permissions.values().map(String::as_str).collect()
     }
 
     /// The registered names, sorted.

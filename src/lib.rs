@@ -23,6 +23,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod dispatch;
 mod engine;
 mod error;
 mod events;
@@ -38,6 +39,7 @@ mod storage;
 mod watch;
 mod worker;
 
+pub use dispatch::{ChainReport, CommandInfo, Delivery, EmitReport, Outcome};
 pub use engine::{
     DEFAULT_CALL_TIMEOUT, DEFAULT_HEAP_LIMIT_MB, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAILBOX_CAPACITY, Engine, EngineBuilder,
     Limits,
@@ -47,8 +49,12 @@ pub use events::LifecycleEvent;
 pub use handle::{CallOptions, PluginHandle, PluginStatus};
 pub use host::HostApi;
 pub use manager::{LoadReport, Manager, PluginInfo};
-pub use manifest::{Diagnostic, Manifest, ManifestLimits, SUPPORTED_API_VERSION, Severity, validate_id};
-pub use source::{PluginSource, SourceKind, discover, is_plugin_path};
+pub use manifest::{
+    CommandSpec, Diagnostic, Manifest, ManifestLimits, SUPPORTED_API_VERSION, Severity, Subscription, validate_id,
+};
 pub use permissions::{Permissions, Policy, STORAGE};
+pub use source::{PluginSource, SourceKind, discover, is_plugin_path};
 pub use stats::PluginStats;
-pub use storage::{MAX_KEY_BYTES, MemoryStorage, RedbStorage, Storage, StorageBackend, StorageError, StorageQuota, Usage};
+pub use storage::{
+    MAX_KEY_BYTES, MemoryStorage, RedbStorage, Storage, StorageBackend, StorageError, StorageQuota, Usage,
+};

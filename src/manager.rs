@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::handle::{PluginHandle, PluginStatus, Request, Shared, call_mailbox};
-use crate::manifest::{Diagnostic, Severity};
+use crate::manifest::{CommandSpec, Diagnostic, Severity, Subscription};
 use crate::permissions::Permissions;
 use crate::source::{PluginSource, discover, guess_id};
 use crate::stats::PluginStats;
@@ -64,10 +64,47 @@ pub struct LoadReport {
     pub failed: Vec<Error>,
 }
 
-struct Entry {
-    handle: PluginHandle,
+pub(crate) struct Entry {
+    pub(crate) handle: PluginHandle,
     location: PathBuf,
     diagnostics: Vec<Diagnostic>,
+    /// From the manifest: the events it subscribes to and the commands it offers.
+    pub(crate) events: Vec<Subscription>,
+    pub(crate) commands: Vec<CommandSpec>,
+}
+
+/// How a plugin's isolate reaches the manager (for `host.plugins.call` and
+/// `host.events.emit`) without keeping it alive.
+#[derive(Clone)]
+pub(crate) struct Links(Weak<Inner>);
+
+impl Links {
+    fn inner(&self) -> Result<Arc<Inner>> {
+        self.0.upgrade().ok_or_else(|| Error::new(ErrorCode::ShutDown, "the manager has shut down"))
+    }
+
+    pub(crate) fn handle(&self, id: &str) -> Result<PluginHandle> {
+        self.inner()?.entry(id).map(|(shared, _)| PluginHandle::new(shared))
+    }
+
+    /// Notifies `event`'s subscribers without waiting; returns how many there are.
+    pub(crate) fn emit_background(&self, event: &str, payload: Value, depth: u32) -> usize {
+        let Ok(inner) = self.inner() else { return 0 };
+        let n = inner.subscribers(event).len();
+        if n > 0 {
+            let event = event.to_owned();
+            let weak = self.0.clone();
+            inner.events_rt.spawn(async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let report = inner.emit(&event, payload, depth).await;
+                drop(inner);
+                for d in report.deliveries.iter().filter(|d| d.error.is_some()) {
+                    tracing::warn!(plugin = %d.plugin, "event `{event}`: {}", d.error.as_ref().unwrap());
+                }
+            });
+        }
+        n
+    }
 }
 
 /// Runs a set of plugins, each in its own isolate and thread.
@@ -91,30 +128,59 @@ struct Entry {
 /// ```
 pub struct Manager {
     inner: Arc<Inner>,
+    /// Runs event deliveries that nobody waits for (plugin-emitted and lifecycle events).
+    /// Owned here, not by `Inner`, so that it is never dropped from one of its own threads.
+    events_rt: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 /// The manager's state, shared with its directory watcher.
 pub(crate) struct Inner {
     engine: Engine,
     plugins: RwLock<BTreeMap<String, Entry>>,
-    bus: Arc<EventBus>,
+    pub(crate) bus: Arc<EventBus>,
     /// One reload at a time (a file save and an explicit reload may race).
     reloading: Mutex<()>,
     watcher: Mutex<Option<Watcher>>,
+    /// Itself, for handing to plugins' isolates.
+    me: Weak<Inner>,
+    pub(crate) events_rt: tokio::runtime::Handle,
 }
 
 impl Manager {
     /// A manager with no plugins yet.
     pub fn new(engine: Engine) -> Manager {
-        Manager {
-            inner: Arc::new(Inner {
-                engine,
-                plugins: RwLock::new(BTreeMap::new()),
-                bus: Arc::new(EventBus::default()),
-                reloading: Mutex::new(()),
-                watcher: Mutex::new(None),
-            }),
-        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("isola:events")
+            .enable_all()
+            .build()
+            .expect("cannot start the event delivery runtime");
+        let inner = Arc::new_cyclic(|me| Inner {
+            engine,
+            plugins: RwLock::new(BTreeMap::new()),
+            bus: Arc::new(EventBus::default()),
+            reloading: Mutex::new(()),
+            watcher: Mutex::new(None),
+            me: me.clone(),
+            events_rt: rt.handle().clone(),
+        });
+        // Plugins may subscribe to lifecycle events as `plugin:loaded`, `plugin:reloaded`,
+        // `plugin:unloaded` and `plugin:errored`.
+        let links = Links(Arc::downgrade(&inner));
+        inner.bus.set_forward(move |e| {
+            let name = match e {
+                LifecycleEvent::Loaded { .. } => "plugin:loaded",
+                LifecycleEvent::Reloaded { .. } => "plugin:reloaded",
+                LifecycleEvent::Unloaded { .. } => "plugin:unloaded",
+                _ => "plugin:errored",
+            };
+            links.emit_background(name, serde_json::to_value(e).unwrap_or_default(), 1);
+        });
+        Manager { inner, events_rt: Mutex::new(Some(rt)) }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// Subscribes to lifecycle events (loaded, reloaded, reload failed, unloaded, restarted).
@@ -203,6 +269,9 @@ impl Manager {
         for e in entries.values() {
             e.handle.shared().join();
         }
+        if let Some(rt) = self.events_rt.lock().unwrap().take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -213,6 +282,15 @@ impl Drop for Manager {
 }
 
 impl Inner {
+    fn links(&self) -> Links {
+        Links(self.me.clone())
+    }
+
+    /// Reads the plugin table.
+    pub(crate) fn plugins(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.plugins.read().unwrap()
+    }
+
     pub(crate) fn load_dir(&self, dir: &Path) -> Result<LoadReport> {
         let found = discover(dir)?;
         let mut report = LoadReport::default();
@@ -276,10 +354,13 @@ impl Inner {
                 handle: PluginHandle::new(shared.clone()),
                 location: source.location.clone(),
                 diagnostics: self.diagnostics_for(&source),
+                events: source.manifest().map(|m| m.events.clone()).unwrap_or_default(),
+                commands: source.manifest().map(|m| m.commands.clone()).unwrap_or_default(),
             },
         );
         drop(plugins);
-        let s = worker::spawn(&self.engine, source, shared.clone()).inspect_err(|e| self.failed(&shared, e))?;
+        let s = worker::spawn(&self.engine, source, shared.clone(), self.links())
+            .inspect_err(|e| self.failed(&shared, e))?;
         Ok((shared, version, t0, s))
     }
 
@@ -312,13 +393,17 @@ impl Inner {
         let declared = self.engine.host().declared_permissions();
         let requested = source.manifest().map(|m| m.permissions.as_slice()).unwrap_or_default();
         for (i, p) in requested.iter().enumerate() {
-            if !declared.contains(p.as_str()) {
-                let known: Vec<&str> = declared.iter().copied().collect();
+            if !declared.contains(p.as_str()) && !crate::permissions::is_builtin(p) {
+                let mut known: Vec<&str> = declared.iter().copied().collect();
+                known.extend(["storage", "events", "call:PLUGIN"]);
                 diags.push(Diagnostic {
                     severity: Severity::Warning,
                     path: format!("$.permissions[{i}]"),
                     code: "unknown_permission".into(),
-                    message: format!("no host function or value declares the permission `{p}` (known: {})", known.join(", ")),
+                    message: format!(
+                        "no host function or value declares the permission `{p}` (known: {})",
+                        known.join(", ")
+                    ),
                 });
             }
         }
@@ -370,6 +455,8 @@ impl Inner {
                     handle: PluginHandle::new(shared),
                     location: location.unwrap_or_default(),
                     diagnostics: e.diagnostics.clone(),
+                    events: Vec::new(),
+                    commands: Vec::new(),
                 },
             );
         }
@@ -448,7 +535,9 @@ impl Inner {
         let version = source.version().to_owned();
         // (Read before the new thread starts: it marks the plugin ready once it has loaded.)
         let was_running = shared.status() == PluginStatus::Ready;
-        let s = match worker::spawn(&self.engine, source, shared.clone()) {
+        let events = source.manifest().map(|m| m.events.clone()).unwrap_or_default();
+        let commands = source.manifest().map(|m| m.commands.clone()).unwrap_or_default();
+        let s = match worker::spawn(&self.engine, source, shared.clone(), self.links()) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
@@ -486,6 +575,8 @@ impl Inner {
         shared.set_status(PluginStatus::Ready);
         if let Some(e) = self.plugins.write().unwrap().get_mut(id) {
             e.diagnostics = diagnostics;
+            e.events = events;
+            e.commands = commands;
         }
         self.bus.emit(LifecycleEvent::Reloaded { plugin: id.to_owned(), version, took_ms: millis(t0) });
         Ok(())

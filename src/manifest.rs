@@ -66,6 +66,28 @@ pub struct ManifestLimits {
     pub storage_keys: Option<u64>,
 }
 
+/// A plugin's subscription to a named event (manifest `events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The event name, e.g. `chat`.
+    pub event: String,
+    /// The hook that receives it.
+    pub hook: String,
+    /// Chains run higher priorities first (default 0); ties go by plugin id.
+    pub priority: i64,
+}
+
+/// A command a plugin offers (manifest `commands`), run as `PLUGIN:ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    /// The command id, unique within the plugin.
+    pub id: String,
+    /// Human-readable title.
+    pub title: String,
+    /// The hook that runs it.
+    pub hook: String,
+}
+
 /// A validated `plugin.json`.
 ///
 /// ```
@@ -101,9 +123,16 @@ pub struct Manifest {
     /// Permissions the plugin asks for: names of gated host functions/values, or `storage`.
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// Events the plugin subscribes to.
+    #[serde(default)]
+    pub events: Vec<Subscription>,
+    /// Commands the plugin offers.
+    #[serde(default)]
+    pub commands: Vec<CommandSpec>,
 }
 
-const KNOWN_FIELDS: &[&str] = &["id", "name", "version", "description", "main", "apiVersion", "limits", "permissions"];
+const KNOWN_FIELDS: &[&str] =
+    &["id", "name", "version", "description", "main", "apiVersion", "limits", "permissions", "events", "commands"];
 const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs", "storageBytes", "storageValueBytes", "storageKeys"];
 
 /// Checks a plugin id: 1–64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit.
@@ -171,6 +200,134 @@ impl Checker {
                 None
             }
         }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:$/".contains(c))
+}
+
+fn is_hook(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+impl Checker {
+    /// `"events": {"chat": "onChat", "join": {"hook": "onJoin", "priority": 10}}`
+    fn events(&mut self, v: Option<&serde_json::Value>) -> Vec<Subscription> {
+        let mut out = Vec::new();
+        let Some(v) = v else { return out };
+        let Some(map) = v.as_object() else {
+            self.error(
+                "$.events",
+                "wrong_type",
+                format!("`events` must be an object of event name to hook, found {}", type_name(v)),
+            );
+            return out;
+        };
+        for (event, spec) in map {
+            let path = format!("$.events.{event}");
+            if !is_name(event) {
+                self.error(
+                    &path,
+                    "invalid_value",
+                    format!("`{event}` is not a valid event name (letters, digits, `_-.:/`)"),
+                );
+                continue;
+            }
+            let (hook, priority) = match spec {
+                serde_json::Value::String(h) => (Some(h.clone()), 0),
+                serde_json::Value::Object(o) => {
+                    let hook = o.get("hook").and_then(|h| h.as_str()).map(str::to_owned);
+                    if hook.is_none() {
+                        self.error(
+                            &format!("{path}.hook"),
+                            "missing_field",
+                            "an event subscription needs a `hook` (a string)".into(),
+                        );
+                    }
+                    let priority = match o.get("priority") {
+                        None => 0,
+                        Some(p) => p.as_i64().unwrap_or_else(|| {
+                            self.error(
+                                &format!("{path}.priority"),
+                                "wrong_type",
+                                format!("`priority` must be an integer, found {}", type_name(p)),
+                            );
+                            0
+                        }),
+                    };
+                    (hook, priority)
+                }
+                other => {
+                    self.error(
+                        &path,
+                        "wrong_type",
+                        format!(
+                            "a subscription is a hook name or {{\"hook\", \"priority\"}}, found {}",
+                            type_name(other)
+                        ),
+                    );
+                    (None, 0)
+                }
+            };
+            if let Some(hook) = hook {
+                if is_hook(&hook) {
+                    out.push(Subscription { event: event.clone(), hook, priority });
+                } else {
+                    self.error(&path, "invalid_value", format!("`{hook}` is not a valid hook name"));
+                }
+            }
+        }
+        out
+    }
+
+    /// `"commands": [{"id": "hello", "title": "Say hello", "hook": "greet"}]`
+    fn commands(&mut self, v: Option<&serde_json::Value>) -> Vec<CommandSpec> {
+        let mut out: Vec<CommandSpec> = Vec::new();
+        let Some(v) = v else { return out };
+        let Some(items) = v.as_array() else {
+            self.error("$.commands", "wrong_type", format!("`commands` must be an array, found {}", type_name(v)));
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("$.commands[{i}]");
+            let Some(o) = item.as_object() else {
+                self.error(
+                    &path,
+                    "wrong_type",
+                    format!("a command is an object {{id, title, hook}}, found {}", type_name(item)),
+                );
+                continue;
+            };
+            let id = self.string(o, "id", true).map(|s| (s, format!("{path}.id")));
+            let title = self.string(o, "title", true);
+            let hook = self.string(o, "hook", true);
+            // `string` reports paths relative to `$`; make them point into the array.
+            for d in self
+                .diags
+                .iter_mut()
+                .filter(|d| d.path.starts_with("$.") && ["$.id", "$.title", "$.hook"].contains(&d.path.as_str()))
+            {
+                d.path = format!("{path}{}", &d.path[1..]);
+            }
+            let (Some((id, id_path)), Some(title), Some(hook)) = (id, title, hook) else { continue };
+            if !is_name(&id) || id.contains(':') {
+                self.error(
+                    &id_path,
+                    "invalid_value",
+                    format!("`{id}` is not a valid command id (letters, digits, `_-.`)"),
+                );
+            } else if !is_hook(&hook) {
+                self.error(&format!("{path}.hook"), "invalid_value", format!("`{hook}` is not a valid hook name"));
+            } else if out.iter().any(|c| c.id == id) {
+                self.error(&id_path, "invalid_value", format!("command `{id}` is declared twice"));
+            } else {
+                out.push(CommandSpec { id, title, hook });
+            }
+        }
+        out
     }
 }
 
@@ -292,7 +449,10 @@ impl Manifest {
             Some(serde_json::Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     match item.as_str() {
-                        Some(p) if !p.is_empty() && p.chars().all(|ch| ch.is_ascii_alphanumeric() || "_-.:$".contains(ch)) => {
+                        Some(p)
+                            if !p.is_empty()
+                                && p.chars().all(|ch| ch.is_ascii_alphanumeric() || "_-.:$*".contains(ch)) =>
+                        {
                             if !permissions.iter().any(|q| q == p) {
                                 permissions.push(p.to_owned());
                             }
@@ -312,6 +472,9 @@ impl Manifest {
             ),
         }
 
+        let events = c.events(obj.get("events"));
+        let commands = c.commands(obj.get("commands"));
+
         if c.diags.iter().any(|d| d.severity == Severity::Error) {
             return Err(c.diags);
         }
@@ -324,6 +487,8 @@ impl Manifest {
             api_version: api_version.expect("checked"),
             limits,
             permissions,
+            events,
+            commands,
         };
         Ok((manifest, c.diags))
     }

@@ -11,6 +11,20 @@ use serde::Serialize;
 
 /// The permission that gives a plugin `host.storage`.
 pub const STORAGE: &str = "storage";
+/// The permission that gives a plugin `host.events.emit`.
+pub const EVENTS: &str = "events";
+/// Prefix of the permissions that let a plugin call another: `call:OTHER` (or `call:*`).
+pub const CALL_PREFIX: &str = "call:";
+
+/// Whether `granted` lets a plugin call plugin `target`.
+pub(crate) fn may_call(granted: &[String], target: &str) -> bool {
+    granted.iter().any(|p| p.strip_prefix(CALL_PREFIX).is_some_and(|t| t == "*" || t == target))
+}
+
+/// Permissions isola itself understands, whatever the host API declares.
+pub(crate) fn is_builtin(permission: &str) -> bool {
+    permission == STORAGE || permission == EVENTS || permission.starts_with(CALL_PREFIX)
+}
 
 /// Grants and refusals that win over what manifests ask for.
 ///

@@ -15,6 +15,7 @@ use crate::engine::{Engine, Limits};
 use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Request, Shared};
+use crate::manager::Links;
 use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
 use crate::runtime::watchdog::DeadlineSlot;
 use crate::source::PluginSource;
@@ -41,7 +42,12 @@ impl Starting {
 
 /// Starts a thread that loads `source` and then serves its mailbox. Statistics and status go
 /// to `shared`; whether loading worked comes back through [`Starting::wait`].
-pub(crate) fn spawn(engine: &Engine, source: PluginSource, shared: Arc<Shared>) -> Result<Starting, Error> {
+pub(crate) fn spawn(
+    engine: &Engine,
+    source: PluginSource,
+    shared: Arc<Shared>,
+    links: Links,
+) -> Result<Starting, Error> {
     let limits = engine.limits().for_plugin(&source);
     let granted = engine.permissions_for(&source).granted;
     let (tx, rx) = crossbeam_channel::bounded(limits.mailbox_capacity);
@@ -51,7 +57,7 @@ pub(crate) fn spawn(engine: &Engine, source: PluginSource, shared: Arc<Shared>) 
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
-        .spawn(move || Worker { engine, source, limits, granted, shared }.run(rx, ready_tx))
+        .spawn(move || Worker { engine, source, limits, granted, shared, links }.run(rx, ready_tx))
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")).plugin(&id))?;
     Ok(Starting { tx, thread, ready })
 }
@@ -62,6 +68,7 @@ struct Worker {
     limits: Limits,
     granted: Vec<String>,
     shared: Arc<Shared>,
+    links: Links,
 }
 
 impl Worker {
@@ -96,9 +103,9 @@ impl Worker {
         };
 
         while let Ok(req) = rx.recv() {
-            let (hook, args, timeout, reply) = match req {
+            let (hook, args, timeout, ctx, reply) = match req {
                 Request::Stop => break,
-                Request::Call { hook, args, timeout, reply } => (hook, args, timeout, reply),
+                Request::Call { hook, args, timeout, ctx, reply } => (hook, args, timeout, ctx, reply),
             };
             let Some(iso) = isolate.as_mut() else {
                 let last = self.shared.info().last_error;
@@ -109,9 +116,14 @@ impl Worker {
                 continue;
             };
             let started = Instant::now();
-            let timeout = timeout.unwrap_or(self.limits.call_timeout);
+            let mut timeout = timeout.unwrap_or(self.limits.call_timeout);
+            if !ctx.chain.is_empty() {
+                // A call from another plugin gets what is left of the caller's deadline, but
+                // never more than this plugin's own limit.
+                timeout = timeout.min(self.limits.call_timeout);
+            }
             let r = iso
-                .call(&hook, &args, started + timeout, timeout, &slot, &rt)
+                .call(&hook, &args, started + timeout, timeout, ctx, &slot, &rt)
                 .map_err(|e| e.in_context(&id, Some(&hook)));
             self.shared.stats.record_call(r.as_ref().err().map(|e| e.code), started.elapsed());
             let poisoned = iso.poisoned();
@@ -158,6 +170,7 @@ impl Worker {
             granted: &self.granted,
             stats: self.shared.stats.clone(),
             storage: (self.engine.storage().clone(), self.engine.storage_quota_for(&self.source)),
+            links: self.links.clone(),
         };
         let iso = PluginIsolate::new(&cfg, slot, rt).map_err(|e| e.in_context(&self.source.id, None))?;
         let (heap, ab, limit) = iso.memory();

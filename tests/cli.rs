@@ -10,7 +10,11 @@ use serde_json::Value;
 const PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
 
 fn isola(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_isola")).args(args).env("ISOLA_DATA_DIR", common::data_dir()).output().expect("run isola")
+    Command::new(env!("CARGO_BIN_EXE_isola"))
+        .args(args)
+        .env("ISOLA_DATA_DIR", common::data_dir())
+        .output()
+        .expect("run isola")
 }
 
 fn stdout(o: &Output) -> String {
@@ -110,9 +114,11 @@ fn list_json_is_machine_readable() {
     assert!(o.status.success());
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let ids: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["counter", "greeter", "notes", "weather"]);
-    assert_eq!(v[1]["status"], "ready");
-    assert_eq!(v[1]["hooks"], serde_json::json!(["farewell", "greet"]));
+    assert_eq!(ids, vec!["chatlog", "counter", "greeter", "moderator", "notes", "rewriter", "weather"]);
+    let greeter = &v[2];
+    assert_eq!(greeter["status"], "ready");
+    assert_eq!(greeter["hooks"], serde_json::json!(["farewell", "greet"]));
+    assert_eq!(v[6]["permissions"]["granted"], serde_json::json!(["users"]));
 }
 
 #[test]

@@ -7,7 +7,11 @@ use isola::{Engine, ErrorCode, HostApi, Manager, Policy, Severity};
 use serde_json::{Value, json};
 
 fn host() -> HostApi {
-    test_host().requires("fetchUser", "users").requires("add", "math").value("secret", "s3cr3t").requires("secret", "secrets")
+    test_host()
+        .requires("fetchUser", "users")
+        .requires("add", "math")
+        .value("secret", "s3cr3t")
+        .requires("secret", "secrets")
 }
 
 fn manifest(id: &str, permissions: &[&str]) -> String {

@@ -85,8 +85,19 @@ fn plugins_cannot_reach_each_others_data_whatever_the_key() {
         a.call_blocking::<_, bool>("set", ("bx", "a's bx")).unwrap();
         ab.call_blocking::<_, bool>("set", ("x", "ab's x")).unwrap();
         let tricks = [
-            "secret", "../a/secret", "a/secret", "a:secret", "a\0secret", "a\u{1}secret", "/a/secret", "..",
-            "a", "ab", "\u{202e}terces", "a%2Fsecret", "%00",
+            "secret",
+            "../a/secret",
+            "a/secret",
+            "a:secret",
+            "a\0secret",
+            "a\u{1}secret",
+            "/a/secret",
+            "..",
+            "a",
+            "ab",
+            "\u{202e}terces",
+            "a%2Fsecret",
+            "%00",
         ];
         for key in tricks {
             assert_eq!(evil.call_blocking::<_, Value>("get", (key,)).unwrap(), Value::Null, "{name}: {key:?}");
@@ -200,7 +211,11 @@ fn an_acknowledged_write_survives_sigkill() {
             .spawn()
             .unwrap()
     };
-    let call = |child: &mut std::process::Child, out: &mut BufReader<std::process::ChildStdout>, id: u64, args: Value, hook: &str| {
+    let call = |child: &mut std::process::Child,
+                out: &mut BufReader<std::process::ChildStdout>,
+                id: u64,
+                args: Value,
+                hook: &str| {
         let req = json!({"jsonrpc": "2.0", "id": id, "method": "call", "params": {"plugin": "kv", "hook": hook, "args": args}});
         writeln!(child.stdin.as_mut().unwrap(), "{req}").unwrap();
         loop {
@@ -267,12 +282,7 @@ fn cli_data_remove_deletes_a_plugins_data() {
     let dir = PluginDir::new();
     dir.module_with_manifest("kv", &manifest("kv", json!({})), KV);
     let isola = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_isola"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(data.path())
-            .output()
-            .unwrap()
+        Command::new(env!("CARGO_BIN_EXE_isola")).args(args).arg("--data-dir").arg(data.path()).output().unwrap()
     };
     let d = dir.path().to_str().unwrap();
     assert!(isola(&["call", d, "kv", "set", "k", "\"v\""]).status.success());

@@ -56,17 +56,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Load one plugin from DIR, call one of its hooks and print the result as JSON.
+    /// Load one plugin from DIR, call one of its hooks (or a `PLUGIN:COMMAND`) and print the
+    /// result as JSON.
     ///
-    /// Example: `isola call plugins greeter greet Ada`
+    /// Example: `isola call plugins greeter greet Ada`, `isola call plugins greeter:hello Ada`
     Call {
         /// The plugin directory.
         dir: PathBuf,
-        /// The plugin id.
+        /// The plugin id, or `PLUGIN:COMMAND` to run a command.
         plugin: String,
-        /// The hook to call.
-        hook: String,
-        /// Arguments: each is parsed as JSON (`42`, `'{"a":1}'`), else taken as a string.
+        /// The hook to call (omitted for a command), then the arguments: each is parsed as
+        /// JSON (`42`, `'{"a":1}'`), else taken as a string.
         args: Vec<String>,
         /// On failure, print `{"error":{"code":…,"message":…}}` on stdout.
         #[arg(long)]
@@ -84,6 +84,31 @@ enum Command {
     ///
     /// Example: `isola dev plugins`, then type `greeter.greet("Ada")`
     Dev {
+        /// The plugin directory.
+        dir: PathBuf,
+    },
+    /// Send EVENT with a JSON payload to every subscribed plugin and print each delivery.
+    ///
+    /// Example: `isola emit plugins chat '{"user":"ada","text":"hello :)"}' --chain`
+    Emit {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// The event name.
+        event: String,
+        /// The payload, as JSON (else taken as a string).
+        payload: Option<String>,
+        /// Run the subscribers as a chain (in priority order; each may change or cancel the
+        /// event) instead of notifying them all in parallel.
+        #[arg(long)]
+        chain: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the commands the plugins in DIR offer, as `PLUGIN:COMMAND`.
+    ///
+    /// Example: `isola commands plugins`
+    Commands {
         /// The plugin directory.
         dir: PathBuf,
     },
@@ -143,7 +168,12 @@ pub fn main() -> ExitCode {
     let manager = Manager::new(engine);
     let ok = match cli.command {
         Command::List { dir, json } => list(&manager, &dir, json),
-        Command::Call { dir, plugin, hook, args, json } => call(&manager, &dir, &plugin, &hook, &args, json),
+        Command::Call { dir, plugin, args, json } => call(&manager, &dir, &plugin, &args, json),
+        Command::Emit { dir, event, payload, chain, json } => {
+            let payload = payload.as_deref().map(parse_arg).unwrap_or(Value::Null);
+            emit(&manager, &dir, &event, payload, chain, json)
+        }
+        Command::Commands { dir } => commands(&manager, &dir),
         Command::Run { dir } => run(&manager, &dir, cli.global.quiet),
         Command::Dev { dir } => dev::dev(&manager, &dir),
         Command::Data { action: DataAction::Remove { plugin } } => match manager.remove_data(&plugin) {
@@ -240,12 +270,26 @@ fn parse_arg(a: &str) -> Value {
     serde_json::from_str(a).unwrap_or_else(|_| Value::String(a.to_owned()))
 }
 
-fn call(manager: &Manager, dir: &Path, plugin: &str, hook: &str, args: &[String], json: bool) -> bool {
-    let r = find_plugin(dir, plugin).and_then(|path| {
-        let handle = manager.load(path)?;
-        let args: Vec<Value> = args.iter().map(|a| parse_arg(a)).collect();
-        handle.call_blocking::<_, Value>(hook, args)
-    });
+fn call(manager: &Manager, dir: &Path, target: &str, rest: &[String], json: bool) -> bool {
+    let r = match target.split_once(':') {
+        // A command: its plugin is the part before the colon.
+        Some((plugin, _)) => find_plugin(dir, plugin).and_then(|path| {
+            manager.load(path)?;
+            let args: Vec<Value> = rest.iter().map(|a| parse_arg(a)).collect();
+            manager.run_command(target, args)
+        }),
+        None => match rest.split_first() {
+            None => {
+                Err(Error::new(ErrorCode::HookNotFound, "name the hook to call: isola call DIR PLUGIN HOOK [ARG...]")
+                    .plugin(target))
+            }
+            Some((hook, args)) => find_plugin(dir, target).and_then(|path| {
+                let handle = manager.load(path)?;
+                let args: Vec<Value> = args.iter().map(|a| parse_arg(a)).collect();
+                handle.call_blocking::<_, Value>(hook, args)
+            }),
+        },
+    };
     match r {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -279,6 +323,55 @@ fn find_plugin(dir: &Path, id: &str) -> isola::Result<PathBuf> {
         format!("no plugin `{id}` in {} (found: {})", dir.display(), known.join(", ")),
     )
     .plugin(id))
+}
+
+fn emit(manager: &Manager, dir: &Path, event: &str, payload: Value, chain: bool, json: bool) -> bool {
+    let Some(report) = load_dir(manager, dir) else { return false };
+    for e in &report.failed {
+        eprintln!("warning: {e}");
+    }
+    let (deliveries, value) = if chain {
+        let r = manager.dispatch_blocking(event, payload);
+        (r.deliveries.clone(), serde_json::to_value(&r).unwrap_or_default())
+    } else {
+        let r = manager.emit_blocking(event, payload);
+        (r.deliveries.clone(), serde_json::to_value(&r).unwrap_or_default())
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    } else {
+        if deliveries.is_empty() {
+            println!("no plugin subscribes to `{event}`");
+        }
+        for d in &deliveries {
+            let what = match (&d.error, &d.result) {
+                (Some(e), _) => format!("failed: {e}"),
+                (None, Some(v)) => serde_json::to_string(v).unwrap_or_default(),
+                (None, None) => format!("{:?}", d.outcome).to_lowercase(),
+            };
+            println!("{}.{}: {what}", d.plugin, d.hook);
+        }
+        if chain {
+            match value.get("cancelledBy").and_then(Value::as_str) {
+                Some(who) => println!("cancelled by {who}"),
+                None => println!("payload: {}", value["payload"]),
+            }
+        }
+    }
+    deliveries.iter().all(|d| d.error.is_none())
+}
+
+fn commands(manager: &Manager, dir: &Path) -> bool {
+    let Some(report) = load_dir(manager, dir) else { return false };
+    let cmds = manager.commands();
+    let w = cmds.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in &cmds {
+        println!("{:w$}  {}", c.name, c.title);
+    }
+    if cmds.is_empty() {
+        println!("no plugin declares commands");
+    }
+    report.failed.is_empty()
 }
 
 fn run(manager: &Manager, dir: &Path, quiet: bool) -> bool {

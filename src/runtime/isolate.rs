@@ -9,6 +9,7 @@
 //! without touching tokio or deno_core's event loop. Only a promise that is still pending (the
 //! hook awaits an async host function) drives the event loop, bounded by the call's deadline.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,11 +21,13 @@ use serde_json::Value;
 
 use super::loader::PluginLoader;
 use super::memory::MemoryBudget;
-use super::ops::{Grant, HostTable, isola_ops};
+use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
+use crate::handle::CallContext;
 use crate::host::HostApi;
+use crate::manager::Links;
 use crate::source::{PluginSource, SourceKind};
 use crate::stats::StatsCell;
 use crate::storage::{Storage, StorageQuota};
@@ -42,6 +45,7 @@ pub(crate) struct IsolateConfig<'a> {
     pub granted: &'a [String],
     pub stats: Arc<StatsCell>,
     pub storage: (Storage, StorageQuota),
+    pub links: Links,
 }
 
 /// A loaded plugin: its runtime, its hooks, and its memory budget.
@@ -54,6 +58,8 @@ pub(crate) struct PluginIsolate {
     budget: Arc<MemoryBudget>,
     root_url: String,
     calls_since_heap_check: u32,
+    /// What host functions see as "the call being run" (shared with the op state).
+    current: Rc<RefCell<Current>>,
 }
 
 /// Why an evaluation stopped, before it is turned into an [`Error`].
@@ -77,12 +83,19 @@ impl PluginIsolate {
         let source = cfg.source;
         let heap_limit = cfg.heap_limit.max(MIN_HEAP_BYTES);
         let budget = MemoryBudget::new(heap_limit);
+        let current = Rc::new(RefCell::new(Current {
+            callers: Vec::new(),
+            event_depth: 0,
+            deadline: Instant::now() + cfg.load_timeout,
+        }));
         let (table, spec) = HostTable::build(Grant {
             plugin: &source.id,
             host: cfg.host,
             granted: cfg.granted,
             stats: cfg.stats.clone(),
             storage: cfg.storage.clone(),
+            current: current.clone(),
+            links: cfg.links.clone(),
         });
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
@@ -111,8 +124,15 @@ impl PluginIsolate {
             let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
             v8::Global::new(scope, undefined)
         };
-        let mut this =
-            PluginIsolate { runtime, recv, hooks: BTreeMap::new(), budget, root_url, calls_since_heap_check: 0 };
+        let mut this = PluginIsolate {
+            runtime,
+            recv,
+            hooks: BTreeMap::new(),
+            budget,
+            root_url,
+            calls_since_heap_check: 0,
+            current,
+        };
         let deadline = Instant::now() + cfg.load_timeout;
         slot.arm(deadline);
         let evaluated = this.evaluate(source, deadline, rt);
@@ -273,6 +293,7 @@ impl PluginIsolate {
         args: &Value,
         deadline: Instant,
         timeout: Duration,
+        ctx: CallContext,
         slot: &DeadlineSlot,
         rt: &tokio::runtime::Runtime,
     ) -> Result<Value, Error> {
@@ -283,6 +304,7 @@ impl PluginIsolate {
                 format!("the plugin has no hook `{hook}` (its hooks: {known})"),
             ));
         };
+        *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
         slot.arm(deadline);
         let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url) {
             Ok(Step::Done(v)) => Ok(v),

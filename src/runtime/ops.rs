@@ -11,13 +11,16 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use deno_core::{OpState, op2};
 use deno_error::{JsErrorClass, PropertyValue};
 
 use crate::error::ErrorCode;
+use crate::handle::CallContext;
 use crate::host::{AsyncFn, HostFnError, HostItem, SyncFn};
-use crate::permissions::STORAGE;
+use crate::manager::Links;
+use crate::permissions::{CALL_PREFIX, EVENTS, STORAGE, may_call};
 use crate::stats::StatsCell;
 use crate::storage::{Storage, StorageError, StorageQuota, check_key};
 
@@ -28,6 +31,19 @@ struct Gated<F: ?Sized> {
     name: String,
 }
 
+/// How deep `host.plugins.call` chains may go (A → B → C ... counts the plugins).
+pub const MAX_CALL_DEPTH: usize = 8;
+/// How many times plugin-emitted events may lead to further emits.
+pub const MAX_EVENT_DEPTH: u32 = 8;
+
+/// The call a plugin's thread is running now; host functions that call out read it.
+pub(crate) struct Current {
+    /// Plugins waiting up the chain (not including this one).
+    pub callers: Vec<String>,
+    pub event_depth: u32,
+    pub deadline: Instant,
+}
+
 /// Per-isolate op state: the host functions by index, who is calling, what it may do.
 pub(crate) struct HostTable {
     plugin: Arc<str>,
@@ -35,6 +51,9 @@ pub(crate) struct HostTable {
     async_fns: Vec<Gated<AsyncFn>>,
     stats: Arc<StatsCell>,
     storage: Option<(Storage, StorageQuota)>,
+    granted: Vec<String>,
+    current: Rc<RefCell<Current>>,
+    links: Option<Links>,
 }
 
 /// What a plugin's isolate is given.
@@ -45,6 +64,10 @@ pub(crate) struct Grant<'a> {
     pub stats: Arc<StatsCell>,
     /// The engine's storage and this plugin's quota.
     pub storage: (Storage, StorageQuota),
+    /// The call being run, updated by the isolate before each call.
+    pub current: Rc<RefCell<Current>>,
+    /// The manager, for plugin-to-plugin calls and events.
+    pub links: Links,
 }
 
 impl HostTable {
@@ -56,6 +79,9 @@ impl HostTable {
             async_fns: Vec::new(),
             stats: Arc::default(),
             storage: None,
+            granted: Vec::new(),
+            current: Rc::new(RefCell::new(Current { callers: Vec::new(), event_depth: 0, deadline: Instant::now() })),
+            links: None,
         }
     }
 
@@ -71,6 +97,9 @@ impl HostTable {
             async_fns: Vec::new(),
             stats: g.stats,
             storage,
+            granted: g.granted.to_vec(),
+            current: g.current,
+            links: Some(g.links),
         };
         let mut spec = Vec::new();
         for (name, item) in g.host.items() {
@@ -91,7 +120,22 @@ impl HostTable {
         if table.storage.is_some() {
             spec.push(serde_json::json!({"name": "storage", "kind": "storage"}));
         }
+        if table.granted.iter().any(|p| p == EVENTS) {
+            spec.push(serde_json::json!({"name": "events", "kind": "events"}));
+        }
+        if table.granted.iter().any(|p| p.starts_with(CALL_PREFIX)) {
+            spec.push(serde_json::json!({"name": "plugins", "kind": "plugins"}));
+        }
         (table, serde_json::Value::Array(spec))
+    }
+
+    fn denied(&self, message: String) -> HostOpError {
+        self.stats.record_error(ErrorCode::PermissionDenied);
+        HostOpError(HostFnError { code: "PERMISSION_DENIED", message })
+    }
+
+    fn links(&self) -> Result<&Links, HostOpError> {
+        self.links.as_ref().ok_or_else(|| HostOpError(HostFnError { code: "SHUT_DOWN", message: "no manager".into() }))
     }
 
     /// Refuses a call the plugin holds no permission for, counting it.
@@ -227,9 +271,84 @@ fn op_isola_log(state: &mut OpState, #[smi] level: u32, #[string] msg: &str) {
     }
 }
 
+fn op_error(e: crate::Error) -> HostOpError {
+    HostOpError(HostFnError { code: e.code.as_str(), message: e.to_string() })
+}
+
+/// `host.plugins.call(plugin, hook, ...args)`: runs a hook of another plugin, in that plugin's
+/// isolate, within what is left of this call's deadline. A call back into a plugin already
+/// waiting up the chain (A → B → A) is refused at once instead of deadlocking.
+#[op2]
+#[string]
+async fn op_isola_call(
+    state: Rc<RefCell<OpState>>,
+    #[string] plugin: String,
+    #[string] hook: String,
+    #[string] args: String,
+) -> Result<String, HostOpError> {
+    let answer = {
+        let state = state.borrow();
+        let table = state.borrow::<HostTable>();
+        if !may_call(&table.granted, &plugin) {
+            return Err(table.denied(format!(
+                "plugin `{}` lacks the permission `call:{plugin}` needed to call plugin `{plugin}`",
+                table.plugin
+            )));
+        }
+        let current = table.current.borrow();
+        let mut chain = current.callers.clone();
+        chain.push(table.plugin.to_string());
+        if chain.iter().any(|p| *p == plugin) {
+            let path = chain.join(" → ");
+            return Err(HostOpError(HostFnError {
+                code: "CALL_CYCLE",
+                message: format!(
+                    "{path} → {plugin}: `{plugin}` is already waiting in this call chain; re-entrant calls are refused"
+                ),
+            }));
+        }
+        if chain.len() >= MAX_CALL_DEPTH {
+            return Err(HostOpError(HostFnError {
+                code: "CALL_DEPTH",
+                message: format!("plugin call chains are limited to {MAX_CALL_DEPTH} plugins ({})", chain.join(" → ")),
+            }));
+        }
+        let remaining = current.deadline.saturating_duration_since(Instant::now());
+        let handle = table.links()?.handle(&plugin).map_err(op_error)?;
+        let ctx = CallContext { chain, event_depth: current.event_depth };
+        handle.call_in(&hook, parse_args(&args)?, Some(remaining), ctx)
+    };
+    let v = answer.await.map_err(op_error)?;
+    Ok(v.to_string())
+}
+
+/// `host.events.emit(event, payload)`: notifies the event's subscribers in the background and
+/// returns how many there are. Emits caused by emits are limited in depth, so two plugins
+/// echoing each other stop.
+#[op2(fast)]
+#[smi]
+fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: &str) -> Result<u32, HostOpError> {
+    let table = state.borrow::<HostTable>();
+    if !table.granted.iter().any(|p| p == EVENTS) {
+        return Err(table.denied(format!("plugin `{}` lacks the permission `events`", table.plugin)));
+    }
+    let depth = table.current.borrow().event_depth + 1;
+    if depth > MAX_EVENT_DEPTH {
+        return Err(HostOpError(HostFnError {
+            code: "EVENT_DEPTH",
+            message: format!(
+                "event `{event}` not emitted: events emitted by event handlers may nest at most {MAX_EVENT_DEPTH} deep"
+            ),
+        }));
+    }
+    let payload = parse_args(payload)?;
+    let n = table.links()?.emit_background(event, payload, depth);
+    Ok(n as u32)
+}
+
 deno_core::extension!(
     isola_ops,
-    ops = [op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage],
+    ops = [op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage, op_isola_call, op_isola_emit],
     options = { table: HostTable },
     middleware = |op| match op.name {
         // Everything deno_core itself would expose stays unreachable: the prelude deletes
