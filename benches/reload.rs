@@ -105,5 +105,36 @@ fn serve_round_trip(c: &mut Criterion) {
     child.wait().unwrap();
 }
 
-criterion_group!(benches, reload_latency, serve_round_trip);
+fn chain_of_ten(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..10 {
+        let p = dir.path().join(format!("link{i}"));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(
+            p.join("plugin.json"),
+            format!(r#"{{"id":"link{i}","name":"l","version":"1.0.0","apiVersion":1,"events":{{"msg":"on"}}}}"#),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("main.js"),
+            "export default { on(m) { return { payload: { ...m, hops: m.hops + 1 } }; } };",
+        )
+        .unwrap();
+    }
+    let manager = Manager::new(Engine::new(HostApi::new()));
+    manager.load_dir(dir.path()).unwrap();
+    let mut g = c.benchmark_group("events");
+    g.bench_function("dispatch through a chain of 10 plugins", |b| {
+        b.iter(|| {
+            let r = manager.dispatch_blocking("msg", serde_json::json!({"text": "hi", "hops": 0}));
+            assert_eq!(r.payload["hops"], 10);
+        })
+    });
+    g.bench_function("emit (notify) to 10 plugins", |b| {
+        b.iter(|| assert_eq!(manager.emit_blocking("msg", serde_json::json!({"hops": 0})).deliveries.len(), 10))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, reload_latency, serve_round_trip, chain_of_ten);
 criterion_main!(benches);

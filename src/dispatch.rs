@@ -92,6 +92,53 @@ pub struct CommandInfo {
     pub hook: String,
 }
 
+/// How event deliveries reach plugins: queue a call now, get its answer later. The async
+/// flavour awaits a oneshot; the blocking one waits on the calling thread (no runtime to
+/// create, no extra wake-ups), so both share one emit/dispatch implementation.
+pub(crate) trait Caller {
+    type Answer: std::future::Future<Output = Result<Value>>;
+    fn call(&self, handle: &PluginHandle, hook: &str, args: Value, ctx: CallContext) -> Self::Answer;
+}
+
+pub(crate) struct AsyncCaller;
+
+impl Caller for AsyncCaller {
+    type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value>> + Send>>;
+    fn call(&self, handle: &PluginHandle, hook: &str, args: Value, ctx: CallContext) -> Self::Answer {
+        Box::pin(handle.call_in(hook, args, None, ctx))
+    }
+}
+
+struct BlockingCaller;
+
+impl Caller for BlockingCaller {
+    type Answer = BlockingAnswer;
+    fn call(&self, handle: &PluginHandle, hook: &str, args: Value, ctx: CallContext) -> Self::Answer {
+        BlockingAnswer(Some(Box::new(handle.call_in_blocking(hook, args, None, ctx))))
+    }
+}
+
+/// A future that, when polled, blocks the thread until the answer is there. Only ever driven
+/// by [`run_blocking`].
+pub(crate) struct BlockingAnswer(Option<Box<dyn FnOnce() -> Result<Value> + Send>>);
+
+impl std::future::Future for BlockingAnswer {
+    type Output = Result<Value>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<Value>> {
+        let wait = self.0.take().expect("polled after completion");
+        std::task::Poll::Ready(wait())
+    }
+}
+
+/// Drives a future whose every await is a [`BlockingAnswer`]: it completes in one poll.
+fn run_blocking<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("blocking event deliveries never return Pending"),
+    }
+}
+
 /// One subscriber of an event.
 pub(crate) struct Subscriber {
     plugin: String,
@@ -117,20 +164,20 @@ impl Inner {
         subs.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// Notify: every subscriber in parallel (calls are queued at once, then awaited).
-    pub(crate) async fn emit(&self, event: &str, payload: Value, depth: u32) -> EmitReport {
+    /// Notify: every subscriber in parallel (calls are all queued first, then awaited).
+    /// `call` queues one call and returns its answer-to-be; see [`Caller`].
+    pub(crate) async fn emit_with<C: Caller>(&self, event: &str, payload: Value, depth: u32, call: C) -> EmitReport {
         let subs = self.subscribers(event);
         let pending: Vec<_> = subs
             .iter()
             .map(|s| {
-                let args = json!([payload, { "event": event }]);
-                s.handle.call_in(&s.hook, args, None, CallContext { chain: Vec::new(), event_depth: depth })
+                let ctx = CallContext { chain: Vec::new(), event_depth: depth };
+                call.call(&s.handle, &s.hook, json!([payload, { "event": event }]), ctx)
             })
             .collect();
         let mut deliveries = Vec::with_capacity(subs.len());
         for (s, answer) in subs.into_iter().zip(pending) {
-            let r = answer.await;
-            let (outcome, result, error) = match r {
+            let (outcome, result, error) = match answer.await {
                 Ok(v) => (Outcome::Delivered, Some(v), None),
                 Err(e) => (Outcome::Failed, None, Some(e)),
             };
@@ -140,19 +187,16 @@ impl Inner {
     }
 
     /// Chain: one subscriber after another, each seeing the payload as the previous left it.
-    pub(crate) async fn dispatch(&self, event: &str, mut payload: Value) -> ChainReport {
+    pub(crate) async fn dispatch_with<C: Caller>(&self, event: &str, mut payload: Value, call: C) -> ChainReport {
         let mut deliveries = Vec::new();
         let mut cancelled_by = None;
         for s in self.subscribers(event) {
             let args = json!([payload, { "event": event }]);
-            let r = s.handle.call_in(&s.hook, args, None, CallContext::default()).await;
+            let r = call.call(&s.handle, &s.hook, args, CallContext::default()).await;
             let (outcome, error) = match r {
                 Err(e) => (Outcome::Failed, Some(e)),
                 Ok(Value::Null) => (Outcome::Unchanged, None),
-                Ok(Value::Object(mut o)) if o.get("cancel") == Some(&Value::Bool(true)) => {
-                    let _ = o.remove("cancel");
-                    (Outcome::Cancelled, None)
-                }
+                Ok(Value::Object(o)) if o.get("cancel") == Some(&Value::Bool(true)) => (Outcome::Cancelled, None),
                 Ok(Value::Object(mut o)) if o.contains_key("payload") => {
                     payload = o.remove("payload").unwrap_or_default();
                     (Outcome::Changed, None)
@@ -252,14 +296,13 @@ impl Manager {
     /// ```
     pub async fn emit(&self, event: &str, payload: impl Serialize) -> EmitReport {
         let payload = serde_json::to_value(payload).unwrap_or_default();
-        self.inner().emit(event, payload, 0).await
+        self.inner().emit_with(event, payload, 0, AsyncCaller).await
     }
 
-    /// [`emit`](Self::emit) for non-async code. Do not call it from inside an async runtime.
+    /// [`emit`](Self::emit) for non-async code: waits on the calling thread.
     pub fn emit_blocking(&self, event: &str, payload: impl Serialize) -> EmitReport {
         let payload = serde_json::to_value(payload).unwrap_or_default();
-        let inner = self.inner().clone();
-        block_on(async move { inner.emit(event, payload, 0).await })
+        run_blocking(self.inner().emit_with(event, payload, 0, BlockingCaller))
     }
 
     /// Runs `event` through its subscribers as a chain (see the module docs): each may leave
@@ -277,15 +320,13 @@ impl Manager {
     /// ```
     pub async fn dispatch(&self, event: &str, payload: impl Serialize) -> ChainReport {
         let payload = serde_json::to_value(payload).unwrap_or_default();
-        self.inner().dispatch(event, payload).await
+        self.inner().dispatch_with(event, payload, AsyncCaller).await
     }
 
-    /// [`dispatch`](Self::dispatch) for non-async code. Do not call it from inside an async
-    /// runtime.
+    /// [`dispatch`](Self::dispatch) for non-async code: waits on the calling thread.
     pub fn dispatch_blocking(&self, event: &str, payload: impl Serialize) -> ChainReport {
         let payload = serde_json::to_value(payload).unwrap_or_default();
-        let inner = self.inner().clone();
-        block_on(async move { inner.dispatch(event, payload).await })
+        run_blocking(self.inner().dispatch_with(event, payload, BlockingCaller))
     }
 
     /// Every command the loaded plugins declare, as `PLUGIN:COMMAND`.
@@ -300,9 +341,4 @@ impl Manager {
         let (handle, hook) = self.inner().command(name)?;
         handle.call_blocking(&hook, args)
     }
-}
-
-/// Runs a future to completion on the calling thread.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
 }

@@ -386,11 +386,28 @@ impl PluginHandle {
         opts: CallOptions,
     ) -> Result<R> {
         let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook))?;
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.shared.submit(hook, args, opts.timeout, CallContext::default(), Reply::Blocking(tx))?;
-        // crossbeam spins briefly before parking, which keeps a fast answer from paying a
-        // full thread wake-up.
-        let v = rx.recv().map_err(|_| self.shared.lost(hook))??;
+        let v = self.call_in_blocking(hook, args, opts.timeout, CallContext::default())()?;
         decode(v, &self.shared.id, hook)
+    }
+
+    /// Queues a call now; the returned function blocks until the answer. (Queue several, then
+    /// wait for each, and they run in parallel on their plugins.)
+    pub(crate) fn call_in_blocking(
+        &self,
+        hook: &str,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+    ) -> impl FnOnce() -> Result<Value> + use<> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx));
+        let shared = self.shared.clone();
+        let hook = hook.to_owned();
+        move || {
+            sent?;
+            // crossbeam spins briefly before parking, which keeps a fast answer from paying a
+            // full thread wake-up.
+            rx.recv().map_err(|_| shared.lost(&hook))?
+        }
     }
 }

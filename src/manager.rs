@@ -96,7 +96,7 @@ impl Links {
             let weak = self.0.clone();
             inner.events_rt.spawn(async move {
                 let Some(inner) = weak.upgrade() else { return };
-                let report = inner.emit(&event, payload, depth).await;
+                let report = inner.emit_with(&event, payload, depth, crate::dispatch::AsyncCaller).await;
                 drop(inner);
                 for d in report.deliveries.iter().filter(|d| d.error.is_some()) {
                     tracing::warn!(plugin = %d.plugin, "event `{event}`: {}", d.error.as_ref().unwrap());
