@@ -156,7 +156,7 @@ pub struct Error {
     pub hook: Option<String>,
     /// The JavaScript exception, for `JS_ERROR` and most `LOAD_FAILED`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub js: Option<JsErrorInfo>,
+    pub js: Option<Box<JsErrorInfo>>,
     /// Every manifest problem, for `MANIFEST_INVALID`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub diagnostics: Vec<Diagnostic>,
@@ -207,10 +207,10 @@ impl fmt::Display for Error {
             _ => {}
         }
         f.write_str(&self.message)?;
-        if let Some(loc) = self.js.as_ref().and_then(JsErrorInfo::location) {
-            if !self.message.contains(&loc) {
-                write!(f, " (at {loc})")?;
-            }
+        if let Some(loc) = self.js.as_ref().and_then(|js| js.location())
+            && !self.message.contains(&loc)
+        {
+            write!(f, " (at {loc})")?;
         }
         for d in &self.diagnostics {
             write!(f, "\n  {d}")?;

@@ -487,7 +487,7 @@ fn js_error(e: &JsError, root_url: &str) -> Error {
     }
     let text = if message.is_empty() { name } else { format!("{name}: {message}") };
     let mut err = Error::new(ErrorCode::JsError, text);
-    err.js = Some(info);
+    err.js = Some(Box::new(info));
     err
 }
 
