@@ -327,19 +327,19 @@ impl Inner {
     fn start(&self, source: PluginSource) -> Result<(Arc<Shared>, String, Instant, worker::Starting)> {
         let t0 = Instant::now();
         let mut plugins = self.plugins.write().unwrap();
-        if let Some(existing) = plugins.get(&source.id) {
-            if !matches!(existing.handle.status(), PluginStatus::Failed | PluginStatus::Stopped) {
-                let e = Error::new(
-                    ErrorCode::LoadFailed,
-                    format!(
-                        "another plugin with id `{}` is already loaded (from {}); ids must be unique",
-                        source.id,
-                        existing.location.display()
-                    ),
-                )
-                .plugin(&source.id);
-                return Err(e);
-            }
+        if let Some(existing) = plugins.get(&source.id)
+            && !matches!(existing.handle.status(), PluginStatus::Failed | PluginStatus::Stopped)
+        {
+            let e = Error::new(
+                ErrorCode::LoadFailed,
+                format!(
+                    "another plugin with id `{}` is already loaded (from {}); ids must be unique",
+                    source.id,
+                    existing.location.display()
+                ),
+            )
+            .plugin(&source.id);
+            return Err(e);
         }
         let shared = Shared::new(&source.id, self.bus.clone());
         let version = source.version().to_owned();
@@ -427,10 +427,10 @@ impl Inner {
 
     /// Calls `onLoad(state)` if the plugin has it; a failure is reported, never fatal.
     fn run_on_load(&self, shared: &Shared, tx: &crossbeam_channel::Sender<Request>, hooks: &[String], state: Value) {
-        if hooks.iter().any(|h| h == ON_LOAD) {
-            if let Err(e) = call_mailbox(tx, &shared.id, ON_LOAD, Value::Array(vec![state])) {
-                self.bus.emit(LifecycleEvent::HookFailed { plugin: shared.id.clone(), error: e });
-            }
+        if hooks.iter().any(|h| h == ON_LOAD)
+            && let Err(e) = call_mailbox(tx, &shared.id, ON_LOAD, Value::Array(vec![state]))
+        {
+            self.bus.emit(LifecycleEvent::HookFailed { plugin: shared.id.clone(), error: e });
         }
     }
 

@@ -364,10 +364,10 @@ impl Manifest {
         }
 
         let id = c.string(obj, "id", true);
-        if let Some(id) = &id {
-            if let Err(msg) = validate_id(id) {
-                c.error("$.id", "invalid_value", msg);
-            }
+        if let Some(id) = &id
+            && let Err(msg) = validate_id(id)
+        {
+            c.error("$.id", "invalid_value", msg);
         }
         let name = c.string(obj, "name", true);
         let version = c.string(obj, "version", true);

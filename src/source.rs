@@ -21,7 +21,7 @@ pub enum SourceKind {
     /// A folder with `plugin.json`; `entry` is its ES module.
     Module {
         /// The validated manifest.
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         /// Absolute path of the entry module.
         entry: PathBuf,
     },
@@ -112,7 +112,7 @@ fn from_folder(dir: &Path) -> Result<PluginSource, Error> {
         id: manifest.id.clone(),
         root: dir.to_path_buf(),
         location: dir.to_path_buf(),
-        kind: SourceKind::Module { manifest, entry },
+        kind: SourceKind::Module { manifest: Box::new(manifest), entry },
         diagnostics,
     })
 }

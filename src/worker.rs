@@ -122,9 +122,7 @@ impl Worker {
                 // never more than this plugin's own limit.
                 timeout = timeout.min(self.limits.call_timeout);
             }
-            let r = iso
-                .call(&hook, &args, started + timeout, timeout, ctx, &slot, &rt)
-                .map_err(|e| e.in_context(&id, Some(&hook)));
+            let r = iso.call(&hook, &args, timeout, ctx, &slot, &rt).map_err(|e| e.in_context(&id, Some(&hook)));
             self.shared.stats.record_call(r.as_ref().err().map(|e| e.code), started.elapsed());
             let poisoned = iso.poisoned();
             if !poisoned {

@@ -55,10 +55,11 @@ pub fn serve(manager: Manager, dir: &std::path::Path, watch: bool) -> bool {
             false
         }
     };
-    if ok && watch {
-        if let Err(e) = manager.watch(dir) {
-            eprintln!("error: {e}");
-        }
+    if ok
+        && watch
+        && let Err(e) = manager.watch(dir)
+    {
+        eprintln!("error: {e}");
     }
     if ok {
         let rt =

@@ -286,12 +286,12 @@ impl PluginIsolate {
         Ok(())
     }
 
-    /// Calls `hook` with positional `args` (a JSON array; `null` means none) under `deadline`.
+    /// Calls `hook` with positional `args` (a JSON array; `null` means none), stopping it
+    /// `timeout` from now.
     pub(crate) fn call(
         &mut self,
         hook: &str,
         args: &Value,
-        deadline: Instant,
         timeout: Duration,
         ctx: CallContext,
         slot: &DeadlineSlot,
@@ -304,6 +304,7 @@ impl PluginIsolate {
                 format!("the plugin has no hook `{hook}` (its hooks: {known})"),
             ));
         };
+        let deadline = Instant::now() + timeout;
         *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
         slot.arm(deadline);
         let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url) {

@@ -298,7 +298,7 @@ async fn op_isola_call(
         let current = table.current.borrow();
         let mut chain = current.callers.clone();
         chain.push(table.plugin.to_string());
-        if chain.iter().any(|p| *p == plugin) {
+        if chain.contains(&plugin) {
             let path = chain.join(" → ");
             return Err(HostOpError(HostFnError {
                 code: "CALL_CYCLE",
