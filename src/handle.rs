@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -86,6 +86,8 @@ impl CallOptions {
 pub(crate) enum Reply {
     Async(tokio::sync::oneshot::Sender<Result<Value>>),
     Blocking(crossbeam_channel::Sender<Result<Value>>),
+    /// A lifecycle hook nobody waits for: only a failure is reported, as an event.
+    Lifecycle(Arc<Shared>),
 }
 
 impl Reply {
@@ -94,6 +96,12 @@ impl Reply {
         let _ = match self {
             Reply::Async(tx) => tx.send(r).map_err(drop),
             Reply::Blocking(tx) => tx.send(r).map_err(drop),
+            Reply::Lifecycle(shared) => {
+                if let Err(error) = r {
+                    shared.emit(LifecycleEvent::HookFailed { plugin: shared.id.clone(), error });
+                }
+                Ok(())
+            }
         };
     }
 }
@@ -111,6 +119,9 @@ pub(crate) struct CallContext {
 /// A message to a plugin's thread.
 pub(crate) enum Request {
     Call { hook: String, args: Value, timeout: Option<Duration>, ctx: CallContext, reply: Reply },
+    /// Run `onLoad(state)` before anything queued after this, waiting for the state to arrive
+    /// (on reload it comes from the old version's `onUnload`, which may still be running).
+    Init { state: Receiver<Value> },
     Stop,
 }
 
@@ -172,20 +183,31 @@ impl Shared {
         f(&mut self.info.write().unwrap());
     }
 
-    pub(crate) fn add_thread(&self, t: JoinHandle<()>) {
-        self.threads.lock().unwrap().push(t);
-    }
-
-    /// Points the handle at a new mailbox and returns the old one. Requests already in the
-    /// old mailbox stay there and are answered by the old thread.
-    pub(crate) fn swap_mailbox(&self, tx: Option<Sender<Request>>) -> Option<Sender<Request>> {
-        std::mem::replace(&mut *self.mailbox.write().unwrap(), tx)
+    /// Points the handle at a newly started thread and returns the previous mailbox (requests
+    /// already in it stay there and are answered by the old thread). Refused if the plugin was
+    /// closed meanwhile (an unload racing a reload): the caller must then stop that thread.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn open(
+        &self,
+        tx: Sender<Request>,
+        thread: JoinHandle<()>,
+    ) -> Result<Option<Sender<Request>>, (Sender<Request>, JoinHandle<()>)> {
+        let mut mailbox = self.mailbox.write().unwrap();
+        if self.closed.load(Ordering::Acquire) {
+            return Err((tx, thread));
+        }
+        self.threads.lock().unwrap().push(thread);
+        Ok(mailbox.replace(tx))
     }
 
     /// Stops the plugin for good: later calls fail with `SHUT_DOWN`. Does not wait.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        if let Some(old) = self.swap_mailbox(None) {
+        let old = {
+            let mut mailbox = self.mailbox.write().unwrap();
+            self.closed.store(true, Ordering::Release);
+            mailbox.take()
+        };
+        if let Some(old) = old {
             // Blocking send: if the mailbox is full this waits for the thread to take one
             // request; the thread is always draining, each call bounded by its time limit.
             let _ = old.send(Request::Stop);

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -102,7 +103,14 @@ impl HostApi {
         R: Serialize,
         F: Fn(A) -> anyhow::Result<R> + Send + Sync + 'static,
     {
-        let erased = move |args: Value| encode_result(f(decode_args(args)?));
+        let erased = move |args: Value| {
+            let args = decode_args(args)?;
+            // A panic must not unwind into V8 (that aborts the process): it becomes an error.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| f(args))) {
+                Ok(r) => encode_result(r),
+                Err(panic) => Err(panicked(panic)),
+            }
+        };
         self.insert(name, HostItem::Sync(Arc::new(erased)))
     }
 
@@ -119,7 +127,13 @@ impl HostApi {
         let f = Arc::new(f);
         let erased = move |args: Value| -> AsyncFut {
             let f = f.clone();
-            Box::pin(async move { encode_result(f(decode_args(args)?).await) })
+            Box::pin(async move {
+                let fut = f(decode_args(args)?);
+                match (CatchUnwind(Box::pin(fut))).await {
+                    Ok(r) => encode_result(r),
+                    Err(panic) => Err(panicked(panic)),
+                }
+            })
         };
         self.insert(name, HostItem::Async(Arc::new(erased)))
     }
@@ -165,6 +179,29 @@ impl HostApi {
     pub(crate) fn items(&self) -> impl Iterator<Item = (&str, &HostItem)> {
         self.items.iter().map(|(k, v)| (k.as_str(), v))
     }
+}
+
+/// Polls a future, turning a panic inside it into an `Err` instead of unwinding into V8.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> HostFnError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    HostFnError { code: "HOST_ERROR", message: format!("the host function panicked: {what}") }
 }
 
 fn is_identifier(name: &str) -> bool {

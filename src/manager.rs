@@ -328,6 +328,14 @@ impl Inner {
         let t0 = Instant::now();
         let mut plugins = self.plugins.write().unwrap();
         if let Some(existing) = plugins.get(&source.id)
+            && matches!(existing.handle.status(), PluginStatus::Failed | PluginStatus::Stopped)
+        {
+            // Replacing a failed entry: make sure no thread of it is left behind.
+            let old = existing.handle.shared().clone();
+            old.close();
+            old.join();
+        }
+        if let Some(existing) = plugins.get(&source.id)
             && !matches!(existing.handle.status(), PluginStatus::Failed | PluginStatus::Stopped)
         {
             let e = Error::new(
@@ -368,10 +376,11 @@ impl Inner {
     fn finish_start(&self, shared: &Arc<Shared>, version: &str, t0: Instant, s: worker::Starting) -> Result<()> {
         match s.wait() {
             Ok(hooks) => {
-                self.run_on_load(shared, &s.tx, &hooks, Value::Null);
-                shared.update_info(|i| i.hooks = hooks);
-                shared.add_thread(s.thread);
-                shared.swap_mailbox(Some(s.tx));
+                shared.update_info(|i| i.hooks = hooks.clone());
+                let (_, state) = self.open(shared, s, &hooks)?;
+                if let Some(state) = state {
+                    let _ = state.send(Value::Null); // a first load has no state to receive
+                }
                 self.bus.emit(LifecycleEvent::Loaded {
                     plugin: shared.id.clone(),
                     version: version.to_owned(),
@@ -425,12 +434,31 @@ impl Inner {
         self.bus.emit(LifecycleEvent::LoadFailed { plugin: shared.id.clone(), error: e.clone() });
     }
 
-    /// Calls `onLoad(state)` if the plugin has it; a failure is reported, never fatal.
-    fn run_on_load(&self, shared: &Shared, tx: &crossbeam_channel::Sender<Request>, hooks: &[String], state: Value) {
-        if hooks.iter().any(|h| h == ON_LOAD)
-            && let Err(e) = call_mailbox(tx, &shared.id, ON_LOAD, Value::Array(vec![state]))
-        {
-            self.bus.emit(LifecycleEvent::HookFailed { plugin: shared.id.clone(), error: e });
+    /// Points `shared` at a plugin thread that has loaded. If the plugin has `onLoad`, it is
+    /// queued as the thread's first request, waiting for the state sent through the returned
+    /// sender; a failure there is reported as an event, never fatal. Returns the previous
+    /// mailbox. Fails with `SHUT_DOWN` if the plugin was unloaded meanwhile (and stops the
+    /// thread).
+    #[allow(clippy::type_complexity)]
+    fn open(
+        &self,
+        shared: &Shared,
+        s: worker::Starting,
+        hooks: &[String],
+    ) -> Result<(Option<crossbeam_channel::Sender<Request>>, Option<crossbeam_channel::Sender<Value>>)> {
+        let state = hooks.iter().any(|h| h == ON_LOAD).then(|| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = s.tx.send(Request::Init { state: rx });
+            tx
+        });
+        match shared.open(s.tx, s.thread) {
+            Ok(old) => Ok((old, state)),
+            Err((tx, thread)) => {
+                drop(state);
+                let _ = tx.send(Request::Stop);
+                let _ = thread.join();
+                Err(Error::new(ErrorCode::ShutDown, "the plugin was unloaded while it was loading").plugin(&shared.id))
+            }
         }
     }
 
@@ -548,28 +576,30 @@ impl Inner {
                 return fail(e.in_context(id, None));
             }
         };
-        // State hand-off: the old version's onUnload() result goes to the new onLoad(state).
-        let state = if was_running && shared.info().hooks.iter().any(|h| h == ON_UNLOAD) {
-            match PluginHandle::new(shared.clone()).call_blocking::<_, Value>(ON_UNLOAD, ()) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.bus.emit(LifecycleEvent::HookFailed { plugin: id.to_owned(), error: e });
-                    Value::Null
-                }
-            }
-        } else {
-            Value::Null
-        };
-        self.run_on_load(&shared, &s.tx, &hooks, state);
+        let old_hooks = shared.info().hooks;
+        // From here new calls go to the new version, queued behind its onLoad (if any), which
+        // waits for the old version's state. The old version first answers everything already
+        // queued for it, then onUnload, so no update is lost between the two.
+        let (old, state_tx) = self.open(&shared, s, &hooks)?;
         shared.update_info(|i| {
             i.hooks = hooks;
             i.version = version.clone();
             i.last_error = None;
             i.permissions = permissions;
         });
-        shared.add_thread(s.thread);
-        if let Some(old) = shared.swap_mailbox(Some(s.tx)) {
-            // Requests already in the old mailbox are answered by the old version first.
+        let state = match &old {
+            Some(old) if was_running && old_hooks.iter().any(|h| h == ON_UNLOAD) => {
+                call_mailbox(old, id, ON_UNLOAD, Value::Null).unwrap_or_else(|e| {
+                    self.bus.emit(LifecycleEvent::HookFailed { plugin: id.to_owned(), error: e });
+                    Value::Null
+                })
+            }
+            _ => Value::Null,
+        };
+        if let Some(tx) = state_tx {
+            let _ = tx.send(state);
+        }
+        if let Some(old) = old {
             let _ = old.send(Request::Stop);
         }
         shared.set_status(PluginStatus::Ready);

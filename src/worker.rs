@@ -14,7 +14,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::engine::{Engine, Limits};
 use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
-use crate::handle::{PluginStatus, Request, Shared};
+use crate::handle::{CallContext, PluginStatus, Reply, Request, Shared};
+use crate::manager::ON_LOAD;
+use serde_json::Value;
 use crate::manager::Links;
 use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
 use crate::runtime::watchdog::DeadlineSlot;
@@ -106,6 +108,11 @@ impl Worker {
             let (hook, args, timeout, ctx, reply) = match req {
                 Request::Stop => break,
                 Request::Call { hook, args, timeout, ctx, reply } => (hook, args, timeout, ctx, reply),
+                Request::Init { state } => {
+                    let state = state.recv().unwrap_or(Value::Null);
+                    let reply = Reply::Lifecycle(self.shared.clone());
+                    (ON_LOAD.to_owned(), Value::Array(vec![state]), None, CallContext::default(), reply)
+                }
             };
             let Some(iso) = isolate.as_mut() else {
                 let last = self.shared.info().last_error;

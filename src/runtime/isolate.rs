@@ -133,17 +133,16 @@ impl PluginIsolate {
             calls_since_heap_check: 0,
             current,
         };
-        let deadline = Instant::now() + cfg.load_timeout;
+        let deadline = deadline_after(cfg.load_timeout);
         slot.arm(deadline);
-        let evaluated = this.evaluate(source, deadline, rt);
+        // Reading the hooks runs plugin code too (getters, Proxy traps): keep the deadline on.
+        let loaded = this.evaluate(source, deadline, rt).and_then(|exports| this.collect_hooks(exports, source));
         let terminated = slot.disarm();
-        let exports = this
-            .settle(evaluated, terminated, || format!("loading took longer than {} ms", cfg.load_timeout.as_millis()));
-        let exports = exports.map_err(|e| match e.code {
-            ErrorCode::JsError => Error { code: ErrorCode::LoadFailed, ..e },
-            _ => e,
-        })?;
-        this.collect_hooks(exports, source)?;
+        this.settle(loaded, terminated, || format!("loading took longer than {} ms", cfg.load_timeout.as_millis()))
+            .map_err(|e| match e.code {
+                ErrorCode::JsError => Error { code: ErrorCode::LoadFailed, ..e },
+                _ => e,
+            })?;
         this.refresh_heap_used();
         Ok(this)
     }
@@ -259,8 +258,10 @@ impl PluginIsolate {
         }
     }
 
-    fn collect_hooks(&mut self, exports: v8::Global<v8::Value>, source: &PluginSource) -> Result<(), Error> {
+    fn collect_hooks(&mut self, exports: v8::Global<v8::Value>, source: &PluginSource) -> Result<(), Failure> {
+        let root_url = self.root_url.clone();
         deno_core::scope!(scope, &mut self.runtime);
+        v8::tc_scope!(let scope, scope);
         let value = v8::Local::new(scope, &exports);
         let what = match source.kind {
             SourceKind::Module { .. } => "the default export",
@@ -276,9 +277,16 @@ impl PluginIsolate {
                 .map(|k| k.to_rust_string_lossy(scope))
                 .collect::<Vec<_>>()
         });
+        if scope.has_caught() || scope.has_terminated() {
+            return Err(caught(scope, &root_url));
+        }
         for name in names.unwrap_or_default() {
             let key = v8::String::new(scope, &name).unwrap();
-            if let Some(f) = obj.get(scope, key.into()).and_then(|v| v8::Local::<v8::Function>::try_from(v).ok()) {
+            let v = obj.get(scope, key.into());
+            if scope.has_caught() || scope.has_terminated() {
+                return Err(caught(scope, &root_url));
+            }
+            if let Some(f) = v.and_then(|v| v8::Local::<v8::Function>::try_from(v).ok()) {
                 self.hooks.insert(name, v8::Global::new(scope, f));
             }
         }
@@ -304,7 +312,7 @@ impl PluginIsolate {
                 format!("the plugin has no hook `{hook}` (its hooks: {known})"),
             ));
         };
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
         slot.arm(deadline);
         let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url) {
@@ -358,10 +366,10 @@ impl PluginIsolate {
         }
     }
 
+    /// A JS error as a failure. Whether it was really a termination (deadline, memory) is
+    /// decided by `settle` from the watchdog and the budget, never from the message, which a
+    /// plugin could fake with `throw "execution terminated"`.
     fn js_failure(&self, e: &JsError) -> Failure {
-        if is_termination(e) {
-            return Failure::Terminated;
-        }
         Failure::Error(js_error(e, &self.root_url))
     }
 }
@@ -413,13 +421,16 @@ fn invoke(
     to_json(tc, result, root_url).map(Step::Done)
 }
 
+/// `now + timeout`, saturating: a "no limit" timeout such as `Duration::MAX` means a
+/// deadline far in the future, not an overflow panic.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 enum Step {
     Done(Value),
     Pending(v8::Global<v8::Value>),
-}
-
-fn is_termination(e: &JsError) -> bool {
-    e.exception_message.contains("execution terminated") && e.frames.is_empty()
 }
 
 /// The exception a `TryCatch` holds, or termination.

@@ -127,6 +127,9 @@ impl Watchdog {
     fn run(&self) {
         let mut slots = self.state.lock().unwrap();
         loop {
+            // While scanning, any `arm` must wake us again: it cannot know whether the scan has
+            // already passed its slot, so advertise "no deadline known" until the scan is done.
+            self.next_wake.store(u64::MAX, Ordering::SeqCst);
             let now = ticks(Instant::now());
             let mut earliest = u64::MAX;
             slots.retain(|w| match w.upgrade() {
