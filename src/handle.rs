@@ -168,6 +168,8 @@ impl Shared {
     }
 
     pub(crate) fn set_status(&self, s: PluginStatus) {
+        // Once stopped, always stopped (a thread finishing its load late must not revive it).
+        let s = if self.closed.load(Ordering::Acquire) { PluginStatus::Stopped } else { s };
         self.status.store(s as u8, Ordering::Release);
     }
 

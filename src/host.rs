@@ -67,7 +67,10 @@ impl std::fmt::Debug for HostApi {
 }
 
 fn decode_args<A: DeserializeOwned>(args: Value) -> Result<A, HostFnError> {
+    let no_args = args.as_array().is_some_and(|a| a.is_empty());
     serde_json::from_value(args)
+        // `host.f()` fits a function declared `|(): ()|` too.
+        .or_else(|e| if no_args { serde_json::from_value(Value::Null).map_err(|_| e) } else { Err(e) })
         .map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("invalid arguments: {e}") })
 }
 

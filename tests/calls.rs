@@ -266,3 +266,38 @@ fn a_dropped_promise_that_rejects_does_not_fail_later_calls() {
     assert_eq!(h.call_blocking::<_, String>("later", ()).unwrap(), "user1");
     assert_eq!(h.call_blocking::<_, String>("later", ()).unwrap(), "user1");
 }
+
+#[test]
+fn a_panicking_host_function_is_a_catchable_error_not_a_crash() {
+    let host = common::test_host()
+        .func("boom", |(s,): (String,)| -> anyhow::Result<()> { panic!("host bug on {s}") })
+        .async_func("asyncBoom", |(): ()| async move {
+            if true {
+                panic!("async host bug");
+            }
+            Ok(())
+        });
+    let (_d, _m, h) = common::load_module_with(
+        isola::Engine::new(host),
+        "export default {
+            sync() { try { host.boom('x'); } catch (e) { return [e.code, e.message]; } },
+            async later() { try { await host.asyncBoom(); } catch (e) { return [e.code, e.message]; } },
+        };",
+    );
+    let v: Value = h.call_blocking("sync", ()).unwrap();
+    assert_eq!(v[0], "HOST_ERROR");
+    assert!(v[1].as_str().unwrap().contains("host bug on x"), "{v}");
+    let v: Value = h.call_blocking("later", ()).unwrap();
+    assert!(v[1].as_str().unwrap().contains("async host bug"), "{v}");
+}
+
+#[test]
+fn a_plugin_cannot_fake_a_timeout() {
+    let (_d, _m, h) = load_module(
+        "export default { fake() { throw 'execution terminated'; }, async fakeAsync() { await host.sleep(1); throw new Error('execution terminated'); } };",
+    );
+    for hook in ["fake", "fakeAsync"] {
+        let e = h.call_blocking::<_, Value>(hook, ()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::JsError, "{hook}: {e}");
+    }
+}

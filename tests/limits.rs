@@ -193,3 +193,29 @@ fn a_hook_that_never_settles_is_reported() {
     assert_eq!(e.code, ErrorCode::JsError, "{e}");
     assert!(e.message.contains("never settle"), "{e}");
 }
+
+#[test]
+fn hook_collection_at_load_is_under_the_deadline_too() {
+    let dir = PluginDir::new();
+    let m = Manager::new(Engine::builder().host(test_host()).load_timeout(Duration::from_millis(100)).build());
+    for (id, code) in [
+        ("proxy", "export default new Proxy({}, { ownKeys() { for (;;) {} } });"),
+        ("getter", "export default { get greet() { for (;;) {} } };"),
+    ] {
+        let t = Instant::now();
+        let e = m.load(dir.module(id, code)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Timeout, "{id}: {e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{id}: {:?}", t.elapsed());
+    }
+    let e = m.load(dir.module("thrower", "export default { get greet() { throw new Error('getter says no'); } };")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::LoadFailed);
+    assert!(e.message.contains("getter says no"), "{e}");
+}
+
+#[test]
+fn an_unlimited_timeout_does_not_overflow() {
+    let (_d, _m, h) = load_module("export default { ok() { return 1; } };");
+    let v: i64 = h.call_blocking_with("ok", (), CallOptions::default().timeout(Duration::MAX)).unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(h.call_blocking::<_, i64>("ok", ()).unwrap(), 1);
+}

@@ -226,3 +226,62 @@ fn a_heap_limit_restart_is_an_event() {
     let LifecycleEvent::Restarted { plugin, error } = e else { unreachable!() };
     assert_eq!((plugin.as_str(), error.code), ("hog", ErrorCode::HeapLimit));
 }
+
+#[test]
+fn no_update_is_lost_across_a_state_hand_off() {
+    let dir = PluginDir::new();
+    let code = "let n = 0;
+        export default {
+            onLoad(state) { if (state) n = state.n; },
+            onUnload() { return { n }; },
+            inc() { return ++n; },
+            get() { return n; },
+        };";
+    let path = dir.module("tally", code);
+    let m = Manager::new(engine());
+    let h = m.load(&path).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let total = std::thread::scope(|s| {
+        let callers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        h.call_blocking::<_, i64>("inc", ()).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            m.reload("tally").unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        callers.into_iter().map(|c| c.join().unwrap()).sum::<u64>()
+    });
+    assert_eq!(h.call_blocking::<_, u64>("get", ()).unwrap(), total, "every increment survived 5 reloads");
+}
+
+#[test]
+fn unload_racing_reload_leaves_the_plugin_unloaded() {
+    let dir = PluginDir::new();
+    let path = dir.module("racer", "export default { v() { return 1; } };");
+    for _ in 0..5 {
+        let m = Manager::new(engine());
+        let h = m.load(&path).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = m.reload("racer");
+            });
+            s.spawn(|| {
+                let _ = m.unload("racer");
+            });
+        });
+        if m.handle("racer").is_err() {
+            assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap_err().code, ErrorCode::ShutDown);
+            assert_eq!(h.status(), isola::PluginStatus::Stopped);
+        }
+    }
+}
