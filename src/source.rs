@@ -49,6 +49,15 @@ pub struct PluginSource {
 }
 
 impl PluginSource {
+    /// What the plugin's imports may reach: its folder, or for a script only the script
+    /// itself (it shares its directory with other plugins).
+    pub fn import_root(&self) -> &Path {
+        match &self.kind {
+            SourceKind::Module { .. } => &self.root,
+            SourceKind::Script { path } => path,
+        }
+    }
+
     /// The plugin's version (`"0.0.0"` for scripts, which have no manifest).
     pub fn version(&self) -> &str {
         match &self.kind {
@@ -100,6 +109,20 @@ fn from_folder(dir: &Path) -> Result<PluginSource, Error> {
             .unwrap_or(folder_id.clone());
         Manifest::invalid(&id, &manifest_path, diags)
     })?;
+    // The id keys a plugin's storage and the host's permission policy, so a plugin must not be
+    // able to claim another's: it has to be the folder's name.
+    if manifest.id != folder_id {
+        let diag = Diagnostic {
+            severity: crate::manifest::Severity::Error,
+            path: "$.id".into(),
+            code: "invalid_value".into(),
+            message: format!(
+                "the id `{}` must match the plugin's folder name `{folder_id}` (rename one of them)",
+                manifest.id
+            ),
+        };
+        return Err(Manifest::invalid(&folder_id, &manifest_path, vec![diag]));
+    }
     let entry = dir.join(&manifest.main);
     if !entry.is_file() {
         return Err(Error::new(

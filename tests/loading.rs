@@ -224,17 +224,66 @@ fn dynamic_import_outside_the_folder_is_refused_at_call_time() {
 }
 
 #[test]
-fn duplicate_ids_are_refused() {
+fn a_plugin_cannot_claim_another_plugins_id() {
+    // Storage and permission policy are keyed by id: `a-evil` may not call itself `notes`.
     let dir = PluginDir::new();
-    dir.module("one", "export default {};");
     dir.module_with_manifest(
-        "two",
-        &json!({"id": "one", "name": "dup", "version": "1.0.0", "apiVersion": 1}).to_string(),
+        "a-evil",
+        &json!({"id": "notes", "name": "dup", "version": "1.0.0", "apiVersion": 1}).to_string(),
         "export default {};",
     );
+    dir.module("notes", "export default {};");
     let m = Manager::new(engine());
     let report = m.load_dir(dir.path()).unwrap();
-    assert_eq!(report.loaded, vec!["one"]);
+    assert_eq!(report.loaded, vec!["notes"]);
+    assert_eq!(report.failed.len(), 1);
+    let e = &report.failed[0];
+    assert_eq!((e.code, e.plugin.as_deref()), (ErrorCode::ManifestInvalid, Some("a-evil")));
+    assert!(e.diagnostics[0].message.contains("must match the plugin's folder name"), "{e}");
+}
+
+#[test]
+fn duplicate_ids_are_refused() {
+    let dir = PluginDir::new();
+    dir.module("same", "export default { v() { return 'folder'; } };");
+    dir.script("same", "var plugin = { v() { return 'script'; } };");
+    let m = Manager::new(engine());
+    let report = m.load_dir(dir.path()).unwrap();
+    assert_eq!(report.loaded.len(), 1);
     assert_eq!(report.failed.len(), 1);
     assert!(report.failed[0].message.contains("already loaded"), "{}", report.failed[0]);
+}
+
+#[test]
+fn a_script_plugin_cannot_import_its_neighbours_files() {
+    let dir = PluginDir::new();
+    dir.write("notes/secret.js", "export const secret = 'leaked';");
+    dir.write("notes/data.json", r#"{"secret": "leaked"}"#);
+    let m = Manager::new(engine());
+    let h = m
+        .load(dir.script(
+            "nosy",
+            "var plugin = { async peek(spec) { try { const m = await import(spec); return JSON.stringify(m); } catch (e) { return e.message; } } };",
+        ))
+        .unwrap();
+    for spec in ["./notes/secret.js", "./notes/data.json", "./nosy.js"] {
+        let out: String = h.call_blocking("peek", (spec,)).unwrap();
+        assert!(!out.contains("leaked"), "{spec}: {out}");
+    }
+}
+
+#[test]
+fn refusals_do_not_reveal_whether_a_file_exists() {
+    let dir = PluginDir::new();
+    let m = Manager::new(engine());
+    let h = m
+        .load(dir.module(
+            "prober",
+            "export default { async probe(spec) { try { await import(spec); return 'imported'; } catch (e) { return e.message.replace(spec, 'X'); } } };",
+        ))
+        .unwrap();
+    let exists: String = h.call_blocking("probe", ("/etc/passwd",)).unwrap();
+    let missing: String = h.call_blocking("probe", ("/etc/no-such-file-here",)).unwrap();
+    assert_eq!(exists, missing);
+    assert!(exists.contains("outside the plugin folder"), "{exists}");
 }

@@ -99,7 +99,7 @@ impl PluginIsolate {
         });
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
-            module_loader: Some(Rc::new(PluginLoader::new(&source.root))),
+            module_loader: Some(Rc::new(PluginLoader::new(source.import_root()))),
             extensions: vec![isola_ops::init(table)],
             create_params: Some(params),
             startup_snapshot: Some(snapshot()),

@@ -14,6 +14,8 @@ use deno_core::{
 use deno_error::JsErrorBox;
 
 pub(crate) struct PluginLoader {
+    /// What imports may reach: the plugin's folder, or for a script plugin the script itself
+    /// (a script lives among the other plugins, whose files are not its to read).
     root: PathBuf,
 }
 
@@ -32,7 +34,12 @@ impl PluginLoader {
             return Err(refuse(&format!("the `{}:` scheme is not available", spec.scheme())));
         }
         let path = spec.to_file_path().map_err(|_| refuse("not a local file"))?;
-        // Canonicalise so that `..` and symlinks cannot step outside.
+        // First lexically, before touching the disk, so that the answer for a path outside
+        // never depends on whether that file exists (no probing of the host's files).
+        if !lexically_normal(&path).starts_with(&self.root) {
+            return Err(refuse("it is outside the plugin folder"));
+        }
+        // Then for real, so that symlinks cannot step outside either.
         let real = std::fs::canonicalize(&path)
             .map_err(|e| JsErrorBox::type_error(format!("cannot load \"{}\": {e}", self.rel(&path))))?;
         if !real.starts_with(&self.root) {
@@ -44,6 +51,21 @@ impl PluginLoader {
     fn rel(&self, p: &Path) -> String {
         p.strip_prefix(&self.root).map(|r| r.display().to_string()).unwrap_or_else(|_| p.display().to_string())
     }
+}
+
+/// `path` with `.` and `..` resolved without looking at the file system.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 impl ModuleLoader for PluginLoader {
