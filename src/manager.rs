@@ -20,7 +20,7 @@ use crate::events::{EventBus, LifecycleEvent};
 use crate::handle::{PluginHandle, PluginStatus, Request, Shared, call_mailbox};
 use crate::manifest::{CommandSpec, Diagnostic, Severity, Subscription};
 use crate::permissions::Permissions;
-use crate::source::{PluginSource, discover, guess_id};
+use crate::source::{PluginSource, guess_id, plugin_paths};
 use crate::stats::PluginStats;
 use crate::watch::Watcher;
 use crate::worker;
@@ -292,17 +292,17 @@ impl Inner {
     }
 
     pub(crate) fn load_dir(&self, dir: &Path) -> Result<LoadReport> {
-        let found = discover(dir)?;
         let mut report = LoadReport::default();
         let mut starting = Vec::new();
-        for item in found {
-            match item {
+        for path in plugin_paths(dir)? {
+            match PluginSource::from_path(&path) {
                 Ok(source) => match self.start(source) {
                     Ok(s) => starting.push(s),
                     Err(e) => report.failed.push(e),
                 },
                 Err(e) => {
-                    self.record_failure(&e, None);
+                    // Keep where it is, so that fixing the files (or a watcher) can reload it.
+                    self.record_failure(&e, Some(&path));
                     report.failed.push(e);
                 }
             }
@@ -473,10 +473,15 @@ impl Inner {
         shared.set_status(PluginStatus::Failed);
         {
             let mut plugins = self.plugins.write().unwrap();
-            if plugins.get(&id).is_some_and(|p| p.handle.status() == PluginStatus::Ready) {
-                return; // never shadow a running plugin with a broken namesake
+            if let Some(existing) = plugins.get(&id) {
+                if existing.handle.status() == PluginStatus::Ready {
+                    return; // never shadow a running plugin with a broken namesake
+                }
+                existing.handle.shared().close();
+                existing.handle.shared().join();
             }
-            let location = path.map(Path::to_path_buf).or_else(|| plugins.get(&id).map(|p| p.location.clone()));
+            let canonical = path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+            let location = canonical.or_else(|| plugins.get(&id).map(|p| p.location.clone()));
             plugins.insert(
                 id.clone(),
                 Entry {

@@ -163,13 +163,18 @@ fn from_script(path: &Path) -> Result<PluginSource, Error> {
 /// as errors (so one bad plugin never hides the others); entries that are not plugins at all
 /// (hidden files, folders without `plugin.json`, non-`.js` files) are skipped.
 pub fn discover(dir: impl AsRef<Path>) -> Result<Vec<Result<PluginSource, Error>>, Error> {
-    let dir = dir.as_ref();
+    Ok(plugin_paths(dir.as_ref())?.into_iter().map(PluginSource::from_path).collect())
+}
+
+/// The entries of `dir` that look like plugins, sorted.
+pub(crate) fn plugin_paths(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         Error::new(ErrorCode::LoadFailed, format!("cannot read plugin directory {}: {e}", dir.display()))
     })?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    Ok(paths.into_iter().filter(|p| is_plugin_path(p)).map(PluginSource::from_path).collect())
+    // Canonical, so that a plugin's location matches what the directory watcher reports.
+    Ok(paths.into_iter().filter(|p| is_plugin_path(p)).map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect())
 }
 
 /// Whether a directory entry looks like a plugin (what [`discover`] considers).
