@@ -87,25 +87,37 @@ impl Links {
         self.inner()?.entry(id).map(|(shared, _)| PluginHandle::new(shared))
     }
 
-    /// Notifies `event`'s subscribers without waiting; returns how many there are.
-    pub(crate) fn emit_background(&self, event: &str, payload: Value, depth: u32) -> usize {
-        let Ok(inner) = self.inner() else { return 0 };
+    /// Notifies `event`'s subscribers without waiting; returns how many there are. Refuses
+    /// with `BUSY` when too many such deliveries are already in flight.
+    pub(crate) fn emit_background(&self, event: &str, payload: Value, depth: u32) -> Result<usize> {
+        let inner = self.inner()?;
         let n = inner.subscribers(event).len();
         if n > 0 {
+            if inner.background.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_BACKGROUND_EMITS {
+                inner.background.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                return Err(Error::new(
+                    ErrorCode::Busy,
+                    format!("event `{event}` not emitted: {MAX_BACKGROUND_EMITS} events are already being delivered"),
+                ));
+            }
             let event = event.to_owned();
             let weak = self.0.clone();
             inner.events_rt.spawn(async move {
                 let Some(inner) = weak.upgrade() else { return };
                 let report = inner.emit_with(&event, payload, depth, crate::dispatch::AsyncCaller).await;
+                inner.background.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 drop(inner);
                 for d in report.deliveries.iter().filter(|d| d.error.is_some()) {
                     tracing::warn!(plugin = %d.plugin, "event `{event}`: {}", d.error.as_ref().unwrap());
                 }
             });
         }
-        n
+        Ok(n)
     }
 }
+
+/// How many plugin-emitted (and lifecycle) events may be in delivery at once, per manager.
+pub const MAX_BACKGROUND_EMITS: usize = 256;
 
 /// Runs a set of plugins, each in its own isolate and thread.
 ///
@@ -144,6 +156,8 @@ pub(crate) struct Inner {
     /// Itself, for handing to plugins' isolates.
     me: Weak<Inner>,
     pub(crate) events_rt: tokio::runtime::Handle,
+    /// Background event deliveries in flight.
+    background: std::sync::atomic::AtomicUsize,
 }
 
 impl Manager {
@@ -163,6 +177,7 @@ impl Manager {
             watcher: Mutex::new(None),
             me: me.clone(),
             events_rt: rt.handle().clone(),
+            background: Default::default(),
         });
         // Plugins may subscribe to lifecycle events as `plugin:loaded`, `plugin:reloaded`,
         // `plugin:unloaded` and `plugin:errored`.
@@ -174,7 +189,9 @@ impl Manager {
                 LifecycleEvent::Unloaded { .. } => "plugin:unloaded",
                 _ => "plugin:errored",
             };
-            links.emit_background(name, serde_json::to_value(e).unwrap_or_default(), 1);
+            if let Err(err) = links.emit_background(name, serde_json::to_value(e).unwrap_or_default(), 1) {
+                tracing::warn!("{err}");
+            }
         });
         Manager { inner, events_rt: Mutex::new(Some(rt)) }
     }

@@ -402,3 +402,30 @@ fn cli_emit_commands_and_command_calls() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["error"]["code"], "COMMAND_NOT_FOUND");
 }
+
+#[test]
+fn what_a_plugin_sends_to_others_is_bounded() {
+    let dir = PluginDir::new();
+    plugin(
+        &dir,
+        "flood",
+        json!({"permissions": ["events", "call:*"]}),
+        "export default {
+            big() { try { host.events.emit('sink', 'x'.repeat(2 << 20)); return 'sent'; } catch (e) { return [e.code, e.message]; } },
+            async bigCall() { try { await host.plugins.call('sink', 'on', 'x'.repeat(2 << 20)); return 'sent'; } catch (e) { return [e.code, e.message]; } },
+            many() { try { for (let i = 0; i < 100000; i++) host.events.emit('sink', i); return 'all sent'; } catch (e) { return [e.code, e.message]; } },
+        };",
+    );
+    plugin(&dir, "sink", json!({"events": {"sink": "on"}}), "export default { on() { const end = Date.now() + 5; while (Date.now() < end) {} } };");
+    let m = Manager::new(Engine::new(test_host()));
+    m.load_dir(dir.path()).unwrap();
+    let h = m.handle("flood").unwrap();
+    for hook in ["big", "bigCall"] {
+        let v: Value = h.call_blocking(hook, ()).unwrap();
+        assert_eq!(v[0], "INVALID_ARGS", "{hook}: {v}");
+        assert!(v[1].as_str().unwrap().contains("at most 1048576"), "{v}");
+    }
+    let v: Value = h.call_blocking("many", ()).unwrap();
+    assert_eq!(v[0], "BUSY", "{v}");
+    assert!(v[1].as_str().unwrap().contains("already being delivered"), "{v}");
+}

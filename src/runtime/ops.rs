@@ -35,6 +35,19 @@ struct Gated<F: ?Sized> {
 pub const MAX_CALL_DEPTH: usize = 8;
 /// How many times plugin-emitted events may lead to further emits.
 pub const MAX_EVENT_DEPTH: u32 = 8;
+/// Largest event payload or argument list (as JSON) a plugin may send to other plugins: what
+/// it sends is copied out of its memory budget and queued, so it must be bounded.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+fn check_size(what: &str, json: &str) -> Result<(), HostOpError> {
+    if json.len() > MAX_MESSAGE_BYTES {
+        return Err(HostOpError(HostFnError {
+            code: "INVALID_ARGS",
+            message: format!("{what} is {} bytes as JSON; at most {MAX_MESSAGE_BYTES} are allowed", json.len()),
+        }));
+    }
+    Ok(())
+}
 
 /// The call a plugin's thread is running now; host functions that call out read it.
 pub(crate) struct Current {
@@ -313,6 +326,7 @@ async fn op_isola_call(
                 message: format!("plugin call chains are limited to {MAX_CALL_DEPTH} plugins ({})", chain.join(" → ")),
             }));
         }
+        check_size("the argument list", &args)?;
         let remaining = current.deadline.saturating_duration_since(Instant::now());
         let handle = table.links()?.handle(&plugin).map_err(op_error)?;
         let ctx = CallContext { chain, event_depth: current.event_depth };
@@ -341,8 +355,9 @@ fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: 
             ),
         }));
     }
+    check_size("the event payload", payload)?;
     let payload = parse_args(payload)?;
-    let n = table.links()?.emit_background(event, payload, depth);
+    let n = table.links()?.emit_background(event, payload, depth).map_err(op_error)?;
     Ok(n as u32)
 }
 
