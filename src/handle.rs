@@ -118,10 +118,18 @@ pub(crate) struct CallContext {
 
 /// A message to a plugin's thread.
 pub(crate) enum Request {
-    Call { hook: String, args: Value, timeout: Option<Duration>, ctx: CallContext, reply: Reply },
+    Call {
+        hook: String,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+        reply: Reply,
+    },
     /// Run `onLoad(state)` before anything queued after this, waiting for the state to arrive
     /// (on reload it comes from the old version's `onUnload`, which may still be running).
-    Init { state: Receiver<Value> },
+    Init {
+        state: Receiver<Value>,
+    },
     Stop,
 }
 

@@ -15,12 +15,13 @@ use crate::engine::{Engine, Limits};
 use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
 use crate::handle::{CallContext, PluginStatus, Reply, Request, Shared};
-use crate::manager::ON_LOAD;
-use serde_json::Value;
 use crate::manager::Links;
+use crate::manager::ON_LOAD;
 use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
+use crate::runtime::loader::SourceCache;
 use crate::runtime::watchdog::DeadlineSlot;
 use crate::source::PluginSource;
+use serde_json::Value;
 
 /// Stack for plugin threads: V8 stops JS recursion at about 1 MiB of stack; the rest is for
 /// Rust frames and host functions.
@@ -59,7 +60,10 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
-        .spawn(move || Worker { engine, source, limits, granted, shared, links }.run(rx, ready_tx))
+        .spawn(move || {
+            let sources = Arc::default();
+            Worker { engine, source, limits, granted, shared, links, sources }.run(rx, ready_tx)
+        })
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")).plugin(&id))?;
     Ok(Starting { tx, thread, ready })
 }
@@ -71,6 +75,8 @@ struct Worker {
     granted: Vec<String>,
     shared: Arc<Shared>,
     links: Links,
+    /// The files this version loaded, reused when the isolate is restarted.
+    sources: Arc<SourceCache>,
 }
 
 impl Worker {
@@ -176,6 +182,7 @@ impl Worker {
             stats: self.shared.stats.clone(),
             storage: (self.engine.storage().clone(), self.engine.storage_quota_for(&self.source)),
             links: self.links.clone(),
+            sources: self.sources.clone(),
         };
         let iso = PluginIsolate::new(&cfg, slot, rt).map_err(|e| e.in_context(&self.source.id, None))?;
         let (heap, ab, limit) = iso.memory();

@@ -416,7 +416,12 @@ fn what_a_plugin_sends_to_others_is_bounded() {
             many() { try { for (let i = 0; i < 100000; i++) host.events.emit('sink', i); return 'all sent'; } catch (e) { return [e.code, e.message]; } },
         };",
     );
-    plugin(&dir, "sink", json!({"events": {"sink": "on"}}), "export default { on() { const end = Date.now() + 5; while (Date.now() < end) {} } };");
+    plugin(
+        &dir,
+        "sink",
+        json!({"events": {"sink": "on"}}),
+        "export default { on() { const end = Date.now() + 5; while (Date.now() < end) {} } };",
+    );
     let m = Manager::new(Engine::new(test_host()));
     m.load_dir(dir.path()).unwrap();
     let h = m.handle("flood").unwrap();

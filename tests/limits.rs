@@ -207,7 +207,9 @@ fn hook_collection_at_load_is_under_the_deadline_too() {
         assert_eq!(e.code, ErrorCode::Timeout, "{id}: {e}");
         assert!(t.elapsed() < Duration::from_secs(3), "{id}: {:?}", t.elapsed());
     }
-    let e = m.load(dir.module("thrower", "export default { get greet() { throw new Error('getter says no'); } };")).unwrap_err();
+    let e = m
+        .load(dir.module("thrower", "export default { get greet() { throw new Error('getter says no'); } };"))
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::LoadFailed);
     assert!(e.message.contains("getter says no"), "{e}");
 }
@@ -218,4 +220,21 @@ fn an_unlimited_timeout_does_not_overflow() {
     let v: i64 = h.call_blocking_with("ok", (), CallOptions::default().timeout(Duration::MAX)).unwrap();
     assert_eq!(v, 1);
     assert_eq!(h.call_blocking::<_, i64>("ok", ()).unwrap(), 1);
+}
+
+#[test]
+fn a_restart_after_heap_limit_brings_back_the_same_version() {
+    let dir = PluginDir::new();
+    let path = dir.module(
+        "same",
+        "import { v } from './v.js';\nexport default { v() { return v; }, hog() { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); } };",
+    );
+    std::fs::write(path.join("v.js"), "export const v = 1;").unwrap();
+    let m = Manager::new(engine_with(5_000, 16));
+    let h = m.load(&path).unwrap();
+    // Edited (and broken) on disk, but not reloaded: the running version is still 1.
+    std::fs::write(path.join("v.js"), "export const v = ;").unwrap();
+    assert_eq!(h.call_blocking::<_, Value>("hog", ()).unwrap_err().code, ErrorCode::HeapLimit);
+    assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap(), 1, "restarted as the version that was running");
+    assert_eq!(h.status(), PluginStatus::Ready);
 }

@@ -289,12 +289,14 @@ fn unload_racing_reload_leaves_the_plugin_unloaded() {
 #[test]
 fn a_plugin_broken_at_start_up_recovers_when_fixed() {
     let dir = PluginDir::new();
-    let path = dir.module_with_manifest("late", r#"{"id": "late", "apiVersion": 1"#, "export default { v() { return 1; ");
+    let path =
+        dir.module_with_manifest("late", r#"{"id": "late", "apiVersion": 1"#, "export default { v() { return 1; ");
     let (m, events) = watched(&dir);
     let h = m.handle("late").unwrap();
     assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap_err().code, ErrorCode::ManifestInvalid);
     std::fs::write(path.join("main.js"), "export default { v() { return 1; } };").unwrap();
-    std::fs::write(path.join("plugin.json"), r#"{"id": "late", "name": "l", "version": "1.0.0", "apiVersion": 1}"#).unwrap();
+    std::fs::write(path.join("plugin.json"), r#"{"id": "late", "name": "l", "version": "1.0.0", "apiVersion": 1}"#)
+        .unwrap();
     wait_for(&events, "reloaded", reloaded);
     assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap(), 1, "the handle taken while broken works now");
     // And removing it unloads it.

@@ -19,7 +19,7 @@ use deno_core::error::{CoreError, CoreErrorKind, JsError};
 use deno_core::{JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions, serde_v8, v8};
 use serde_json::Value;
 
-use super::loader::PluginLoader;
+use super::loader::{PluginLoader, SourceCache};
 use super::memory::MemoryBudget;
 use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
@@ -46,6 +46,8 @@ pub(crate) struct IsolateConfig<'a> {
     pub stats: Arc<StatsCell>,
     pub storage: (Storage, StorageQuota),
     pub links: Links,
+    /// This plugin version's files, as first read.
+    pub sources: Arc<SourceCache>,
 }
 
 /// A loaded plugin: its runtime, its hooks, and its memory budget.
@@ -99,7 +101,7 @@ impl PluginIsolate {
         });
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
-            module_loader: Some(Rc::new(PluginLoader::new(source.import_root()))),
+            module_loader: Some(Rc::new(PluginLoader::new(source.import_root(), cfg.sources.clone()))),
             extensions: vec![isola_ops::init(table)],
             create_params: Some(params),
             startup_snapshot: Some(snapshot()),
@@ -136,7 +138,8 @@ impl PluginIsolate {
         let deadline = deadline_after(cfg.load_timeout);
         slot.arm(deadline);
         // Reading the hooks runs plugin code too (getters, Proxy traps): keep the deadline on.
-        let loaded = this.evaluate(source, deadline, rt).and_then(|exports| this.collect_hooks(exports, source));
+        let loaded =
+            this.evaluate(source, &cfg.sources, deadline, rt).and_then(|exports| this.collect_hooks(exports, source));
         let terminated = slot.disarm();
         this.settle(loaded, terminated, || format!("loading took longer than {} ms", cfg.load_timeout.as_millis()))
             .map_err(|e| match e.code {
@@ -207,6 +210,7 @@ impl PluginIsolate {
     fn evaluate(
         &mut self,
         source: &PluginSource,
+        cfg_sources: &SourceCache,
         deadline: Instant,
         rt: &tokio::runtime::Runtime,
     ) -> Result<v8::Global<v8::Value>, Failure> {
@@ -240,7 +244,9 @@ impl PluginIsolate {
                 Ok(v8::Global::new(scope, default))
             }
             SourceKind::Script { path } => {
-                let code = std::fs::read_to_string(path)
+                let code = cfg_sources
+                    .read(path)
+                    .map(|t| t.to_string())
                     .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot read {}: {e}", path.display())))?;
                 let url = ModuleSpecifier::from_file_path(path).map(|u| u.to_string()).unwrap_or_default();
                 self.runtime.execute_script(url, code).map_err(|e| self.js_failure(&e))?;

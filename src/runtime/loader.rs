@@ -5,7 +5,9 @@
 //! URL under the plugin's (canonicalised) root — absolute paths elsewhere, `..` escapes,
 //! symlinks pointing out, `http:`, `node:`, `npm:`, bare names.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use deno_core::{
     ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSource, ModuleSourceCode,
@@ -17,11 +19,30 @@ pub(crate) struct PluginLoader {
     /// What imports may reach: the plugin's folder, or for a script plugin the script itself
     /// (a script lives among the other plugins, whose files are not its to read).
     root: PathBuf,
+    sources: Arc<SourceCache>,
+}
+
+/// The source text of every file a plugin version has loaded, kept for the life of that
+/// version. Why: when the isolate is restarted after breaking its memory limit, it must come
+/// back as the *same* version, even if the files on disk have since been edited (and perhaps
+/// broken); new files on disk only arrive through a reload.
+#[derive(Default)]
+pub(crate) struct SourceCache(Mutex<HashMap<PathBuf, Arc<str>>>);
+
+impl SourceCache {
+    /// The file's text as first read by this version.
+    pub(crate) fn read(&self, path: &Path) -> std::io::Result<Arc<str>> {
+        if let Some(text) = self.0.lock().unwrap().get(path) {
+            return Ok(text.clone());
+        }
+        let text: Arc<str> = std::fs::read_to_string(path)?.into();
+        Ok(self.0.lock().unwrap().entry(path.to_path_buf()).or_insert(text).clone())
+    }
 }
 
 impl PluginLoader {
-    pub(crate) fn new(root: &Path) -> Self {
-        PluginLoader { root: root.to_path_buf() }
+    pub(crate) fn new(root: &Path, sources: Arc<SourceCache>) -> Self {
+        PluginLoader { root: root.to_path_buf(), sources }
     }
 
     fn inside(&self, spec: &ModuleSpecifier) -> Result<PathBuf, JsErrorBox> {
@@ -93,11 +114,13 @@ impl ModuleLoader for PluginLoader {
     ) -> ModuleLoadResponse {
         let load = || {
             let path = self.inside(spec)?;
-            let code = std::fs::read_to_string(&path)
+            let code = self
+                .sources
+                .read(&path)
                 .map_err(|e| JsErrorBox::type_error(format!("cannot read \"{}\": {e}", self.rel(&path))))?;
             let module_type =
                 if path.extension().is_some_and(|e| e == "json") { ModuleType::Json } else { ModuleType::JavaScript };
-            Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.into()), spec, None))
+            Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.to_string().into()), spec, None))
         };
         ModuleLoadResponse::Sync(load())
     }
