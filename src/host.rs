@@ -15,6 +15,34 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+thread_local! {
+    static CURRENT_PLUGIN: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Inside a host function: the id of the plugin that called it (`None` elsewhere).
+///
+/// Host functions run on the calling plugin's own thread (async ones on its runtime), and a
+/// thread serves exactly one plugin, so this needs no extra argument.
+///
+/// ```
+/// use isola::HostApi;
+/// let host = HostApi::new().func("log", |(msg,): (String,)| {
+///     let plugin = isola::current_plugin().unwrap_or_default();
+///     println!("[{plugin}] {msg}");
+///     Ok(())
+/// });
+/// assert_eq!(isola::current_plugin(), None);
+/// # let _ = host;
+/// ```
+pub fn current_plugin() -> Option<String> {
+    CURRENT_PLUGIN.with(|c| c.borrow().as_deref().map(str::to_owned))
+}
+
+/// Marks the calling thread as serving `plugin` (done once by each plugin thread).
+pub(crate) fn set_current_plugin(plugin: &str) {
+    CURRENT_PLUGIN.with(|c| *c.borrow_mut() = Some(plugin.into()));
+}
+
 /// What a host function failed with, as the plugin will see it: a JS `Error` whose `message`
 /// is this text (and `code` is `HOST_ERROR`, or `INVALID_ARGS` when the arguments did not fit).
 #[derive(Debug, Clone)]

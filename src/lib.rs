@@ -47,7 +47,7 @@ pub use engine::{
 pub use error::{Error, ErrorCode, JsErrorInfo, Result};
 pub use events::LifecycleEvent;
 pub use handle::{CallOptions, PluginHandle, PluginStatus};
-pub use host::HostApi;
+pub use host::{HostApi, current_plugin};
 pub use manager::{LoadReport, Manager, PluginInfo};
 pub use manifest::{
     CommandSpec, Diagnostic, Manifest, ManifestLimits, SUPPORTED_API_VERSION, Severity, Subscription, validate_id,

@@ -81,6 +81,7 @@ struct Worker {
 
 impl Worker {
     fn run(self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
+        crate::host::set_current_plugin(&self.source.id);
         self.shared.stats.register_thread();
         self.serve(rx, ready);
         self.shared.stats.unregister_thread();

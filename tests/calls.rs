@@ -301,3 +301,42 @@ fn a_plugin_cannot_fake_a_timeout() {
         assert_eq!(e.code, ErrorCode::JsError, "{hook}: {e}");
     }
 }
+
+#[test]
+fn host_functions_know_which_plugin_called() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s1, s2) = (seen.clone(), seen.clone());
+    let host = isola::HostApi::new()
+        .func("whoami", move |(): ()| {
+            let me = isola::current_plugin();
+            s1.lock().unwrap().push(me.clone());
+            Ok(me)
+        })
+        .async_func("whoamiLater", move |(): ()| {
+            let s2 = s2.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let me = isola::current_plugin();
+                s2.lock().unwrap().push(me.clone());
+                Ok(me)
+            }
+        });
+    let dir = PluginDir::new();
+    dir.module(
+        "alpha",
+        "export default { who() { return host.whoami(); }, async later() { return await host.whoamiLater(); } };",
+    );
+    dir.module(
+        "beta",
+        "export default { who() { return host.whoami(); }, async later() { return await host.whoamiLater(); } };",
+    );
+    let m = Manager::new(isola::Engine::new(host));
+    m.load_dir(dir.path()).unwrap();
+    for id in ["alpha", "beta"] {
+        let h = m.handle(id).unwrap();
+        assert_eq!(h.call_blocking::<_, String>("who", ()).unwrap(), id);
+        assert_eq!(h.call_blocking::<_, String>("later", ()).unwrap(), id);
+    }
+    assert_eq!(isola::current_plugin(), None, "not inside a host function");
+    assert_eq!(seen.lock().unwrap().len(), 4);
+}

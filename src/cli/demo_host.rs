@@ -9,7 +9,8 @@ use serde_json::json;
 pub fn demo_host() -> HostApi {
     HostApi::new()
         .func("log", |(msg,): (String,)| {
-            tracing::info!(target: "isola::plugin", "host.log: {msg}");
+            let plugin = isola::current_plugin().unwrap_or_default();
+            tracing::info!(target: "isola::plugin", plugin, "host.log: {msg}");
             Ok(())
         })
         .value("config", json!({ "app": "isola", "version": env!("CARGO_PKG_VERSION") }))
