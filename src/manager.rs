@@ -87,6 +87,32 @@ impl Links {
         self.inner()?.entry(id).map(|(shared, _)| PluginHandle::new(shared))
     }
 
+    /// Records that plugin `from` waits on plugin `to` until the returned guard is dropped,
+    /// unless `to` already waits (directly or through others) on `from`: then the path that
+    /// would deadlock is returned instead.
+    pub(crate) fn wait_on(&self, from: &str, to: &str) -> std::result::Result<WaitGuard, String> {
+        let Ok(inner) = self.inner() else { return Ok(WaitGuard(None)) };
+        let mut waits = inner.waits.lock().unwrap();
+        // Follow `to`'s waits; reaching `from` means a cycle.
+        let mut stack = vec![vec![to.to_owned()]];
+        while let Some(path) = stack.pop() {
+            let last = path.last().unwrap();
+            if last == from {
+                return Err(path.join(" → "));
+            }
+            if path.len() > 64 {
+                continue;
+            }
+            for (_, b) in waits.iter().filter(|(a, _)| a == last) {
+                let mut next = path.clone();
+                next.push(b.clone());
+                stack.push(next);
+            }
+        }
+        waits.push((from.to_owned(), to.to_owned()));
+        Ok(WaitGuard(Some((Arc::downgrade(&inner), from.to_owned(), to.to_owned()))))
+    }
+
     /// Notifies `event`'s subscribers without waiting; returns how many there are. Refuses
     /// with `BUSY` when too many such deliveries are already in flight.
     pub(crate) fn emit_background(&self, event: &str, payload: Value, depth: u32) -> Result<usize> {
@@ -113,6 +139,22 @@ impl Links {
             });
         }
         Ok(n)
+    }
+}
+
+/// An edge of the "plugin A waits on plugin B" graph; removed when dropped.
+pub(crate) struct WaitGuard(Option<(Weak<Inner>, String, String)>);
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if let Some((inner, from, to)) = self.0.take()
+            && let Some(inner) = inner.upgrade()
+        {
+            let mut waits = inner.waits.lock().unwrap();
+            if let Some(i) = waits.iter().position(|(a, b)| *a == from && *b == to) {
+                waits.swap_remove(i);
+            }
+        }
     }
 }
 
@@ -158,6 +200,8 @@ pub(crate) struct Inner {
     pub(crate) events_rt: tokio::runtime::Handle,
     /// Background event deliveries in flight.
     background: std::sync::atomic::AtomicUsize,
+    /// Plugin-to-plugin calls in progress, as (caller, callee) edges.
+    waits: Mutex<Vec<(String, String)>>,
 }
 
 impl Manager {
@@ -178,6 +222,7 @@ impl Manager {
             me: me.clone(),
             events_rt: rt.handle().clone(),
             background: Default::default(),
+            waits: Mutex::new(Vec::new()),
         });
         // Plugins may subscribe to lifecycle events as `plugin:loaded`, `plugin:reloaded`,
         // `plugin:unloaded` and `plugin:errored`.

@@ -434,3 +434,38 @@ fn what_a_plugin_sends_to_others_is_bounded() {
     assert_eq!(v[0], "BUSY", "{v}");
     assert!(v[1].as_str().unwrap().contains("already being delivered"), "{v}");
 }
+
+#[test]
+fn cycles_across_separate_requests_are_refused_too() {
+    // X → a → b while Y → b → a: each plugin's thread would wait on the other's.
+    let dir = PluginDir::new();
+    plugin(
+        &dir,
+        "a",
+        json!({"permissions": ["call:b"]}),
+        "export default { async start() { return await host.plugins.call('b', 'work'); }, async work() { await host.sleep(10); return 'a worked'; } };",
+    );
+    plugin(
+        &dir,
+        "b",
+        json!({"permissions": ["call:a"]}),
+        "export default {
+            async start() { await host.sleep(100); try { return await host.plugins.call('a', 'work'); } catch (e) { return e.code; } },
+            async work() { return 'b worked'; },
+        };",
+    );
+    let m = Manager::new(Engine::new(test_host()));
+    m.load_dir(dir.path()).unwrap();
+    let (a, b) = (m.handle("a").unwrap(), m.handle("b").unwrap());
+    let t = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (from_b, from_a) = rt.block_on(async {
+        let b_start = b.call::<_, String>("start", ());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let a_start = a.call::<_, String>("start", ());
+        (b_start.await.unwrap(), a_start.await.unwrap())
+    });
+    assert_eq!(from_b, "CALL_CYCLE");
+    assert_eq!(from_a, "b worked");
+    assert!(t.elapsed() < Duration::from_secs(2), "no one waited for a timeout: {:?}", t.elapsed());
+}

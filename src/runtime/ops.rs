@@ -299,7 +299,7 @@ async fn op_isola_call(
     #[string] hook: String,
     #[string] args: String,
 ) -> Result<String, HostOpError> {
-    let answer = {
+    let (answer, _waiting) = {
         let state = state.borrow();
         let table = state.borrow::<HostTable>();
         if !may_call(&table.granted, &plugin) {
@@ -328,9 +328,21 @@ async fn op_isola_call(
         }
         check_size("the argument list", &args)?;
         let remaining = current.deadline.saturating_duration_since(Instant::now());
-        let handle = table.links()?.handle(&plugin).map_err(op_error)?;
+        let links = table.links()?;
+        let handle = links.handle(&plugin).map_err(op_error)?;
+        // Chains from other requests can close a cycle too (X→A→B while Y→B→A): refuse a
+        // call to a plugin that is itself, through any request, waiting on this one.
+        let waiting = links.wait_on(&table.plugin, &plugin).map_err(|path| {
+            HostOpError(HostFnError {
+                code: "CALL_CYCLE",
+                message: format!(
+                    "{} → {plugin} would deadlock: {path} is already waiting; re-entrant calls are refused",
+                    table.plugin
+                ),
+            })
+        })?;
         let ctx = CallContext { chain, event_depth: current.event_depth };
-        handle.call_in(&hook, parse_args(&args)?, Some(remaining), ctx)
+        (handle.call_in(&hook, parse_args(&args)?, Some(remaining), ctx), waiting)
     };
     let v = answer.await.map_err(op_error)?;
     Ok(v.to_string())
