@@ -133,6 +133,9 @@ pub(crate) enum Request {
     Stop,
 }
 
+/// A started plugin thread that [`Shared::open`] refused: the caller must stop and join it.
+pub(crate) type Refused = (Sender<Request>, JoinHandle<()>);
+
 /// The state every clone of a handle shares.
 pub(crate) struct Shared {
     pub id: String,
@@ -197,11 +200,7 @@ impl Shared {
     /// already in it stay there and are answered by the old thread). Refused if the plugin was
     /// closed meanwhile (an unload racing a reload): the caller must then stop that thread.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn open(
-        &self,
-        tx: Sender<Request>,
-        thread: JoinHandle<()>,
-    ) -> Result<Option<Sender<Request>>, (Sender<Request>, JoinHandle<()>)> {
+    pub(crate) fn open(&self, tx: Sender<Request>, thread: JoinHandle<()>) -> Result<Option<Sender<Request>>, Refused> {
         let mut mailbox = self.mailbox.write().unwrap();
         if self.closed.load(Ordering::Acquire) {
             return Err((tx, thread));
