@@ -108,29 +108,28 @@ impl MemoryBudget {
     }
 }
 
-unsafe extern "C" fn ab_allocate(budget: &MemoryBudget, len: usize) -> *mut c_void {
+/// Charges `len` bytes to the budget, then allocates with `alloc`; undoes the charge if the
+/// allocation fails. NULL tells V8 the allocation failed.
+fn charged(budget: &MemoryBudget, len: usize, alloc: impl FnOnce(usize) -> *mut c_void) -> *mut c_void {
     if !budget.reserve(len) {
         return std::ptr::null_mut();
     }
-    // SAFETY: plain libc allocation; calloc(0) may return NULL or a unique pointer, both fine
-    // for V8, but ask for at least one byte so a NULL always means "out of memory".
-    let p = unsafe { libc::calloc(len.max(1), 1) };
+    // Ask for at least one byte so that NULL always means "out of memory".
+    let p = alloc(len.max(1));
     if p.is_null() {
         budget.release(len);
     }
     p
 }
 
+unsafe extern "C" fn ab_allocate(budget: &MemoryBudget, len: usize) -> *mut c_void {
+    // SAFETY: plain libc allocation, freed in `ab_free`.
+    charged(budget, len, |n| unsafe { libc::calloc(n, 1) })
+}
+
 unsafe extern "C" fn ab_allocate_uninitialized(budget: &MemoryBudget, len: usize) -> *mut c_void {
-    if !budget.reserve(len) {
-        return std::ptr::null_mut();
-    }
     // SAFETY: as above.
-    let p = unsafe { libc::malloc(len.max(1)) };
-    if p.is_null() {
-        budget.release(len);
-    }
-    p
+    charged(budget, len, |n| unsafe { libc::malloc(n) })
 }
 
 unsafe extern "C" fn ab_free(budget: &MemoryBudget, data: *mut c_void, len: usize) {

@@ -155,16 +155,10 @@ impl HostTable {
     fn check<F: ?Sized>(&self, g: &Gated<F>) -> Result<(), HostOpError> {
         match &g.missing {
             None => Ok(()),
-            Some(p) => {
-                self.stats.record_error(ErrorCode::PermissionDenied);
-                Err(HostOpError(HostFnError {
-                    code: "PERMISSION_DENIED",
-                    message: format!(
-                        "plugin `{}` lacks the permission `{p}` that host.{} requires (add it to \"permissions\" in plugin.json)",
-                        self.plugin, g.name
-                    ),
-                }))
-            }
+            Some(p) => Err(self.denied(format!(
+                "plugin `{}` lacks the permission `{p}` that host.{} requires (add it to \"permissions\" in plugin.json)",
+                self.plugin, g.name
+            ))),
         }
     }
 }
