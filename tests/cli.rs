@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::PluginDir;
 use serde_json::Value;
@@ -10,11 +10,7 @@ use serde_json::Value;
 const PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
 
 fn isola(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_isola"))
-        .args(args)
-        .env("ISOLA_DATA_DIR", common::data_dir())
-        .output()
-        .expect("run isola")
+    common::isola_command().args(args).output().expect("run isola")
 }
 
 fn stdout(o: &Output) -> String {

@@ -3,15 +3,14 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::PluginDir;
 
 fn dev(dir: &std::path::Path, input: &str) -> (String, std::process::ExitStatus) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isola"))
+    let mut child = common::isola_command()
         .arg("dev")
         .arg(dir)
-        .env("ISOLA_DATA_DIR", common::data_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -60,7 +59,7 @@ fn ctrl_c_exits_cleanly() {
     use std::io::{BufRead, BufReader};
     let dir = PluginDir::new();
     dir.script("p", "var plugin = { v() { return 1; } };");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isola"))
+    let mut child = common::isola_command()
         .arg("dev")
         .arg(dir.path())
         .stdin(Stdio::piped())

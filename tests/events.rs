@@ -369,13 +369,7 @@ fn deep_call_chains_are_bounded() {
 
 #[test]
 fn cli_emit_commands_and_command_calls() {
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_isola"))
-            .args(args)
-            .env("ISOLA_DATA_DIR", common::data_dir())
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| common::isola_command().args(args).output().unwrap();
     let plugins = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
     let o = run(&["emit", plugins, "chat", r#"{"user":"ada","text":"hello :)"}"#, "--chain"]);
     let out = String::from_utf8_lossy(&o.stdout);

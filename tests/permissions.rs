@@ -110,11 +110,7 @@ fn malformed_permissions_are_manifest_errors() {
 fn cli_list_shows_requested_and_granted_permissions() {
     let dir = PluginDir::new();
     dir.module_with_manifest("asker", &manifest("asker", &["users", "nonsense"]), "export default {};");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_isola"))
-        .args(["list", dir.path().to_str().unwrap()])
-        .env("ISOLA_DATA_DIR", common::data_dir())
-        .output()
-        .unwrap();
+    let out = common::isola_command().args(["list", dir.path().to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("granted [nonsense, users]"), "{stdout}");
     assert!(stdout.contains("unknown_permission") && stdout.contains("nonsense"), "{stdout}");

@@ -18,11 +18,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &std::path::Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_isola"))
+        let mut child = common::isola_command()
             .arg("serve")
             .arg(dir)
             .args(extra)
-            .env("ISOLA_DATA_DIR", common::data_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -210,7 +209,6 @@ fn the_python_example_client_works() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/isola_client.py"))
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins"))
         .env("ISOLA", env!("CARGO_BIN_EXE_isola"))
-        .env("ISOLA_DATA_DIR", common::data_dir())
         .output()
     else {
         eprintln!("python3 is not installed; skipping the Python client example");

@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{PluginDir, test_host};
 use isola::{Engine, ErrorCode, Manager, PluginHandle, Storage, StorageQuota};
@@ -203,7 +203,7 @@ fn an_acknowledged_write_survives_sigkill() {
     let dir = PluginDir::new();
     dir.module_with_manifest("kv", &manifest("kv", json!({})), KV);
     let serve = || {
-        Command::new(env!("CARGO_BIN_EXE_isola"))
+        common::isola_command()
             .args(["serve", dir.path().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -281,9 +281,7 @@ fn cli_data_remove_deletes_a_plugins_data() {
     let data = tempfile::tempdir().unwrap();
     let dir = PluginDir::new();
     dir.module_with_manifest("kv", &manifest("kv", json!({})), KV);
-    let isola = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_isola")).args(args).arg("--data-dir").arg(data.path()).output().unwrap()
-    };
+    let isola = |args: &[&str]| common::isola_command().args(args).arg("--data-dir").arg(data.path()).output().unwrap();
     let d = dir.path().to_str().unwrap();
     assert!(isola(&["call", d, "kv", "set", "k", "\"v\""]).status.success());
     assert_eq!(String::from_utf8_lossy(&isola(&["call", d, "kv", "get", "k"]).stdout).trim(), "\"v\"");

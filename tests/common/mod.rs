@@ -60,6 +60,13 @@ pub fn data_dir() -> PathBuf {
     d
 }
 
+/// The `isola` binary, with a throwaway data directory (a test may still pass `--data-dir`).
+pub fn isola_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_isola"));
+    c.env("ISOLA_DATA_DIR", data_dir());
+    c
+}
+
 /// A host API like the CLI's demo one, plus functions tests need.
 pub fn test_host() -> HostApi {
     HostApi::new()
