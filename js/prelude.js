@@ -6,6 +6,7 @@
 // The startup snapshot stores this function as `globalThis.__isolaPrelude`; each isolate then
 // runs `__isolaPrelude(spec)`, where `spec` lists the host items:
 //   [{ name, kind: "sync" | "async", id }, { name, kind: "value", value }]
+// and keeps what it returns: two helpers for isola's Rust side (see the end).
 (function isolaPrelude(spec) {
   "use strict";
   const core = globalThis.Deno.core;
@@ -13,7 +14,26 @@
     core.ops;
   const { stringify } = JSON;
   const parse = JSON.parse;
-  const { freeze, defineProperty, getOwnPropertyNames } = Object;
+  const { freeze, defineProperty, getOwnPropertyNames, getOwnPropertyDescriptor } = Object;
+  // Built-ins are captured now, before any plugin code could replace them.
+  const uncurry = Function.prototype.bind.bind(Function.prototype.call);
+  const weakMapGet = uncurry(WeakMap.prototype.get);
+  const weakMapSet = uncurry(WeakMap.prototype.set);
+  const promiseThen = uncurry(Promise.prototype.then);
+  const isWellFormed = uncurry(String.prototype.isWellFormed);
+
+  // Errors isola itself threw into this plugin (a refused permission, a broken quota, a
+  // refused plugin call), with their code. A hook that lets one escape gives the host that
+  // code instead of JS_ERROR. Kept here, out of the plugin's reach, so that a plugin cannot
+  // make its own errors pass for isola's by setting a `code` property.
+  const issued = new WeakMap();
+  function mark(e) {
+    if (e !== null && typeof e === "object") {
+      const d = getOwnPropertyDescriptor(e, "code");
+      if (d !== undefined && typeof d.value === "string") weakMapSet(issued, e, d.value);
+    }
+    return e;
+  }
 
   function deepFreeze(v) {
     if (v !== null && typeof v === "object") {
@@ -42,26 +62,52 @@
     } else if (item.kind === "events") {
       host.events = freeze({
         emit(event, payload = null) {
-          return op_isola_emit(String(event), encode("events.emit", payload) ?? "null");
+          const text = encode("events.emit", payload) ?? "null";
+          try {
+            return op_isola_emit(String(event), text);
+          } catch (e) {
+            throw mark(e);
+          }
         },
       });
     } else if (item.kind === "plugins") {
       host.plugins = freeze({
         async call(plugin, hook, ...args) {
-          return parse(await op_isola_call(String(plugin), String(hook), encode("plugins.call", args)));
+          const text = encode("plugins.call", args);
+          let r;
+          try {
+            r = await op_isola_call(String(plugin), String(hook), text);
+          } catch (e) {
+            throw mark(e);
+          }
+          return parse(r);
         },
       });
     } else if (item.kind === "sync") {
       // An object literal method gets the right `.name` for stack traces.
       host[name] = {
         [name](...args) {
-          return parse(op_isola_host_sync(id, encode(name, args)));
+          const text = encode(name, args);
+          let r;
+          try {
+            r = op_isola_host_sync(id, text);
+          } catch (e) {
+            throw mark(e);
+          }
+          return parse(r);
         },
       }[name];
     } else {
       host[name] = {
         async [name](...args) {
-          return parse(await op_isola_host_async(id, encode(name, args)));
+          const text = encode(name, args);
+          let r;
+          try {
+            r = await op_isola_host_async(id, text);
+          } catch (e) {
+            throw mark(e);
+          }
+          return parse(r);
         },
       }[name];
     }
@@ -72,26 +118,36 @@
   function makeStorage() {
     const key = (k) => {
       if (typeof k !== "string") throw new TypeError("storage keys must be strings");
+      // A lone surrogate has no UTF-8 form: converting it would turn "\ud800" and "\udc00"
+      // into the same key, so such keys are refused rather than merged.
+      if (!isWellFormed(k)) throw new TypeError("storage keys must be well-formed Unicode (no lone surrogates)");
       return k;
+    };
+    const storageOp = (op, k, text) => {
+      try {
+        return op_isola_storage(op, k, text);
+      } catch (e) {
+        throw mark(e);
+      }
     };
     return freeze({
       get(k) {
-        return parse(op_isola_storage(0, key(k), ""));
+        return parse(storageOp(0, key(k), ""));
       },
       set(k, value) {
+        k = key(k);
         const text = encode("storage.set", value);
         if (text === undefined) throw new TypeError("host.storage.set: the value must be JSON-serialisable (not undefined)");
-        op_isola_storage(1, key(k), text);
+        storageOp(1, k, text);
       },
       delete(k) {
-        return parse(op_isola_storage(2, key(k), ""));
+        return parse(storageOp(2, key(k), ""));
       },
       list(prefix = "") {
-        return parse(op_isola_storage(3, key(prefix), ""));
+        return parse(storageOp(3, key(prefix), ""));
       },
     });
   }
-
   function format(args) {
     let out = "";
     for (let i = 0; i < args.length; i++) {
@@ -137,4 +193,14 @@
   delete globalThis.WebAssembly;
   defineProperty(globalThis, "host", { value: host, enumerable: false, writable: false, configurable: false });
   defineProperty(globalThis, "console", { value: console, enumerable: false, writable: true, configurable: true });
+
+  // For isola's Rust side only (never reachable from the plugin):
+  // - codeOf(e): the code of an error isola issued, or undefined;
+  // - settle(p): a promise that always fulfils, with [true, value] or [false, reason], so the
+  //   Rust side gets a rejected hook's thrown value itself (to read its code) instead of a
+  //   converted copy.
+  return freeze({
+    codeOf: (e) => weakMapGet(issued, e),
+    settle: (p) => promiseThen(p, (v) => [true, v], (e) => [false, e]),
+  });
 })

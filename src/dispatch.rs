@@ -1,21 +1,30 @@
 //! Events, hook chains and commands: how the host (and plugins) reach *several* plugins by a
 //! name instead of one plugin by id.
 //!
-//! - **Notify** ([`Manager::emit`]): every subscriber gets the event, in parallel; one that
-//!   fails is reported and never stops the others.
-//! - **Chain** ([`Manager::dispatch`]): subscribers run one after another, higher `priority`
-//!   first, ties by plugin id. Each returns nothing (no change), `{cancel: true}` (stop; the
-//!   host learns who cancelled) or `{payload: …}` (what later subscribers and the host see).
-//!   A failing subscriber is skipped and reported.
-//! - **Commands** ([`Manager::run_command`]): `PLUGIN:COMMAND` names for hooks a manifest
-//!   declares under `commands`.
+//! - **Notify** ([`Manager::emit`](crate::Manager::emit)): every subscriber gets the event, in
+//!   parallel; one that fails is reported and never stops the others.
+//! - **Chain** ([`Manager::dispatch`](crate::Manager::dispatch)): subscribers run one after
+//!   another, higher `priority` first, ties by plugin id. Each returns nothing (no change),
+//!   `{cancel: true}` (stop; the host learns who cancelled) or `{payload: …}` (what later
+//!   subscribers and the host see). A failing subscriber is skipped and reported.
+//! - **Commands** ([`Manager::run_command`](crate::Manager::run_command)): `PLUGIN:COMMAND`
+//!   names for hooks a manifest declares under `commands`.
+//! - **Background** notify, for events nobody waits for (emitted by plugins, lifecycle events):
+//!   bounded by the number of deliveries in flight, one per subscriber.
+//!
+//! Everything here works on the plugin table ([`Registry`]) alone, so the manager, the
+//! plugins' own `host.events.emit` and the CLI all share one implementation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::call::CallContext;
 use crate::error::{Error, ErrorCode, Result};
-use crate::handle::{CallContext, PluginHandle, PluginStatus};
-use crate::manager::{Inner, Manager};
+use crate::handle::PluginHandle;
+use crate::registry::{Registry, Subscriber};
 
 /// What happened when one subscriber got an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,7 +60,7 @@ pub struct Delivery {
     pub error: Option<Error>,
 }
 
-/// The outcome of [`Manager::emit`].
+/// The outcome of [`Manager::emit`](crate::Manager::emit).
 #[derive(Debug, Clone, Serialize)]
 pub struct EmitReport {
     /// The event name.
@@ -60,7 +69,7 @@ pub struct EmitReport {
     pub deliveries: Vec<Delivery>,
 }
 
-/// The outcome of [`Manager::dispatch`].
+/// The outcome of [`Manager::dispatch`](crate::Manager::dispatch).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainReport {
@@ -77,7 +86,7 @@ pub struct ChainReport {
     pub deliveries: Vec<Delivery>,
 }
 
-/// A command a plugin offers, as [`Manager::commands`] lists it.
+/// A command a plugin offers, as [`Manager::commands`](crate::Manager::commands) lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandInfo {
     /// `PLUGIN:COMMAND`, the name to run it by.
@@ -109,7 +118,7 @@ impl Caller for AsyncCaller {
     }
 }
 
-struct BlockingCaller;
+pub(crate) struct BlockingCaller;
 
 impl Caller for BlockingCaller {
     type Answer = BlockingAnswer;
@@ -131,7 +140,7 @@ impl std::future::Future for BlockingAnswer {
 }
 
 /// Drives a future whose every await is a [`BlockingAnswer`]: it completes in one poll.
-fn run_blocking<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn run_blocking<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(v) => v,
@@ -139,131 +148,163 @@ fn run_blocking<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-/// One subscriber of an event.
-pub(crate) struct Subscriber {
-    plugin: String,
-    hook: String,
-    handle: PluginHandle,
+/// Notify: every subscriber in parallel (calls are all queued first, then awaited).
+/// `call` queues one call and returns its answer-to-be; see [`Caller`].
+pub(crate) async fn notify<C: Caller>(subs: Vec<Subscriber>, event: &str, payload: Value, depth: u32, call: C) -> EmitReport {
+    let pending: Vec<_> = subs
+        .iter()
+        .map(|s| {
+            let ctx = CallContext { chain: Vec::new(), event_depth: depth };
+            call.call(&s.handle, &s.hook, json!([payload, { "event": event }]), ctx)
+        })
+        .collect();
+    let mut deliveries = Vec::with_capacity(subs.len());
+    for (s, answer) in subs.into_iter().zip(pending) {
+        let (outcome, result, error) = match answer.await {
+            Ok(v) => (Outcome::Delivered, Some(v), None),
+            Err(e) => (Outcome::Failed, None, Some(e)),
+        };
+        deliveries.push(Delivery { plugin: s.plugin, hook: s.hook, outcome, result, error });
+    }
+    EmitReport { event: event.to_owned(), deliveries }
 }
 
-impl Inner {
-    /// The running plugins subscribed to `event`, in chain order: higher priority first, then
-    /// plugin id.
-    pub(crate) fn subscribers(&self, event: &str) -> Vec<Subscriber> {
-        let plugins = self.plugins();
-        let mut subs: Vec<(i64, Subscriber)> = plugins
-            .iter()
-            .filter(|(_, e)| matches!(e.handle.status(), PluginStatus::Ready | PluginStatus::Restarting))
-            .flat_map(|(id, e)| {
-                e.events.iter().filter(|s| s.event == event).map(|s| {
-                    (s.priority, Subscriber { plugin: id.clone(), hook: s.hook.clone(), handle: e.handle.clone() })
-                })
-            })
-            .collect();
-        subs.sort_by(|(pa, a), (pb, b)| pb.cmp(pa).then_with(|| a.plugin.cmp(&b.plugin)));
-        subs.into_iter().map(|(_, s)| s).collect()
-    }
-
-    /// Notify: every subscriber in parallel (calls are all queued first, then awaited).
-    /// `call` queues one call and returns its answer-to-be; see [`Caller`].
-    pub(crate) async fn emit_with<C: Caller>(&self, event: &str, payload: Value, depth: u32, call: C) -> EmitReport {
-        let subs = self.subscribers(event);
-        let pending: Vec<_> = subs
-            .iter()
-            .map(|s| {
-                let ctx = CallContext { chain: Vec::new(), event_depth: depth };
-                call.call(&s.handle, &s.hook, json!([payload, { "event": event }]), ctx)
-            })
-            .collect();
-        let mut deliveries = Vec::with_capacity(subs.len());
-        for (s, answer) in subs.into_iter().zip(pending) {
-            let (outcome, result, error) = match answer.await {
-                Ok(v) => (Outcome::Delivered, Some(v), None),
-                Err(e) => (Outcome::Failed, None, Some(e)),
-            };
-            deliveries.push(Delivery { plugin: s.plugin, hook: s.hook, outcome, result, error });
-        }
-        EmitReport { event: event.to_owned(), deliveries }
-    }
-
-    /// Chain: one subscriber after another, each seeing the payload as the previous left it.
-    pub(crate) async fn dispatch_with<C: Caller>(&self, event: &str, mut payload: Value, call: C) -> ChainReport {
-        let mut deliveries = Vec::new();
-        let mut cancelled_by = None;
-        for s in self.subscribers(event) {
-            let args = json!([payload, { "event": event }]);
-            let r = call.call(&s.handle, &s.hook, args, CallContext::default()).await;
-            let (outcome, error) = match r {
-                Err(e) => (Outcome::Failed, Some(e)),
-                Ok(Value::Null) => (Outcome::Unchanged, None),
-                Ok(Value::Object(o)) if o.get("cancel") == Some(&Value::Bool(true)) => (Outcome::Cancelled, None),
-                Ok(Value::Object(mut o)) if o.contains_key("payload") => {
-                    payload = o.remove("payload").unwrap_or_default();
-                    (Outcome::Changed, None)
-                }
-                Ok(other) => {
-                    let msg = format!(
-                        "a chain hook must return nothing, {{cancel: true}} or {{payload: …}}; it returned {other}"
-                    );
-                    (Outcome::Failed, Some(Error::new(ErrorCode::InvalidArgs, msg).plugin(&s.plugin).hook(&s.hook)))
-                }
-            };
-            let cancelled = outcome == Outcome::Cancelled;
-            if cancelled {
-                cancelled_by = Some(s.plugin.clone());
+/// Chain: one subscriber after another, each seeing the payload as the previous left it.
+pub(crate) async fn chain<C: Caller>(registry: &Registry, event: &str, mut payload: Value, call: C) -> ChainReport {
+    let mut deliveries = Vec::new();
+    let mut cancelled_by = None;
+    for s in registry.subscribers(event) {
+        let args = json!([payload, { "event": event }]);
+        let r = call.call(&s.handle, &s.hook, args, CallContext::default()).await;
+        let (outcome, error) = match r {
+            Err(e) => (Outcome::Failed, Some(e)),
+            Ok(Value::Null) => (Outcome::Unchanged, None),
+            Ok(Value::Object(o)) if o.get("cancel") == Some(&Value::Bool(true)) => (Outcome::Cancelled, None),
+            Ok(Value::Object(mut o)) if o.contains_key("payload") => {
+                payload = o.remove("payload").unwrap_or_default();
+                (Outcome::Changed, None)
             }
-            deliveries.push(Delivery { plugin: s.plugin, hook: s.hook, outcome, result: None, error });
-            if cancelled {
-                break;
+            Ok(other) => {
+                let msg =
+                    format!("a chain hook must return nothing, {{cancel: true}} or {{payload: …}}; it returned {other}");
+                (Outcome::Failed, Some(Error::new(ErrorCode::InvalidArgs, msg).plugin(&s.plugin).hook(&s.hook)))
             }
-        }
-        ChainReport { event: event.to_owned(), payload, cancelled: cancelled_by.is_some(), cancelled_by, deliveries }
-    }
-
-    pub(crate) fn commands(&self) -> Vec<CommandInfo> {
-        let plugins = self.plugins();
-        plugins
-            .iter()
-            .flat_map(|(id, e)| {
-                e.commands.iter().map(move |c| CommandInfo {
-                    name: format!("{id}:{}", c.id),
-                    plugin: id.clone(),
-                    id: c.id.clone(),
-                    title: c.title.clone(),
-                    hook: c.hook.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// The handle and hook behind a `PLUGIN:COMMAND` name.
-    pub(crate) fn command(&self, name: &str) -> Result<(PluginHandle, String)> {
-        let commands = self.commands();
-        if let Some(c) = commands.iter().find(|c| c.name == name) {
-            let handle = self.plugins().get(&c.plugin).map(|e| e.handle.clone());
-            if let Some(h) = handle {
-                return Ok((h, c.hook.clone()));
-            }
-        }
-        let mut close: Vec<(usize, &str)> = commands
-            .iter()
-            .map(|c| (distance(&c.name, name), c.name.as_str()))
-            .filter(|(d, c)| *d <= 3 || c.contains(name) || name.contains(c))
-            .collect();
-        close.sort();
-        let hint = if close.is_empty() {
-            let all: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
-            if all.is_empty() {
-                "no plugin declares commands".to_owned()
-            } else {
-                format!("commands: {}", all.join(", "))
-            }
-        } else {
-            let names: Vec<&str> = close.iter().take(3).map(|(_, n)| *n).collect();
-            format!("did you mean {}?", names.join(", "))
         };
-        Err(Error::new(ErrorCode::CommandNotFound, format!("no command `{name}`; {hint}")))
+        let cancelled = outcome == Outcome::Cancelled;
+        if cancelled {
+            cancelled_by = Some(s.plugin.clone());
+        }
+        deliveries.push(Delivery { plugin: s.plugin, hook: s.hook, outcome, result: None, error });
+        if cancelled {
+            break;
+        }
     }
+    ChainReport { event: event.to_owned(), payload, cancelled: cancelled_by.is_some(), cancelled_by, deliveries }
+}
+
+/// A payload the host passed, as JSON; one that cannot be serialised fails the emit (it is
+/// never sent as `null`).
+pub(crate) fn payload_of(event: &str, payload: impl Serialize) -> Result<Value> {
+    serde_json::to_value(payload).map_err(|e| {
+        Error::new(ErrorCode::InvalidArgs, format!("the payload of event `{event}` cannot be serialised: {e}"))
+    })
+}
+
+/// How many deliveries nobody waits for (plugin-emitted and lifecycle events) may be in flight
+/// at once, per manager. Each subscriber of an event is one delivery.
+pub const MAX_BACKGROUND_DELIVERIES: usize = 256;
+
+/// Where deliveries nobody waits for run, and how many are in flight.
+pub(crate) struct Background {
+    rt: tokio::runtime::Handle,
+    in_flight: AtomicUsize,
+}
+
+impl Background {
+    pub(crate) fn new(rt: tokio::runtime::Handle) -> Arc<Background> {
+        Arc::new(Background { rt, in_flight: AtomicUsize::new(0) })
+    }
+
+    /// Reserves `n` deliveries, or none if that would pass the bound. An event with more
+    /// subscribers than the bound may still go out alone, when nothing else is in flight.
+    fn reserve(&self, n: usize) -> std::result::Result<(), usize> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur == 0 || cur + n <= MAX_BACKGROUND_DELIVERIES).then_some(cur + n)
+            })
+            .map(drop)
+    }
+}
+
+/// Notifies `event`'s subscribers without waiting; returns how many there are. Refuses with
+/// `BUSY` when their deliveries would pass [`MAX_BACKGROUND_DELIVERIES`].
+pub(crate) fn notify_in_background(
+    registry: &Arc<Registry>,
+    bg: &Arc<Background>,
+    event: &str,
+    payload: Value,
+    depth: u32,
+) -> Result<usize> {
+    let subs = registry.subscribers(event);
+    let n = subs.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    if let Err(in_flight) = bg.reserve(n) {
+        return Err(Error::new(
+            ErrorCode::Busy,
+            format!(
+                "event `{event}` not emitted: {in_flight} of at most {MAX_BACKGROUND_DELIVERIES} deliveries are already being delivered ({n} more needed)"
+            ),
+        ));
+    }
+    let event = event.to_owned();
+    let counter = bg.clone();
+    bg.rt.spawn(async move {
+        let report = notify(subs, &event, payload, depth, AsyncCaller).await;
+        counter.in_flight.fetch_sub(n, Ordering::AcqRel);
+        for d in report.deliveries.iter().filter(|d| d.error.is_some()) {
+            tracing::warn!(plugin = %d.plugin, "event `{event}`: {}", d.error.as_ref().unwrap());
+        }
+    });
+    Ok(n)
+}
+
+/// Every command the plugins declare, as `PLUGIN:COMMAND`.
+pub(crate) fn commands(registry: &Registry) -> Vec<CommandInfo> {
+    registry
+        .commands()
+        .into_iter()
+        .map(|c| CommandInfo {
+            name: format!("{}:{}", c.plugin, c.spec.id),
+            plugin: c.plugin,
+            id: c.spec.id,
+            title: c.spec.title,
+            hook: c.spec.hook,
+        })
+        .collect()
+}
+
+/// The handle and hook behind a `PLUGIN:COMMAND` name; `COMMAND_NOT_FOUND` with close matches.
+pub(crate) fn command(registry: &Registry, name: &str) -> Result<(PluginHandle, String)> {
+    let all = registry.commands();
+    if let Some(c) = all.iter().find(|c| format!("{}:{}", c.plugin, c.spec.id) == name) {
+        return Ok((c.handle.clone(), c.spec.hook.clone()));
+    }
+    let names: Vec<String> = all.iter().map(|c| format!("{}:{}", c.plugin, c.spec.id)).collect();
+    let mut close: Vec<(usize, &str)> = names
+        .iter()
+        .map(|c| (distance(c, name), c.as_str()))
+        .filter(|(d, c)| *d <= 3 || c.contains(name) || name.contains(c))
+        .collect();
+    close.sort();
+    let hint = if close.is_empty() {
+        if names.is_empty() { "no plugin declares commands".to_owned() } else { format!("commands: {}", names.join(", ")) }
+    } else {
+        let names: Vec<&str> = close.iter().take(3).map(|(_, n)| *n).collect();
+        format!("did you mean {}?", names.join(", "))
+    };
+    Err(Error::new(ErrorCode::CommandNotFound, format!("no command `{name}`; {hint}")))
 }
 
 /// Edit distance between two short names (for "did you mean").
@@ -280,65 +321,4 @@ fn distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-impl Manager {
-    /// Notifies every plugin subscribed to `event` (manifest `events`), in parallel, and
-    /// reports each delivery. Subscribers get `(payload, {event})`.
-    ///
-    /// ```no_run
-    /// # async fn demo(manager: isola::Manager) {
-    /// let report = manager.emit("user-joined", serde_json::json!({"name": "Ada"})).await;
-    /// for d in report.deliveries.iter().filter(|d| d.error.is_some()) {
-    ///     eprintln!("{} failed: {}", d.plugin, d.error.as_ref().unwrap());
-    /// }
-    /// # }
-    /// ```
-    pub async fn emit(&self, event: &str, payload: impl Serialize) -> EmitReport {
-        let payload = serde_json::to_value(payload).unwrap_or_default();
-        self.inner().emit_with(event, payload, 0, AsyncCaller).await
-    }
-
-    /// [`emit`](Self::emit) for non-async code: waits on the calling thread.
-    pub fn emit_blocking(&self, event: &str, payload: impl Serialize) -> EmitReport {
-        let payload = serde_json::to_value(payload).unwrap_or_default();
-        run_blocking(self.inner().emit_with(event, payload, 0, BlockingCaller))
-    }
-
-    /// Runs `event` through its subscribers as a chain (see the module docs): each may leave
-    /// the payload, replace it, or cancel the event.
-    ///
-    /// ```no_run
-    /// # async fn demo(manager: isola::Manager) {
-    /// let r = manager.dispatch("chat", serde_json::json!({"user": "ada", "text": "hi :)"})).await;
-    /// if let Some(who) = &r.cancelled_by {
-    ///     println!("blocked by {who}");
-    /// } else {
-    ///     println!("deliver {}", r.payload);
-    /// }
-    /// # }
-    /// ```
-    pub async fn dispatch(&self, event: &str, payload: impl Serialize) -> ChainReport {
-        let payload = serde_json::to_value(payload).unwrap_or_default();
-        self.inner().dispatch_with(event, payload, AsyncCaller).await
-    }
-
-    /// [`dispatch`](Self::dispatch) for non-async code: waits on the calling thread.
-    pub fn dispatch_blocking(&self, event: &str, payload: impl Serialize) -> ChainReport {
-        let payload = serde_json::to_value(payload).unwrap_or_default();
-        run_blocking(self.inner().dispatch_with(event, payload, BlockingCaller))
-    }
-
-    /// Every command the loaded plugins declare, as `PLUGIN:COMMAND`.
-    pub fn commands(&self) -> Vec<CommandInfo> {
-        self.inner().commands()
-    }
-
-    /// Runs command `name` (`PLUGIN:COMMAND`) with `args` (as for
-    /// [`PluginHandle::call_blocking`]). An unknown name is `COMMAND_NOT_FOUND`, listing close
-    /// matches.
-    pub fn run_command<A: Serialize>(&self, name: &str, args: A) -> Result<Value> {
-        let (handle, hook) = self.inner().command(name)?;
-        handle.call_blocking(&hook, args)
-    }
 }

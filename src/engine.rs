@@ -1,15 +1,16 @@
 //! The [`Engine`]: configuration shared by every plugin — default limits and the host API.
 //!
 //! Like wasmtime's `Engine`, it is cheap to clone (an `Arc`) and holds no plugin state; a
-//! [`Manager`](crate::Manager) uses it to start plugins.
+//! [`Manager`](crate::Manager) uses it to start plugins. What one plugin ends up with (its
+//! limits lowered by its manifest, the permissions the policy grants it, its storage quota) is
+//! worked out once per plugin version from the engine and the manifest, in `config.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::host::HostApi;
-use crate::permissions::{Permissions, Policy};
-use crate::source::PluginSource;
-use crate::storage::{Storage, StorageQuota};
+use crate::permissions::Policy;
+use crate::storage::Storage;
 
 /// Default memory budget per plugin: V8 heap plus ArrayBuffer bytes.
 pub const DEFAULT_HEAP_LIMIT_MB: u64 = 64;
@@ -19,9 +20,23 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of calls that may wait in one plugin's mailbox before callers get `BUSY`.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
+/// How deep `host.plugins.call` chains may go (A → B → C ... counts the plugins); deeper is
+/// `CALL_DEPTH`.
+pub const MAX_CALL_DEPTH: usize = 8;
+/// How many times plugin-emitted events may lead to further emits; deeper is `EVENT_DEPTH`.
+pub const MAX_EVENT_DEPTH: u32 = 8;
+/// Largest event payload or argument list (as JSON) a plugin may send to other plugins: what
+/// it sends is copied out of its memory budget and queued, so it must be bounded.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Limits applied to a plugin. A manifest's `limits` may only lower them.
+///
+/// ```
+/// let limits = isola::Limits::default();
+/// assert_eq!(limits.heap_limit, (isola::engine::DEFAULT_HEAP_LIMIT_MB << 20) as usize);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Memory budget in bytes (V8 heap plus ArrayBuffer backing stores). At least 8 MiB is
     /// used whatever is asked, since V8 cannot start in less.
@@ -42,22 +57,6 @@ impl Default for Limits {
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
         }
-    }
-}
-
-impl Limits {
-    /// These limits lowered by what a plugin's manifest asks for.
-    pub fn for_plugin(&self, source: &PluginSource) -> Limits {
-        let mut l = *self;
-        if let Some(m) = source.manifest() {
-            if let Some(mb) = m.limits.heap_mb {
-                l.heap_limit = l.heap_limit.min((mb as usize).saturating_mul(1 << 20));
-            }
-            if let Some(ms) = m.limits.call_timeout_ms {
-                l.call_timeout = l.call_timeout.min(Duration::from_millis(ms));
-            }
-        }
-        l
     }
 }
 
@@ -121,19 +120,6 @@ impl Engine {
     /// The admin permission policy.
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
-    }
-
-    /// What `source` asks for and what it is granted.
-    pub fn permissions_for(&self, source: &PluginSource) -> Permissions {
-        let requested = source.manifest().map(|m| m.permissions.clone()).unwrap_or_default();
-        let granted = self.inner.policy.effective(&source.id, &requested);
-        Permissions { requested, granted }
-    }
-
-    /// `source`'s storage quota: the engine's, lowered by its manifest.
-    pub fn storage_quota_for(&self, source: &PluginSource) -> StorageQuota {
-        let q = self.inner.storage.quota();
-        source.manifest().map_or(q, |m| q.for_plugin(&m.limits))
     }
 }
 

@@ -5,23 +5,32 @@
 //! stable, serialisable kind; [`Error`] adds who (plugin, hook), where (file:line for JS errors)
 //! and a human message. The type is `Clone + Serialize` so it can cross threads and, later,
 //! process boundaries unchanged.
+//!
+//! This module is the bottom of the crate: it imports nothing from the rest of isola, so every
+//! other module can speak this one vocabulary. That is also why [`Diagnostic`] (a manifest
+//! problem, carried by `MANIFEST_INVALID` errors) lives here.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Diagnostic;
-
 /// The stable kind of an [`Error`]. Its `Display` and serde form is the SCREAMING_CASE name
 /// (`"TIMEOUT"`, `"HEAP_LIMIT"`, ...), which is part of isola's public contract.
+///
+/// Every code a host or a plugin can see is here: JavaScript errors that isola throws inside a
+/// plugin (a refused permission, a broken quota, a refused plugin call) carry the same name in
+/// their `code` property, and a hook that lets one escape gives the host that code.
 ///
 /// ```
 /// use isola::ErrorCode;
 /// assert_eq!(ErrorCode::HeapLimit.as_str(), "HEAP_LIMIT");
 /// assert_eq!(serde_json::to_string(&ErrorCode::Timeout).unwrap(), "\"TIMEOUT\"");
+/// assert_eq!(ErrorCode::parse("CALL_CYCLE"), Some(ErrorCode::CallCycle));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+#[repr(u8)]
 pub enum ErrorCode {
     /// A call (or a plugin's top-level evaluation) ran past its deadline and was terminated.
     /// The plugin stays loaded with its state.
@@ -54,11 +63,21 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// No command of that name; the message lists close matches.
     CommandNotFound,
+    /// A plugin call would close a cycle (A → B → A, directly or across requests) and was
+    /// refused instead of deadlocking.
+    CallCycle,
+    /// A chain of plugin calls grew longer than isola allows.
+    CallDepth,
+    /// Events emitted by event handlers nested deeper than isola allows.
+    EventDepth,
+    /// A host function failed (returned an error or panicked), or isola's own host-side code
+    /// (a storage backend, say) did.
+    HostError,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (handy for stats tables and docs).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: &'static [ErrorCode] = &[
         ErrorCode::Timeout,
         ErrorCode::HeapLimit,
         ErrorCode::HookNotFound,
@@ -73,7 +92,21 @@ impl ErrorCode {
         ErrorCode::PermissionDenied,
         ErrorCode::QuotaExceeded,
         ErrorCode::CommandNotFound,
+        ErrorCode::CallCycle,
+        ErrorCode::CallDepth,
+        ErrorCode::EventDepth,
+        ErrorCode::HostError,
     ];
+
+    /// The code named `s` (its stable string form), if there is one.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// Position in [`ErrorCode::ALL`] (the declaration order), for counters indexed by code.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
 
     /// The stable string form, e.g. `"HOOK_NOT_FOUND"`.
     pub fn as_str(self) -> &'static str {
@@ -92,6 +125,10 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
             ErrorCode::CommandNotFound => "COMMAND_NOT_FOUND",
+            ErrorCode::CallCycle => "CALL_CYCLE",
+            ErrorCode::CallDepth => "CALL_DEPTH",
+            ErrorCode::EventDepth => "EVENT_DEPTH",
+            ErrorCode::HostError => "HOST_ERROR",
         }
     }
 }
@@ -143,6 +180,7 @@ impl JsErrorInfo {
 /// assert_eq!(e.to_string(), "HOOK_NOT_FOUND: greeter.greet: no hook `greet`");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub struct Error {
     /// The stable kind of failure.
     pub code: ErrorCode,
@@ -160,13 +198,25 @@ pub struct Error {
     /// Every manifest problem, for `MANIFEST_INVALID`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub diagnostics: Vec<Diagnostic>,
+    /// Whether isola threw this error into the plugin (and counted it in the plugin's stats
+    /// there) before the hook let it escape; keeps it from being counted twice.
+    #[serde(skip)]
+    pub(crate) issued: bool,
 }
 
 impl Error {
     /// A new error with a code and message; add context with [`Error::plugin`] and
     /// [`Error::hook`].
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), plugin: None, hook: None, js: None, diagnostics: Vec::new() }
+        Error {
+            code,
+            message: message.into(),
+            plugin: None,
+            hook: None,
+            js: None,
+            diagnostics: Vec::new(),
+            issued: false,
+        }
     }
 
     /// Names the plugin this error concerns.
@@ -181,7 +231,9 @@ impl Error {
         self
     }
 
-    /// Fills in plugin and hook where they are not set yet.
+    /// Fills in plugin and hook where they are not set yet. isola calls it once, where an
+    /// answer leaves a plugin's handle (and where a load or reload reports), so errors made
+    /// deeper down carry only what they know.
     pub(crate) fn in_context(mut self, plugin: &str, hook: Option<&str>) -> Self {
         if self.plugin.is_none() {
             self.plugin = Some(plugin.to_owned());
@@ -221,3 +273,49 @@ impl fmt::Display for Error {
 
 /// `Result<T, isola::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How much a [`Diagnostic`] matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The plugin cannot load.
+    Error,
+    /// The plugin loads, but something looks wrong.
+    Warning,
+}
+
+/// One problem found in a manifest: where (`$.limits.heapMb`), what kind (a stable snake_case
+/// code such as `missing_field`), and an explanation.
+///
+/// ```
+/// use isola::manifest::{Diagnostic, Severity};
+/// let d = Diagnostic {
+///     severity: Severity::Error,
+///     path: "$.id".into(),
+///     code: "missing_field".into(),
+///     message: "required field `id` (a string) is missing".into(),
+/// };
+/// assert_eq!(d.to_string(), "error [missing_field] $.id: required field `id` (a string) is missing");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// JSON path of the offending value, `$` being the whole document.
+    pub path: String,
+    /// Stable code: `invalid_json`, `not_an_object`, `missing_field`, `wrong_type`,
+    /// `invalid_value`, `unknown_field`, `unsupported_api_version`, `unknown_permission`.
+    pub code: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev} [{}] {}: {}", self.code, self.path, self.message)
+    }
+}

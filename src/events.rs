@@ -2,23 +2,24 @@
 //! going, reloading and crashing.
 //!
 //! Each subscriber gets its own bounded queue; a subscriber that stops reading loses events
-//! (they are counted in [`EventBus`]'s log as a warning) rather than growing memory without
+//! (with a warning in the log) rather than growing memory without
 //! bound or slowing plugins down.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
 use crate::error::Error;
 
 /// How many events one subscriber may have unread before new ones are dropped for it.
-const SUBSCRIBER_CAPACITY: usize = 4096;
+pub const SUBSCRIBER_CAPACITY: usize = 4096;
 
 /// Something that happened to a plugin.
 ///
 /// ```
-/// let e = isola::LifecycleEvent::Unloaded { plugin: "greeter".into() };
+/// let e = isola::events::LifecycleEvent::Unloaded { plugin: "greeter".into() };
 /// assert_eq!(serde_json::to_value(&e).unwrap(), serde_json::json!({"event": "unloaded", "plugin": "greeter"}));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -97,18 +98,141 @@ impl LifecycleEvent {
 
 type Forward = Box<dyn Fn(&LifecycleEvent) + Send + Sync>;
 
+/// One subscriber's queue: bounded, woken by a condition variable (blocking readers) and a
+/// tokio `Notify` (async readers).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    events: VecDeque<LifecycleEvent>,
+    /// The bus is gone: nothing more will arrive.
+    closed: bool,
+}
+
+impl Queue {
+    fn wake(&self) {
+        self.ready.notify_all();
+        self.notify.notify_waiters();
+    }
+}
+
+/// A subscription to a [`Manager`](crate::Manager)'s lifecycle events, from
+/// [`Manager::events`](crate::Manager::events): every event from the moment of subscribing, in
+/// order.
+///
+/// Read it blocking ([`recv`](Self::recv), [`recv_timeout`](Self::recv_timeout), or as an
+/// [`Iterator`]), or from async code with [`next`](Self::next). Each subscription has its own
+/// queue of [`SUBSCRIBER_CAPACITY`] events; a subscriber that stops reading loses the newest
+/// events (with a warning in the log) instead of growing memory or slowing plugins down. The
+/// stream ends when the manager is dropped.
+///
+/// ```no_run
+/// # async fn demo(manager: isola::Manager) {
+/// let mut events = manager.events();
+/// while let Some(e) = events.next().await {
+///     println!("{}: {e:?}", e.plugin());
+/// }
+/// # }
+/// ```
+pub struct LifecycleEvents {
+    queue: Arc<Queue>,
+}
+
+impl std::fmt::Debug for LifecycleEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.queue.state.lock().unwrap();
+        f.debug_struct("LifecycleEvents").field("queued", &state.events.len()).field("closed", &state.closed).finish()
+    }
+}
+
+impl LifecycleEvents {
+    /// The next event if one is queued, without waiting.
+    pub fn try_recv(&self) -> Option<LifecycleEvent> {
+        self.queue.state.lock().unwrap().events.pop_front()
+    }
+
+    /// The events queued now, without waiting for more.
+    pub fn try_iter(&self) -> impl Iterator<Item = LifecycleEvent> + '_ {
+        std::iter::from_fn(|| self.try_recv())
+    }
+
+    /// Waits for the next event; `None` once the manager is gone and the queue is empty.
+    pub fn recv(&self) -> Option<LifecycleEvent> {
+        let mut state = self.queue.state.lock().unwrap();
+        loop {
+            if let Some(e) = state.events.pop_front() {
+                return Some(e);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.queue.ready.wait(state).unwrap();
+        }
+    }
+
+    /// Waits at most `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<LifecycleEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.queue.state.lock().unwrap();
+        loop {
+            if let Some(e) = state.events.pop_front() {
+                return Some(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.closed || left.is_zero() {
+                return None;
+            }
+            state = self.queue.ready.wait_timeout(state, left).unwrap().0;
+        }
+    }
+
+    /// Waits for the next event without blocking the async runtime; `None` once the manager
+    /// is gone and the queue is empty.
+    pub async fn next(&mut self) -> Option<LifecycleEvent> {
+        loop {
+            let notified = self.queue.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Register before looking, so that an event pushed in between still wakes us.
+            notified.as_mut().enable();
+            {
+                let mut state = self.queue.state.lock().unwrap();
+                if let Some(e) = state.events.pop_front() {
+                    return Some(e);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Iterator for LifecycleEvents {
+    type Item = LifecycleEvent;
+    /// Blocks until the next event (see [`LifecycleEvents::recv`]).
+    fn next(&mut self) -> Option<LifecycleEvent> {
+        self.recv()
+    }
+}
+
 /// Fans events out to every subscriber (and to plugins subscribed to `plugin:*` events).
 #[derive(Default)]
 pub(crate) struct EventBus {
-    subscribers: Mutex<Vec<Sender<LifecycleEvent>>>,
+    subscribers: Mutex<Vec<Arc<Queue>>>,
     forward: Mutex<Option<Forward>>,
 }
 
 impl EventBus {
-    pub(crate) fn subscribe(&self) -> Receiver<LifecycleEvent> {
-        let (tx, rx) = crossbeam_channel::bounded(SUBSCRIBER_CAPACITY);
-        self.subscribers.lock().unwrap().push(tx);
-        rx
+    pub(crate) fn subscribe(&self) -> LifecycleEvents {
+        let queue = Arc::new(Queue::default());
+        self.subscribers.lock().unwrap().push(queue.clone());
+        LifecycleEvents { queue }
     }
 
     /// Also hands every event to `f` (the manager uses it to notify plugins).
@@ -121,13 +245,29 @@ impl EventBus {
         if let Some(f) = self.forward.lock().unwrap().as_ref() {
             f(&event);
         }
-        self.subscribers.lock().unwrap().retain(|tx| match tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!("a lifecycle event subscriber is not reading; event dropped");
-                true
+        // A queue only the bus still holds has no reader left.
+        self.subscribers.lock().unwrap().retain(|q| {
+            if Arc::strong_count(q) == 1 {
+                return false;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            let mut state = q.state.lock().unwrap();
+            if state.events.len() >= SUBSCRIBER_CAPACITY {
+                tracing::warn!("a lifecycle event subscriber is not reading; event dropped");
+            } else {
+                state.events.push_back(event.clone());
+                drop(state);
+                q.wake();
+            }
+            true
         });
+    }
+}
+
+impl Drop for EventBus {
+    fn drop(&mut self) {
+        for q in self.subscribers.get_mut().unwrap().drain(..) {
+            q.state.lock().unwrap().closed = true;
+            q.wake();
+        }
     }
 }

@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::call::{CallContext, Reply, Request};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::permissions::Permissions;
@@ -69,6 +70,7 @@ impl PluginStatus {
 /// assert_eq!(opts.timeout, Some(Duration::from_millis(50)));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// Time limit for this call instead of the plugin's default.
     pub timeout: Option<Duration>,
@@ -80,57 +82,6 @@ impl CallOptions {
         self.timeout = Some(t);
         self
     }
-}
-
-/// How an answer travels back to the caller.
-pub(crate) enum Reply {
-    Async(tokio::sync::oneshot::Sender<Result<Value>>),
-    Blocking(crossbeam_channel::Sender<Result<Value>>),
-    /// A lifecycle hook nobody waits for: only a failure is reported, as an event.
-    Lifecycle(Arc<Shared>),
-}
-
-impl Reply {
-    pub(crate) fn send(self, r: Result<Value>) {
-        // A caller that went away (dropped its future) no longer wants the answer.
-        let _ = match self {
-            Reply::Async(tx) => tx.send(r).map_err(drop),
-            Reply::Blocking(tx) => tx.send(r).map_err(drop),
-            Reply::Lifecycle(shared) => {
-                if let Err(error) = r {
-                    shared.emit(LifecycleEvent::HookFailed { plugin: shared.id.clone(), error });
-                }
-                Ok(())
-            }
-        };
-    }
-}
-
-/// On whose behalf a call runs: the plugins waiting on it (for `host.plugins.call`) and how
-/// many event hops led to it (for `host.events.emit`). Empty for calls from the host.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CallContext {
-    /// Plugins up the call chain, outermost first.
-    pub chain: Vec<String>,
-    /// Events emitted by plugins that led here.
-    pub event_depth: u32,
-}
-
-/// A message to a plugin's thread.
-pub(crate) enum Request {
-    Call {
-        hook: String,
-        args: Value,
-        timeout: Option<Duration>,
-        ctx: CallContext,
-        reply: Reply,
-    },
-    /// Run `onLoad(state)` before anything queued after this, waiting for the state to arrive
-    /// (on reload it comes from the old version's `onUnload`, which may still be running).
-    Init {
-        state: Receiver<Value>,
-    },
-    Stop,
 }
 
 /// A started plugin thread that [`Shared::open`] refused: the caller must stop and join it.
@@ -224,6 +175,19 @@ impl Shared {
         self.set_status(PluginStatus::Stopped);
     }
 
+    /// Whether the plugin was stopped for good ([`close`](Self::close)).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops the thread serving this plugin, if any, without closing the plugin: later calls
+    /// answer with its last error until a new version is opened. Does not wait.
+    pub(crate) fn stop_thread(&self) {
+        if let Some(old) = self.mailbox.write().unwrap().take() {
+            let _ = old.send(Request::Stop);
+        }
+    }
+
     /// Waits for every thread of this plugin to finish.
     pub(crate) fn join(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap());
@@ -232,10 +196,11 @@ impl Shared {
         }
     }
 
+    /// Puts a call in the mailbox. Errors carry no plugin or hook yet: [`answer`] adds them.
     fn submit(&self, hook: &str, args: Value, timeout: Option<Duration>, ctx: CallContext, reply: Reply) -> Result<()> {
         let fail = |code: ErrorCode, msg: String| {
             self.stats.record_error(code);
-            Err(Error::new(code, msg).plugin(&self.id).hook(hook))
+            Err(Error::new(code, msg))
         };
         let mailbox = self.mailbox.read().unwrap();
         let Some(tx) = mailbox.as_ref() else {
@@ -245,10 +210,7 @@ impl Shared {
             // Not running: answer with why it is not (its load error), so the caller learns
             // the real cause.
             let last = self.info().last_error;
-            return Err(match last {
-                Some(e) => e.hook(hook),
-                None => Error::new(ErrorCode::PluginCrashed, "the plugin is not running").plugin(&self.id).hook(hook),
-            });
+            return Err(last.unwrap_or_else(|| Error::new(ErrorCode::PluginCrashed, "the plugin is not running")));
         };
         let req = Request::Call { hook: hook.to_owned(), args, timeout, ctx, reply };
         match tx.try_send(req) {
@@ -263,10 +225,16 @@ impl Shared {
         }
     }
 
-    fn lost(&self, hook: &str) -> Error {
+    fn lost(&self) -> Error {
         let code = if self.closed.load(Ordering::Acquire) { ErrorCode::ShutDown } else { ErrorCode::PluginCrashed };
-        Error::new(code, "the plugin stopped before answering").plugin(&self.id).hook(hook)
+        Error::new(code, "the plugin stopped before answering")
     }
+}
+
+/// The one place a call's outcome gets its plugin and hook: every answer a caller sees, from
+/// the mailbox, the plugin's thread or the isolate, passes here.
+fn answer(r: Result<Value>, id: &str, hook: &str) -> Result<Value> {
+    r.map_err(|e| e.in_context(id, Some(hook)))
 }
 
 /// Calls a hook through a mailbox that no handle points at yet (a plugin being loaded or
@@ -280,9 +248,12 @@ pub(crate) fn call_mailbox(tx: &Sender<Request>, id: &str, hook: &str, args: Val
         ctx: CallContext::default(),
         reply: Reply::Blocking(rtx),
     };
-    let lost = || Error::new(ErrorCode::PluginCrashed, "the plugin stopped before answering").plugin(id).hook(hook);
-    tx.send(req).map_err(|_| lost())?;
-    rrx.recv().map_err(|_| lost())?
+    let lost = || Error::new(ErrorCode::PluginCrashed, "the plugin stopped before answering");
+    let r = match tx.send(req) {
+        Ok(()) => rrx.recv().unwrap_or_else(|_| Err(lost())),
+        Err(_) => Err(lost()),
+    };
+    answer(r, id, hook)
 }
 
 /// Turns call arguments into the positional-argument JSON the plugin's thread expects:
@@ -296,8 +267,7 @@ fn encode_args<A: Serialize>(args: A) -> Result<Value> {
 fn decode<R: DeserializeOwned>(v: Value, id: &str, hook: &str) -> Result<R> {
     serde_json::from_value(v).map_err(|e| {
         Error::new(ErrorCode::InvalidArgs, format!("the hook's result does not fit the expected type: {e}"))
-            .plugin(id)
-            .hook(hook)
+            .in_context(id, Some(hook))
     })
 }
 
@@ -379,7 +349,7 @@ impl PluginHandle {
         args: A,
         opts: CallOptions,
     ) -> impl Future<Output = Result<R>> + Send + 'static {
-        let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook));
+        let args = encode_args(args).map_err(|e| e.in_context(&self.shared.id, Some(hook)));
         let answer = args.map(|args| self.call_in(hook, args, opts.timeout, CallContext::default()));
         let (id, hook) = (self.shared.id.clone(), hook.to_owned());
         async move { decode(answer?.await?, &id, &hook) }
@@ -398,8 +368,11 @@ impl PluginHandle {
         let shared = self.shared.clone();
         let hook = hook.to_owned();
         async move {
-            sent?;
-            rx.await.map_err(|_| shared.lost(&hook))?
+            let r = match sent {
+                Ok(()) => rx.await.unwrap_or_else(|_| Err(shared.lost())),
+                Err(e) => Err(e),
+            };
+            answer(r, &shared.id, &hook)
         }
     }
 
@@ -416,7 +389,7 @@ impl PluginHandle {
         args: A,
         opts: CallOptions,
     ) -> Result<R> {
-        let args = encode_args(args).map_err(|e| e.plugin(&self.shared.id).hook(hook))?;
+        let args = encode_args(args).map_err(|e| e.in_context(&self.shared.id, Some(hook)))?;
         let v = self.call_in_blocking(hook, args, opts.timeout, CallContext::default())()?;
         decode(v, &self.shared.id, hook)
     }
@@ -435,10 +408,13 @@ impl PluginHandle {
         let shared = self.shared.clone();
         let hook = hook.to_owned();
         move || {
-            sent?;
             // crossbeam spins briefly before parking, which keeps a fast answer from paying a
             // full thread wake-up.
-            rx.recv().map_err(|_| shared.lost(&hook))?
+            let r = match sent {
+                Ok(()) => rx.recv().unwrap_or_else(|_| Err(shared.lost())),
+                Err(e) => Err(e),
+            };
+            answer(r, &shared.id, &hook)
         }
     }
 }

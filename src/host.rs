@@ -15,6 +15,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::error::ErrorCode;
+
+/// Names isola itself gives plugins under `host` (when their permission is granted). A host
+/// item of the same name would be silently shadowed, so registering one is refused.
+pub const RESERVED_NAMES: &[&str] = &["storage", "events", "plugins"];
+
 thread_local! {
     static CURRENT_PLUGIN: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
 }
@@ -47,8 +53,14 @@ pub(crate) fn set_current_plugin(plugin: &str) {
 /// is this text (and `code` is `HOST_ERROR`, or `INVALID_ARGS` when the arguments did not fit).
 #[derive(Debug, Clone)]
 pub(crate) struct HostFnError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
+}
+
+impl HostFnError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        HostFnError { code, message: message.into() }
+    }
 }
 
 pub(crate) type SyncFn = dyn Fn(Value) -> Result<Value, HostFnError> + Send + Sync;
@@ -99,16 +111,14 @@ fn decode_args<A: DeserializeOwned>(args: Value) -> Result<A, HostFnError> {
     serde_json::from_value(args)
         // `host.f()` fits a function declared `|(): ()|` too.
         .or_else(|e| if no_args { serde_json::from_value(Value::Null).map_err(|_| e) } else { Err(e) })
-        .map_err(|e| HostFnError { code: "INVALID_ARGS", message: format!("invalid arguments: {e}") })
+        .map_err(|e| HostFnError::new(ErrorCode::InvalidArgs, format!("invalid arguments: {e}")))
 }
 
 fn encode_result<R: Serialize>(r: anyhow::Result<R>) -> Result<Value, HostFnError> {
     match r {
-        Ok(v) => serde_json::to_value(v).map_err(|e| HostFnError {
-            code: "INVALID_ARGS",
-            message: format!("host function result is not serialisable: {e}"),
-        }),
-        Err(e) => Err(HostFnError { code: "HOST_ERROR", message: format!("{e:#}") }),
+        Ok(v) => serde_json::to_value(v)
+            .map_err(|e| HostFnError::new(ErrorCode::InvalidArgs, format!("host function result is not serialisable: {e}"))),
+        Err(e) => Err(HostFnError::new(ErrorCode::HostError, format!("{e:#}"))),
     }
 }
 
@@ -119,15 +129,25 @@ impl HostApi {
     }
 
     fn insert(mut self, name: &str, item: HostItem) -> Self {
-        assert!(
-            is_identifier(name),
-            "host API name `{name}` must be a JavaScript identifier (letters, digits, `_`, `$`)"
-        );
+        if let Err(why) = check_name(name) {
+            panic!("{why}");
+        }
         self.items.insert(name.to_owned(), item);
         self
     }
 
     /// Registers a synchronous function as `host.NAME(...)`.
+    ///
+    /// # Panics
+    /// If `name` is not a JavaScript identifier or is one of [`RESERVED_NAMES`] (`storage`,
+    /// `events`, `plugins`, which isola provides itself): a host API is written once, by the
+    /// embedder, so a bad name is a programming error reported where it is made. The same
+    /// holds for [`async_func`](Self::async_func) and [`value`](Self::value).
+    ///
+    /// ```should_panic
+    /// // `host.storage` is isola's own scoped storage.
+    /// isola::HostApi::new().func("storage", |(): ()| Ok(()));
+    /// ```
     pub fn func<A, R, F>(self, name: &str, f: F) -> Self
     where
         A: DeserializeOwned,
@@ -213,7 +233,7 @@ impl HostApi {
 }
 
 /// Polls a future, turning a panic inside it into an `Err` instead of unwinding into V8.
-struct CatchUnwind<F>(Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = std::thread::Result<F::Output>;
@@ -226,13 +246,27 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> HostFnError {
+pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send>) -> HostFnError {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    HostFnError { code: "HOST_ERROR", message: format!("the host function panicked: {what}") }
+    HostFnError::new(ErrorCode::HostError, format!("the host function panicked: {what}"))
+}
+
+/// Whether `name` may be registered in a [`HostApi`]; the reason if not.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if !is_identifier(name) {
+        return Err(format!("host API name `{name}` must be a JavaScript identifier (letters, digits, `_`, `$`)"));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "host API name `{name}` is reserved: isola provides `host.{name}` itself (reserved: {})",
+            RESERVED_NAMES.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn is_identifier(name: &str) -> bool {

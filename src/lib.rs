@@ -4,10 +4,14 @@
 //! a memory budget, a time limit per call, and nothing to reach but the host API the embedder
 //! whitelisted.
 //!
-//! Three nouns, each with one job:
+//! Three nouns, each with one job, at the crate root:
 //! - [`Engine`]: shared configuration — the [`HostApi`] plugins see and default [`Limits`];
 //! - [`PluginHandle`]: one running plugin, cheap to clone, callable from any thread;
-//! - [`Manager`]: the set of plugins — discovery, listing, reload, unload, shutdown.
+//! - [`Manager`]: the set of plugins — discovery, listing, reload, unload, events, shutdown.
+//!
+//! Everything else lives in a module named for its concern: [`manifest`] (`plugin.json`),
+//! [`permissions`], [`storage`], [`events`] (lifecycle events), [`dispatch`] (events, chains
+//! and commands between plugins), [`source`] (finding plugins on disk), [`stats`], [`error`].
 //!
 //! ```no_run
 //! use isola::{Engine, HostApi, Manager};
@@ -21,40 +25,43 @@
 //! assert_eq!(out, "Hello, Ada! App version: 1.0.0");
 //! # Ok::<(), isola::Error>(())
 //! ```
+//!
+//! ## Features
+//! - `cli` (default): the `isola` command-line tool. A host that only embeds the library can
+//!   turn it off (`isola = { version = "…", default-features = false }`) and skip compiling
+//!   clap and tracing-subscriber.
+//!
+//! ## Layers
+//! Modules depend downwards only (a test keeps it so): `error` at the bottom; the plugin's
+//! description and configuration (`manifest`, `source`, `engine`, `config`); the V8 layer
+//! (`runtime/`) and the plugin's thread (`worker`), which reach other plugins only through the
+//! runtime's own `Peers` trait; the handle; and on top the manager with its table (`registry`),
+//! event delivery (`dispatch`), wait-for graph (`waits`), watcher and `links` (its `Peers`).
 #![warn(missing_docs)]
 
-mod dispatch;
-mod engine;
-mod error;
-mod events;
+mod call;
+mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod error;
+pub mod events;
 mod handle;
-mod host;
-mod manager;
-mod manifest;
-mod permissions;
+pub mod host;
+mod links;
+pub mod manager;
+pub mod manifest;
+pub mod permissions;
+mod registry;
 mod runtime;
-mod source;
-mod stats;
-mod storage;
+pub mod source;
+pub mod stats;
+pub mod storage;
+mod waits;
 mod watch;
 mod worker;
 
-pub use dispatch::{ChainReport, CommandInfo, Delivery, EmitReport, Outcome};
-pub use engine::{
-    DEFAULT_CALL_TIMEOUT, DEFAULT_HEAP_LIMIT_MB, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAILBOX_CAPACITY, Engine, EngineBuilder,
-    Limits,
-};
-pub use error::{Error, ErrorCode, JsErrorInfo, Result};
-pub use events::LifecycleEvent;
+pub use engine::{Engine, EngineBuilder, Limits};
+pub use error::{Error, ErrorCode, Result};
 pub use handle::{CallOptions, PluginHandle, PluginStatus};
 pub use host::{HostApi, current_plugin};
-pub use manager::{LoadReport, Manager, PluginInfo};
-pub use manifest::{
-    CommandSpec, Diagnostic, Manifest, ManifestLimits, SUPPORTED_API_VERSION, Severity, Subscription, validate_id,
-};
-pub use permissions::{Permissions, Policy, STORAGE};
-pub use source::{PluginSource, SourceKind, discover, is_plugin_path};
-pub use stats::PluginStats;
-pub use storage::{
-    MAX_KEY_BYTES, MemoryStorage, RedbStorage, Storage, StorageBackend, StorageError, StorageQuota, Usage,
-};
+pub use manager::Manager;

@@ -6,49 +6,13 @@
 //! Unknown fields are warnings (a newer manifest may carry fields this isola does not know);
 //! missing or ill-typed required fields are errors.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::{Diagnostic, Severity};
 use crate::error::{Error, ErrorCode};
 
 /// The manifest API version this isola understands.
 pub const SUPPORTED_API_VERSION: u64 = 1;
-
-/// How much a [`Diagnostic`] matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The plugin cannot load.
-    Error,
-    /// The plugin loads, but something looks wrong.
-    Warning,
-}
-
-/// One problem found in a manifest: where (`$.limits.heapMb`), what kind (a stable snake_case
-/// code such as `missing_field`), and an explanation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Diagnostic {
-    /// Error or warning.
-    pub severity: Severity,
-    /// JSON path of the offending value, `$` being the whole document.
-    pub path: String,
-    /// Stable code: `invalid_json`, `not_an_object`, `missing_field`, `wrong_type`,
-    /// `invalid_value`, `unknown_field`, `unsupported_api_version`, `limit_raised`.
-    pub code: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sev = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(f, "{sev} [{}] {}: {}", self.code, self.path, self.message)
-    }
-}
 
 /// Limits a manifest may ask for. They can only *lower* the host's limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +55,7 @@ pub struct CommandSpec {
 /// A validated `plugin.json`.
 ///
 /// ```
-/// use isola::Manifest;
+/// use isola::manifest::Manifest;
 /// let (m, warnings) = Manifest::parse(r#"{
 ///     "id": "greeter", "name": "Greeter", "version": "1.0.0", "apiVersion": 1
 /// }"#).unwrap();
@@ -301,15 +265,13 @@ impl Checker {
                 );
                 continue;
             };
+            let before = self.diags.len();
             let id = self.string(o, "id", true).map(|s| (s, format!("{path}.id")));
             let title = self.string(o, "title", true);
             let hook = self.string(o, "hook", true);
-            // `string` reports paths relative to `$`; make them point into the array.
-            for d in self
-                .diags
-                .iter_mut()
-                .filter(|d| d.path.starts_with("$.") && ["$.id", "$.title", "$.hook"].contains(&d.path.as_str()))
-            {
+            // `string` reports paths relative to `$`; make the ones it just added (and only
+            // those: the manifest's own `$.id` problems stay where they are) point into the array.
+            for d in &mut self.diags[before..] {
                 d.path = format!("{path}{}", &d.path[1..]);
             }
             let (Some((id, id_path)), Some(title), Some(hook)) = (id, title, hook) else { continue };

@@ -29,7 +29,7 @@ pub(crate) fn is_builtin(permission: &str) -> bool {
 /// Grants and refusals that win over what manifests ask for.
 ///
 /// ```
-/// use isola::Policy;
+/// use isola::permissions::Policy;
 /// let policy = Policy::default().deny("*", "storage").grant("trusted", "storage");
 /// let requested = vec!["storage".to_string(), "users".to_string()];
 /// assert_eq!(policy.effective("random", &requested), vec!["users".to_string()]);

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{Error, ErrorCode};
-use crate::manifest::{Diagnostic, Manifest, validate_id};
+use crate::error::{Diagnostic, Error, ErrorCode};
+use crate::manifest::{Manifest, validate_id};
 
 /// How a plugin's code is shaped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,7 +77,7 @@ impl PluginSource {
     /// Reads one plugin from a folder (with `plugin.json`) or a `.js` file.
     ///
     /// ```no_run
-    /// let src = isola::PluginSource::from_path("plugins/greeter").unwrap();
+    /// let src = isola::source::PluginSource::from_path("plugins/greeter").unwrap();
     /// assert_eq!(src.id, "greeter");
     /// ```
     pub fn from_path(path: impl AsRef<Path>) -> Result<PluginSource, Error> {
@@ -100,20 +100,16 @@ fn from_folder(dir: &Path) -> Result<PluginSource, Error> {
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
         Error::new(ErrorCode::LoadFailed, format!("cannot read {}: {e}", manifest_path.display())).plugin(&folder_id)
     })?;
-    let (manifest, diagnostics) = Manifest::parse(&text).map_err(|diags| {
-        // Name the error after the manifest's id when it has a usable one.
-        let id = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
-            .filter(|id| validate_id(id).is_ok())
-            .unwrap_or(folder_id.clone());
-        Manifest::invalid(&id, &manifest_path, diags)
-    })?;
+    // A broken manifest is named after its folder, never after the id it claims: the id must
+    // match the folder anyway, and a broken plugin must not be able to take another's place
+    // in the plugin table by claiming its id.
+    let (manifest, diagnostics) =
+        Manifest::parse(&text).map_err(|diags| Manifest::invalid(&folder_id, &manifest_path, diags))?;
     // The id keys a plugin's storage and the host's permission policy, so a plugin must not be
     // able to claim another's: it has to be the folder's name.
     if manifest.id != folder_id {
         let diag = Diagnostic {
-            severity: crate::manifest::Severity::Error,
+            severity: crate::error::Severity::Error,
             path: "$.id".into(),
             code: "invalid_value".into(),
             message: format!(

@@ -95,8 +95,7 @@ impl StatsCell {
 
     /// Counts an error that did not reach the plugin's thread (BUSY, SHUT_DOWN, ...).
     pub(crate) fn record_error(&self, code: ErrorCode) {
-        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
-        self.errors[i].fetch_add(1, Relaxed);
+        self.errors[code.index()].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn record_restart(&self) {

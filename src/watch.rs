@@ -4,11 +4,12 @@
 //! Why a debounce: editors save in several steps (write a temp file and rename it; truncate,
 //! then write), and a reload in between would load half a file. Changes are grouped per plugin
 //! (its folder, or its script file) and a plugin is synced once no change has touched it for
-//! [`DEBOUNCE`]. Syncing means: gone → unload, known → reload, new → load.
+//! [`DEBOUNCE`]. What "syncing" a plugin means (gone → unload, known → reload, new → load) is
+//! the manager's business: the watcher only says which plugin location changed, through the
+//! function it is started with, and knows nothing else about plugins.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,6 @@ use crossbeam_channel::{Receiver, Sender, select};
 use notify::{RecursiveMode, Watcher as _};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::manager::Inner;
-use crate::source::is_plugin_path;
 
 /// How long a plugin's files must stay quiet before it is reloaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(40);
@@ -30,7 +29,9 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    pub(crate) fn start(manager: Arc<Inner>, dir: &Path) -> Result<Watcher> {
+    /// Watches `dir`; calls `sync` with a plugin's location (a folder or script directly
+    /// under `dir`) once its files have been quiet for [`DEBOUNCE`].
+    pub(crate) fn start(dir: &Path, sync: impl Fn(&Path) + Send + 'static) -> Result<Watcher> {
         let dir = std::fs::canonicalize(dir)
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot watch {}: {e}", dir.display())))?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -48,7 +49,7 @@ impl Watcher {
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("isola:watch".into())
-            .spawn(move || run(manager, dir, rx, stopped))
+            .spawn(move || run(sync, dir, rx, stopped))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start the watcher thread: {e}")))?;
         Ok(Watcher { _notify: notify, stop, thread })
     }
@@ -59,7 +60,7 @@ impl Watcher {
     }
 }
 
-fn run(manager: Arc<Inner>, dir: PathBuf, changes: Receiver<Vec<PathBuf>>, stop: Receiver<()>) {
+fn run(sync: impl Fn(&Path), dir: PathBuf, changes: Receiver<Vec<PathBuf>>, stop: Receiver<()>) {
     // Plugin location -> when it last changed.
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     loop {
@@ -83,7 +84,7 @@ fn run(manager: Arc<Inner>, dir: PathBuf, changes: Receiver<Vec<PathBuf>>, stop:
         let due: Vec<PathBuf> = pending.iter().filter(|(_, t)| now >= **t + DEBOUNCE).map(|(p, _)| p.clone()).collect();
         for loc in due {
             pending.remove(&loc);
-            sync(&manager, &loc);
+            sync(&loc);
         }
     }
 }
@@ -102,19 +103,4 @@ fn plugin_location(dir: &Path, changed: &Path) -> Option<PathBuf> {
         return None;
     }
     Some(dir.join(first))
-}
-
-/// Brings one plugin in line with the disk.
-fn sync(manager: &Inner, location: &Path) {
-    let known = manager.id_at(location);
-    let present = is_plugin_path(location);
-    let r = match (known, present) {
-        (Some(id), false) => manager.unload(&id),
-        (Some(id), true) => manager.reload(&id),
-        (None, true) => manager.load(location).map(drop),
-        (None, false) => Ok(()),
-    };
-    if let Err(e) = r {
-        tracing::warn!("{e}");
-    }
 }

@@ -10,18 +10,18 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
 
-use crate::engine::{Engine, Limits};
+use crate::call::{CallContext, ON_LOAD, Reply, Request};
+use crate::config::PluginConfig;
+use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
-use crate::handle::{CallContext, PluginStatus, Reply, Request, Shared};
-use crate::manager::Links;
-use crate::manager::ON_LOAD;
+use crate::handle::{PluginStatus, Shared};
 use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
 use crate::runtime::loader::SourceCache;
+use crate::runtime::peers::Peers;
 use crate::runtime::watchdog::DeadlineSlot;
-use crate::source::PluginSource;
-use serde_json::Value;
 
 /// Stack for plugin threads: V8 stops JS recursion at about 1 MiB of stack; the rest is for
 /// Rust frames and host functions.
@@ -43,57 +43,53 @@ impl Starting {
     }
 }
 
-/// Starts a thread that loads `source` and then serves its mailbox. Statistics and status go
-/// to `shared`; whether loading worked comes back through [`Starting::wait`].
+/// Starts a thread that loads the plugin version `config` describes and then serves its
+/// mailbox. Statistics and status go to `shared`; whether loading worked comes back through
+/// [`Starting::wait`]. `peers` is how the plugin reaches other plugins.
 pub(crate) fn spawn(
     engine: &Engine,
-    source: PluginSource,
+    config: Arc<PluginConfig>,
     shared: Arc<Shared>,
-    links: Links,
+    peers: Arc<dyn Peers>,
 ) -> Result<Starting, Error> {
-    let limits = engine.limits().for_plugin(&source);
-    let granted = engine.permissions_for(&source).granted;
-    let (tx, rx) = crossbeam_channel::bounded(limits.mailbox_capacity);
+    let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let engine = engine.clone();
-    let id = source.id.clone();
+    let id = config.id().to_owned();
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
         .spawn(move || {
             let sources = Arc::default();
-            Worker { engine, source, limits, granted, shared, links, sources }.run(rx, ready_tx)
+            Worker { engine, config, shared, peers, sources }.run(rx, ready_tx)
         })
-        .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")).plugin(&id))?;
+        .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
     Ok(Starting { tx, thread, ready })
 }
 
 struct Worker {
     engine: Engine,
-    source: PluginSource,
-    limits: Limits,
-    granted: Vec<String>,
+    config: Arc<PluginConfig>,
     shared: Arc<Shared>,
-    links: Links,
+    peers: Arc<dyn Peers>,
     /// The files this version loaded, reused when the isolate is restarted.
     sources: Arc<SourceCache>,
 }
 
 impl Worker {
     fn run(self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
-        crate::host::set_current_plugin(&self.source.id);
+        crate::host::set_current_plugin(self.config.id());
         self.shared.stats.register_thread();
         self.serve(rx, ready);
         self.shared.stats.unregister_thread();
     }
 
     fn serve(&self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
-        let id = self.source.id.clone();
+        let id = self.config.id();
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                let _ =
-                    ready.send(Err(Error::new(ErrorCode::LoadFailed, format!("cannot start tokio: {e}")).plugin(&id)));
+                let _ = ready.send(Err(Error::new(ErrorCode::LoadFailed, format!("cannot start tokio: {e}"))));
                 return;
             }
         };
@@ -114,43 +110,45 @@ impl Worker {
         while let Ok(req) = rx.recv() {
             let (hook, args, timeout, ctx, reply) = match req {
                 Request::Stop => break,
-                Request::Call { hook, args, timeout, ctx, reply } => (hook, args, timeout, ctx, reply),
+                Request::Call { hook, args, timeout, ctx, reply } => (hook, args, timeout, ctx, Some(reply)),
+                // onLoad: nobody waits for the answer; a failure becomes a lifecycle event.
                 Request::Init { state } => {
                     let state = state.recv().unwrap_or(Value::Null);
-                    let reply = Reply::Lifecycle(self.shared.clone());
-                    (ON_LOAD.to_owned(), Value::Array(vec![state]), None, CallContext::default(), reply)
+                    (ON_LOAD.to_owned(), Value::Array(vec![state]), None, CallContext::default(), None)
                 }
             };
             let Some(iso) = isolate.as_mut() else {
                 let last = self.shared.info().last_error;
                 let msg = last.map(|e| e.message).unwrap_or_default();
-                reply.send(Err(Error::new(ErrorCode::PluginCrashed, format!("the plugin failed to restart: {msg}"))
-                    .plugin(&id)
-                    .hook(&hook)));
+                let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin failed to restart: {msg}"));
+                self.answer(reply, Err(e));
                 continue;
             };
             let started = Instant::now();
-            let mut timeout = timeout.unwrap_or(self.limits.call_timeout);
+            let mut timeout = timeout.unwrap_or(self.config.limits.call_timeout);
             if !ctx.chain.is_empty() {
                 // A call from another plugin gets what is left of the caller's deadline, but
                 // never more than this plugin's own limit.
-                timeout = timeout.min(self.limits.call_timeout);
+                timeout = timeout.min(self.config.limits.call_timeout);
             }
-            let r = iso.call(&hook, &args, timeout, ctx, &slot, &rt).map_err(|e| e.in_context(&id, Some(&hook)));
-            self.shared.stats.record_call(r.as_ref().err().map(|e| e.code), started.elapsed());
+            let r = iso.call(&hook, &args, timeout, ctx, &slot, &rt);
+            // An error isola threw into the plugin was counted when it was thrown.
+            let code = r.as_ref().err().filter(|e| !e.issued).map(|e| e.code);
+            self.shared.stats.record_call(code, started.elapsed());
             let poisoned = iso.poisoned();
             if !poisoned {
                 let (heap, ab, limit) = iso.memory();
                 self.shared.stats.set_memory(heap, ab, limit);
             }
             let heap_error = if poisoned { r.as_ref().err().cloned() } else { None };
-            reply.send(r);
+            self.answer(reply, r);
             if poisoned {
                 // The isolate broke its memory budget: discard it and start the plugin fresh.
                 // (Drop first: V8 wants isolates on one thread disposed in reverse order.)
                 self.shared.set_status(PluginStatus::Restarting);
                 if let Some(error) = heap_error {
-                    self.shared.emit(LifecycleEvent::Restarted { plugin: id.clone(), error });
+                    let error = error.in_context(id, Some(&hook));
+                    self.shared.emit(LifecycleEvent::Restarted { plugin: id.to_owned(), error });
                 }
                 drop(isolate.take());
                 self.shared.stats.record_restart();
@@ -159,7 +157,7 @@ impl Worker {
                     Ok(i) => isolate = Some(i),
                     Err(e) => {
                         tracing::error!(plugin = %id, "restart failed: {e}");
-                        self.shared.update_info(|info| info.last_error = Some(e));
+                        self.shared.update_info(|info| info.last_error = Some(e.in_context(id, None)));
                         self.shared.set_status(PluginStatus::Failed);
                     }
                 }
@@ -167,25 +165,35 @@ impl Worker {
         }
         // Whatever is still queued will not run.
         while let Ok(req) = rx.try_recv() {
-            if let Request::Call { hook, reply, .. } = req {
-                reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped").plugin(&id).hook(&hook)));
+            if let Request::Call { reply, .. } = req {
+                reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped")));
+            }
+        }
+    }
+
+    /// Sends a call's answer, or, for `onLoad` (no caller), reports a failure as an event.
+    fn answer(&self, reply: Option<Reply>, r: Result<Value, Error>) {
+        match reply {
+            Some(reply) => reply.send(r),
+            None => {
+                if let Err(error) = r {
+                    let error = error.in_context(self.config.id(), Some(ON_LOAD));
+                    self.shared.emit(LifecycleEvent::HookFailed { plugin: self.config.id().to_owned(), error });
+                }
             }
         }
     }
 
     fn load(&self, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) -> Result<PluginIsolate, Error> {
         let cfg = IsolateConfig {
-            source: &self.source,
+            plugin: &self.config,
             host: self.engine.host(),
-            heap_limit: self.limits.heap_limit,
-            load_timeout: self.limits.load_timeout,
-            granted: &self.granted,
+            storage: self.engine.storage(),
             stats: self.shared.stats.clone(),
-            storage: (self.engine.storage().clone(), self.engine.storage_quota_for(&self.source)),
-            links: self.links.clone(),
+            peers: self.peers.clone(),
             sources: self.sources.clone(),
         };
-        let iso = PluginIsolate::new(&cfg, slot, rt).map_err(|e| e.in_context(&self.source.id, None))?;
+        let iso = PluginIsolate::new(&cfg, slot, rt)?;
         let (heap, ab, limit) = iso.memory();
         self.shared.stats.set_memory(heap, ab, limit);
         self.shared.set_status(PluginStatus::Ready);

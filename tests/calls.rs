@@ -115,9 +115,11 @@ fn host_function_errors_are_catchable_js_errors() {
     );
     let v: Value = h.call_blocking("caught", ()).unwrap();
     assert_eq!(v, json!({"name": "Error", "code": "HOST_ERROR", "message": "host says no: x", "isError": true}));
+    // Let escape, it reaches the host with the code isola gave it, JS details kept.
     let e = h.call_blocking::<_, Value>("uncaught", ()).unwrap_err();
-    assert_eq!(e.code, ErrorCode::JsError);
+    assert_eq!(e.code, ErrorCode::HostError);
     assert!(e.message.contains("host says no: y"), "{e}");
+    assert_eq!(e.js.as_ref().map(|js| js.name.as_str()), Some("Error"), "{e:?}");
     let msg: String = h.call_blocking("asyncCaught", ()).unwrap();
     assert_eq!(msg, "no user with id 0");
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{PluginDir, test_host};
-use isola::{Engine, ErrorCode, Manager, Outcome};
+use isola::dispatch::Outcome;
+use isola::{Engine, ErrorCode, Manager};
 use serde_json::{Value, json};
 
 /// A host with `host.mark(label)`, recording labels in order.
@@ -54,7 +55,7 @@ fn chains_run_by_priority_then_id_and_see_each_others_changes() {
     );
     let m = Manager::new(Engine::new(test_host()));
     m.load_dir(dir.path()).unwrap();
-    let r = m.dispatch_blocking("chat", json!({"text": "hi", "trail": []}));
+    let r = m.dispatch_blocking("chat", json!({"text": "hi", "trail": []})).unwrap();
     assert_eq!(r.payload, json!({"text": "hi", "trail": ["first", "a", "b", "last"]}));
     assert!(!r.cancelled);
     let order: Vec<(&str, Outcome)> = r.deliveries.iter().map(|d| (d.plugin.as_str(), d.outcome)).collect();
@@ -68,7 +69,7 @@ fn chains_run_by_priority_then_id_and_see_each_others_changes() {
             ("last", Outcome::Changed)
         ]
     );
-    let r = m.dispatch_blocking("nobody-listens", json!(1));
+    let r = m.dispatch_blocking("nobody-listens", json!(1)).unwrap();
     assert_eq!((r.payload, r.deliveries.len()), (json!(1), 0));
 }
 
@@ -85,12 +86,12 @@ fn cancel_stops_the_chain_and_names_who_cancelled() {
     appender(&dir, "late", 0);
     let m = Manager::new(Engine::new(test_host()));
     m.load_dir(dir.path()).unwrap();
-    let r = m.dispatch_blocking("chat", json!({"text": "buy spam", "trail": []}));
+    let r = m.dispatch_blocking("chat", json!({"text": "buy spam", "trail": []})).unwrap();
     assert!(r.cancelled);
     assert_eq!(r.cancelled_by.as_deref(), Some("censor"));
     assert_eq!(r.deliveries.len(), 2, "`late` never ran");
     assert_eq!(r.payload["trail"], json!(["early"]));
-    let r = m.dispatch_blocking("chat", json!({"text": "hello", "trail": []}));
+    let r = m.dispatch_blocking("chat", json!({"text": "hello", "trail": []})).unwrap();
     assert!(!r.cancelled);
     assert_eq!(r.payload["trail"], json!(["early", "late"]));
 }
@@ -126,7 +127,7 @@ fn failing_subscribers_are_skipped_and_reported() {
     appender(&dir, "z", 10);
     let m = Manager::new(Engine::new(test_host()));
     m.load_dir(dir.path()).unwrap();
-    let r = m.dispatch_blocking("chat", json!({"trail": []}));
+    let r = m.dispatch_blocking("chat", json!({"trail": []})).unwrap();
     assert_eq!(r.payload["trail"], json!(["a", "z"]), "the failures changed nothing and stopped nothing");
     let failures: Vec<(&str, ErrorCode)> =
         r.deliveries.iter().filter_map(|d| d.error.as_ref().map(|e| (d.plugin.as_str(), e.code))).collect();
@@ -140,7 +141,7 @@ fn failing_subscribers_are_skipped_and_reported() {
         ]
     );
     // Notify reports the same way (results are not interpreted there, so `weird` is fine).
-    let r = m.emit_blocking("chat", json!({"trail": []}));
+    let r = m.emit_blocking("chat", json!({"trail": []})).unwrap();
     assert_eq!(r.deliveries.len(), 6);
     let failed: Vec<&str> =
         r.deliveries.iter().filter(|d| d.outcome == Outcome::Failed).map(|d| d.plugin.as_str()).collect();
@@ -160,7 +161,7 @@ fn notify_runs_subscribers_in_parallel() {
     plugin(&dir, "y", json!({"events": {"tick": "onTick"}}), &code("y"));
     let m = Manager::new(engine);
     m.load_dir(dir.path()).unwrap();
-    let r = m.emit_blocking("tick", json!(null));
+    let r = m.emit_blocking("tick", json!(null)).unwrap();
     assert!(r.deliveries.iter().all(|d| d.result == Some(json!("tick"))), "{r:?}");
     let marks = marks.lock().unwrap().clone();
     let pos = |l: &str| marks.iter().position(|m| m == l).unwrap();
@@ -181,7 +182,7 @@ fn plugins_echoing_events_stop_at_the_depth_limit() {
     plugin(&dir, "pong", json!({"events": {"pong": "on"}, "permissions": ["events"]}), &echo("pong", "ping"));
     let m = Manager::new(engine);
     m.load_dir(dir.path()).unwrap();
-    m.emit_blocking("ping", 0);
+    m.emit_blocking("ping", 0).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !marks.lock().unwrap().iter().any(|m| m == "EVENT_DEPTH") {
         assert!(Instant::now() < deadline, "the echo never hit the limit: {:?}", marks.lock().unwrap());

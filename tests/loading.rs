@@ -3,7 +3,8 @@
 mod common;
 
 use common::{PluginDir, engine};
-use isola::{ErrorCode, Manager, PluginStatus, Severity};
+use isola::manifest::Severity;
+use isola::{ErrorCode, Manager, PluginStatus};
 use serde_json::json;
 
 #[test]
@@ -286,4 +287,71 @@ fn refusals_do_not_reveal_whether_a_file_exists() {
     let missing: String = h.call_blocking("probe", ("/etc/no-such-file-here",)).unwrap();
     assert_eq!(exists, missing);
     assert!(exists.contains("outside the plugin folder"), "{exists}");
+}
+
+#[test]
+fn command_diagnostics_never_move_the_manifests_own_id_problem() {
+    // The manifest's own id is invalid *and* a command lacks its id: each problem keeps its path.
+    let problems = isola::manifest::Manifest::parse(
+        &json!({
+            "id": "not an id!", "name": "n", "version": "1", "apiVersion": 1,
+            "commands": [{"title": "Say hi", "hook": "hi"}]
+        })
+        .to_string(),
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|d| d.path.as_str()).collect();
+    assert!(paths.contains(&"$.id"), "{paths:?}");
+    assert!(paths.contains(&"$.commands[0].id"), "{paths:?}");
+    let own = problems.iter().find(|d| d.path == "$.id").unwrap();
+    assert_eq!(own.code, "invalid_value", "{own}");
+}
+
+#[test]
+fn a_broken_manifest_cannot_take_another_plugins_place() {
+    let dir = PluginDir::new();
+    // `victim` is a real plugin that fails to load (so it is not running)...
+    let victim = dir.module("victim", "export default { hi() { return 1; } ");
+    // ...and `impostor`'s broken manifest claims victim's id.
+    dir.module_with_manifest("impostor", r#"{"id": "victim", "apiVersion": 1}"#, "export default {};");
+    let m = Manager::new(engine());
+    let report = m.load_dir(dir.path()).unwrap();
+    let mut failed: Vec<(String, ErrorCode)> =
+        report.failed.iter().map(|e| (e.plugin.clone().unwrap(), e.code)).collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        vec![("impostor".to_string(), ErrorCode::ManifestInvalid), ("victim".to_string(), ErrorCode::LoadFailed)]
+    );
+    let list = m.list();
+    let v = list.iter().find(|p| p.id == "victim").expect("victim still listed");
+    assert_eq!(v.location, std::fs::canonicalize(&victim).unwrap(), "victim's entry was not replaced");
+    assert_eq!(v.error.as_ref().unwrap().code, ErrorCode::LoadFailed, "victim keeps its own error");
+    let i = list.iter().find(|p| p.id == "impostor").expect("the impostor is listed under its folder");
+    assert_eq!(i.error.as_ref().unwrap().code, ErrorCode::ManifestInvalid);
+}
+
+#[test]
+fn handles_taken_while_a_plugin_failed_reach_it_once_it_loads() {
+    let dir = PluginDir::new();
+    // Fails at evaluation...
+    let path = dir.module("p", "export default { hi() { return 'hi'; } ");
+    let m = Manager::new(engine());
+    assert_eq!(m.load(&path).unwrap_err().code, ErrorCode::LoadFailed);
+    let early = m.handle("p").unwrap();
+    assert_eq!(early.call_blocking::<_, String>("hi", ()).unwrap_err().code, ErrorCode::LoadFailed);
+    // ...is fixed and loaded again: the handle taken before now reaches it.
+    std::fs::write(path.join("main.js"), "export default { hi() { return 'hi'; } };").unwrap();
+    m.load(&path).unwrap();
+    assert_eq!(early.call_blocking::<_, String>("hi", ()).unwrap(), "hi");
+
+    // The same when not even its manifest could be read at first.
+    let q = dir.module_with_manifest("q", "{ not json", "export default { hi() { return 'q'; } };");
+    assert_eq!(m.load(&q).unwrap_err().code, ErrorCode::ManifestInvalid);
+    let early = m.handle("q").unwrap();
+    std::fs::write(q.join("plugin.json"), json!({"id": "q", "name": "q", "version": "1", "apiVersion": 1}).to_string())
+        .unwrap();
+    m.load(&q).unwrap();
+    assert_eq!(early.call_blocking::<_, String>("hi", ()).unwrap(), "q");
+    assert_eq!(early.status(), PluginStatus::Ready);
 }

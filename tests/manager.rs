@@ -203,3 +203,49 @@ fn handles_work_from_many_threads() {
     });
     assert_eq!(h.call_blocking::<_, i64>("inc", ()).unwrap(), 1001);
 }
+
+#[test]
+fn a_broken_namesake_never_waits_on_a_restarting_plugin() {
+    // `a`'s top-level code calls `b` twice; after HEAP_LIMIT it runs again while restarting.
+    // A broken namesake arriving meanwhile must neither replace `a` nor wait on its thread
+    // while holding the plugin table (`a`'s second call needs the table: a deadlock).
+    let dir = PluginDir::new();
+    let b = dir.module("b", "export default { slow() { const end = Date.now() + 300; while (Date.now() < end) {} return 1; } };");
+    let a = dir.module_with_manifest(
+        "a",
+        r#"{"id": "a", "name": "a", "version": "1.0.0", "apiVersion": 1, "permissions": ["call:b"]}"#,
+        "const first = await host.plugins.call('b', 'slow');
+         const second = await host.plugins.call('b', 'slow');
+         export default { sum() { return first + second; }, hog() { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); } };",
+    );
+    let other = tempfile::tempdir().unwrap();
+    let namesake = other.path().join("a"); // a folder without plugin.json: cannot be read
+    std::fs::create_dir_all(&namesake).unwrap();
+
+    let m = Manager::new(isola::Engine::builder().host(common::test_host()).heap_limit_mb(16).build());
+    m.load(&b).unwrap();
+    let h = m.load(&a).unwrap();
+    assert_eq!(h.call_blocking::<_, i64>("sum", ()).unwrap(), 2);
+    assert_eq!(h.call_blocking::<_, Value>("hog", ()).unwrap_err().code, ErrorCode::HeapLimit);
+    let t = Instant::now();
+    while h.status() != PluginStatus::Restarting {
+        assert!(t.elapsed() < Duration::from_secs(5), "a never started restarting");
+        std::thread::yield_now();
+    }
+    let m = std::sync::Arc::new(m);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m2 = m.clone();
+    std::thread::spawn(move || tx.send(m2.load(&namesake).map(drop)).unwrap());
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(r) => assert_eq!(r.unwrap_err().code, ErrorCode::LoadFailed),
+        Err(_) => {
+            // Deadlocked: dropping the manager would hang too, so leak it and fail.
+            std::mem::forget(m);
+            panic!("loading a broken namesake deadlocked the manager");
+        }
+    }
+    // `a` came back as itself, from its own folder.
+    assert_eq!(h.call_blocking::<_, i64>("sum", ()).unwrap(), 2);
+    let info = m.list().into_iter().find(|p| p.id == "a").unwrap();
+    assert_eq!(info.location, std::fs::canonicalize(&a).unwrap());
+}

@@ -3,7 +3,9 @@
 mod common;
 
 use common::{PluginDir, test_host};
-use isola::{Engine, ErrorCode, HostApi, Manager, Policy, Severity};
+use isola::manifest::Severity;
+use isola::permissions::Policy;
+use isola::{Engine, ErrorCode, HostApi, Manager};
 use serde_json::{Value, json};
 
 fn host() -> HostApi {
@@ -56,9 +58,10 @@ fn missing_permissions_are_denied_catchably_and_counted() {
     assert_eq!(v["code"], "PERMISSION_DENIED");
     assert!(v["message"].as_str().unwrap().contains("`math`"), "{v}");
     assert_eq!(h.call_blocking::<_, String>("userCaught", ()).unwrap(), "PERMISSION_DENIED");
-    // Uncaught, it is the hook's error.
+    // Uncaught, the hook fails with that code (counted once, where it was thrown).
     let e = h.call_blocking::<_, Value>("add", ()).unwrap_err();
-    assert_eq!(e.code, ErrorCode::JsError);
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    assert!(e.js.is_some(), "the JS details are kept: {e:?}");
     assert!(e.message.contains("lacks the permission"), "{e}");
     // Gated values are simply absent.
     assert_eq!(h.call_blocking::<_, Value>("secret", ()).unwrap(), json!(["undefined", false]));

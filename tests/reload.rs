@@ -6,19 +6,19 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{PluginDir, engine};
-use crossbeam_channel::Receiver;
-use isola::{ErrorCode, LifecycleEvent, Manager};
+use isola::events::{LifecycleEvent, LifecycleEvents};
+use isola::{ErrorCode, Manager};
 use serde_json::Value;
 
 /// Waits for the first event matching `pred` (skipping others).
-fn wait_for(events: &Receiver<LifecycleEvent>, what: &str, pred: impl Fn(&LifecycleEvent) -> bool) -> LifecycleEvent {
+fn wait_for(events: &LifecycleEvents, what: &str, pred: impl Fn(&LifecycleEvent) -> bool) -> LifecycleEvent {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(e) if pred(&e) => return e,
-            Ok(_) => continue,
-            Err(_) => panic!("no {what} event within 10 s"),
+            Some(e) if pred(&e) => return e,
+            Some(_) => continue,
+            None => panic!("no {what} event within 10 s"),
         }
     }
 }
@@ -27,7 +27,7 @@ fn reloaded(e: &LifecycleEvent) -> bool {
     matches!(e, LifecycleEvent::Reloaded { .. })
 }
 
-fn watched(dir: &PluginDir) -> (Manager, Receiver<LifecycleEvent>) {
+fn watched(dir: &PluginDir) -> (Manager, LifecycleEvents) {
     let m = Manager::new(engine());
     m.load_dir(dir.path()).unwrap();
     let events = m.events();

@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use common::{PluginDir, test_host};
-use isola::{Engine, ErrorCode, Manager, PluginHandle, Storage, StorageQuota};
+use isola::storage::{Storage, StorageQuota};
+use isola::{Engine, ErrorCode, Manager, PluginHandle};
 use serde_json::{Value, json};
 
 const KV: &str = "export default {
@@ -288,4 +289,76 @@ fn cli_data_remove_deletes_a_plugins_data() {
     let out = isola(&["data", "remove", "kv"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&isola(&["call", d, "kv", "get", "k"]).stdout).trim(), "null");
+}
+
+/// A backend whose every write panics (a bug in someone's storage implementation).
+struct PanickingBackend;
+
+impl isola::storage::StorageBackend for PanickingBackend {
+    fn get(&self, _: &str, _: &str) -> Result<Option<String>, isola::storage::StorageError> {
+        Ok(None)
+    }
+    fn set(&self, _: &str, _: &str, _: &str, _: &StorageQuota) -> Result<(), isola::storage::StorageError> {
+        panic!("the disk is on fire")
+    }
+    fn delete(&self, _: &str, _: &str) -> Result<bool, isola::storage::StorageError> {
+        Ok(false)
+    }
+    fn list(&self, _: &str, _: &str) -> Result<Vec<String>, isola::storage::StorageError> {
+        Ok(Vec::new())
+    }
+    fn usage(&self, _: &str) -> Result<isola::storage::Usage, isola::storage::StorageError> {
+        Ok(Default::default())
+    }
+    fn remove_plugin(&self, _: &str) -> Result<(), isola::storage::StorageError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_backend_is_a_host_error_not_a_crash() {
+    // Before the fix the panic unwound into V8, which aborts the process: run it in a child.
+    common::in_child("a_panicking_backend_is_a_host_error_not_a_crash", || {
+        let dir = PluginDir::new();
+        let m = Manager::new(engine(Storage::new(PanickingBackend)));
+        let h = kv(&m, &dir, "burnt");
+        let v: Value = h.call_blocking("trySet", ("k", 1)).unwrap();
+        assert_eq!(v["code"], "HOST_ERROR", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("the disk is on fire"), "{v}");
+        // Uncaught, the hook fails with the same code; the plugin and the process live on.
+        assert_eq!(h.call_blocking::<_, Value>("set", ("k", 1)).unwrap_err().code, ErrorCode::HostError);
+        assert_eq!(h.call_blocking::<_, Value>("get", ("k",)).unwrap(), Value::Null);
+    });
+}
+
+#[test]
+fn keys_with_lone_surrogates_are_refused_never_merged() {
+    for (name, storage, _keep) in backends() {
+        let dir = PluginDir::new();
+        let m = Manager::new(engine(storage));
+        let plugin = dir.module_with_manifest(
+            "s",
+            &manifest("s", json!({})),
+            "export default {
+                refuse(k) { try { host.storage.set(k, 1); return 'stored'; } catch (e) { return [e.name, e.message]; } },
+                pair() {
+                    const out = [];
+                    for (const k of ['\\ud800', '\\udc00', 'a\\udfffb']) {
+                        try { host.storage.set(k, k.length); out.push('stored'); } catch (e) { out.push(e.name); }
+                    }
+                    host.storage.set('\\ufffd', 'replacement char');
+                    return [out, host.storage.list(), host.storage.get('\\ufffd')];
+                },
+                get(k) { try { return host.storage.get(k); } catch (e) { return e.name; } },
+            };",
+        );
+        let s = m.load(&plugin).unwrap();
+        let v: Value = s.call_blocking("pair", ()).unwrap();
+        assert_eq!(v[0], json!(["TypeError", "TypeError", "TypeError"]), "{name}: {v}");
+        assert_eq!(v[1], json!(["\u{fffd}"]), "{name}: only the well-formed key was stored: {v}");
+        assert_eq!(v[2], "replacement char", "{name}: {v}");
+        let v: Value = s.call_blocking("refuse", ("\u{1F600}",)).unwrap();
+        assert_eq!(v, "stored", "{name}: well-formed astral characters are fine");
+        assert_eq!(s.call_blocking::<_, Value>("get", ()).unwrap(), "TypeError", "{name}: undefined key");
+    }
 }

@@ -5,7 +5,8 @@ use std::io::BufRead;
 use std::path::Path;
 
 use crossbeam_channel::select;
-use isola::{LifecycleEvent, Manager};
+use isola::Manager;
+use isola::events::LifecycleEvent;
 use serde_json::Value;
 
 const HELP: &str = "commands:

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use isola::{Engine, Error, ErrorCode, Manager, PluginInfo, PluginStatus, Storage};
+use isola::manager::{LoadReport, PluginInfo};
+use isola::storage::Storage;
+use isola::{Engine, Error, ErrorCode, Manager, PluginStatus};
 use serde_json::Value;
 
 /// isola: run sandboxed JavaScript plugins, each in its own V8 isolate with memory and time
@@ -26,10 +28,10 @@ struct Cli {
 #[derive(Args)]
 struct Global {
     /// Memory budget per plugin in MiB (V8 heap plus ArrayBuffers), e.g. `--heap-limit 32`.
-    #[arg(long, global = true, value_name = "MB", default_value_t = isola::DEFAULT_HEAP_LIMIT_MB)]
+    #[arg(long, global = true, value_name = "MB", default_value_t = isola::engine::DEFAULT_HEAP_LIMIT_MB)]
     heap_limit: u64,
     /// Time limit per hook call in milliseconds, e.g. `--timeout 500`.
-    #[arg(long, global = true, value_name = "MS", default_value_t = isola::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
+    #[arg(long, global = true, value_name = "MS", default_value_t = isola::engine::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
     timeout: u64,
     /// Show plugins' console output and host.log lines (and isola's own info logs) on stderr,
     /// e.g. `isola -v run plugins`.
@@ -216,7 +218,7 @@ fn init_tracing(g: &Global, to_stdout: bool) {
     }
 }
 
-fn load_dir(manager: &Manager, dir: &Path) -> Option<isola::LoadReport> {
+fn load_dir(manager: &Manager, dir: &Path) -> Option<LoadReport> {
     match manager.load_dir(dir) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -308,7 +310,7 @@ fn call(manager: &Manager, dir: &Path, target: &str, rest: &[String], json: bool
 
 /// Finds the folder or script of plugin `id` in `dir` without loading the others.
 fn find_plugin(dir: &Path, id: &str) -> isola::Result<PathBuf> {
-    let found = isola::discover(dir)?;
+    let found = isola::source::discover(dir)?;
     let mut known = Vec::new();
     for item in found {
         match item {
@@ -330,12 +332,17 @@ fn emit(manager: &Manager, dir: &Path, event: &str, payload: Value, chain: bool,
     for e in &report.failed {
         eprintln!("warning: {e}");
     }
-    let (deliveries, value) = if chain {
-        let r = manager.dispatch_blocking(event, payload);
-        (r.deliveries.clone(), serde_json::to_value(&r).unwrap_or_default())
+    let reported = if chain {
+        manager.dispatch_blocking(event, payload).map(|r| (r.deliveries.clone(), serde_json::to_value(&r)))
     } else {
-        let r = manager.emit_blocking(event, payload);
-        (r.deliveries.clone(), serde_json::to_value(&r).unwrap_or_default())
+        manager.emit_blocking(event, payload).map(|r| (r.deliveries.clone(), serde_json::to_value(&r)))
+    };
+    let (deliveries, value) = match reported {
+        Ok((d, v)) => (d, v.unwrap_or_default()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return false;
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());

@@ -22,15 +22,16 @@ use serde_json::Value;
 use super::loader::{PluginLoader, SourceCache};
 use super::memory::MemoryBudget;
 use super::ops::{Current, Grant, HostTable, isola_ops};
+use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
+use crate::call::CallContext;
+use crate::config::PluginConfig;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
-use crate::handle::CallContext;
 use crate::host::HostApi;
-use crate::manager::Links;
 use crate::source::{PluginSource, SourceKind};
 use crate::stats::StatsCell;
-use crate::storage::{Storage, StorageQuota};
+use crate::storage::Storage;
 
 /// The smallest memory budget an isolate can start in: deno_core's own bootstrap needs a few
 /// MiB of heap, and V8 aborts the process (rather than failing) if it cannot even start.
@@ -38,14 +39,12 @@ pub(crate) const MIN_HEAP_BYTES: usize = 8 << 20;
 
 /// What a caller needs to create an isolate.
 pub(crate) struct IsolateConfig<'a> {
-    pub source: &'a PluginSource,
+    /// The plugin version: its source, limits, permissions and storage quota.
+    pub plugin: &'a PluginConfig,
     pub host: &'a HostApi,
-    pub heap_limit: usize,
-    pub load_timeout: Duration,
-    pub granted: &'a [String],
+    pub storage: &'a Storage,
     pub stats: Arc<StatsCell>,
-    pub storage: (Storage, StorageQuota),
-    pub links: Links,
+    pub peers: Arc<dyn Peers>,
     /// This plugin version's files, as first read.
     pub sources: Arc<SourceCache>,
 }
@@ -62,6 +61,9 @@ pub(crate) struct PluginIsolate {
     calls_since_heap_check: u32,
     /// What host functions see as "the call being run" (shared with the op state).
     current: Rc<RefCell<Current>>,
+    /// The prelude's helpers for this side (see the end of `js/prelude.js`).
+    code_of: v8::Global<v8::Function>,
+    settle: v8::Global<v8::Function>,
 }
 
 /// Why an evaluation stopped, before it is turned into an [`Error`].
@@ -82,22 +84,23 @@ impl PluginIsolate {
     /// Creates the isolate, installs the prelude and evaluates the plugin, all within the
     /// load deadline and the memory budget.
     pub(crate) fn new(cfg: &IsolateConfig, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) -> Result<Self, Error> {
-        let source = cfg.source;
-        let heap_limit = cfg.heap_limit.max(MIN_HEAP_BYTES);
+        let source = &cfg.plugin.source;
+        let load_timeout = cfg.plugin.limits.load_timeout;
+        let heap_limit = cfg.plugin.limits.heap_limit.max(MIN_HEAP_BYTES);
         let budget = MemoryBudget::new(heap_limit);
         let current = Rc::new(RefCell::new(Current {
             callers: Vec::new(),
             event_depth: 0,
-            deadline: Instant::now() + cfg.load_timeout,
+            deadline: Instant::now() + load_timeout,
         }));
         let (table, spec) = HostTable::build(Grant {
             plugin: &source.id,
             host: cfg.host,
-            granted: cfg.granted,
+            granted: &cfg.plugin.permissions.granted,
             stats: cfg.stats.clone(),
-            storage: cfg.storage.clone(),
+            storage: (cfg.storage.clone(), cfg.plugin.storage_quota),
             current: current.clone(),
-            links: cfg.links.clone(),
+            peers: cfg.peers.clone(),
         });
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
@@ -116,15 +119,19 @@ impl PluginIsolate {
             b.trip();
             current * 2
         });
-        runtime
+        let helpers = runtime
             .execute_script("ext:isola/setup.js", format!("{PRELUDE_GLOBAL}({spec})"))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
 
         let root_url = ModuleSpecifier::from_directory_path(&source.root).map(|u| u.to_string()).unwrap_or_default();
-        let recv = {
+        let (recv, code_of, settle) = {
             deno_core::scope!(scope, &mut runtime);
             let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
-            v8::Global::new(scope, undefined)
+            let helpers = v8::Local::new(scope, helpers);
+            let missing = || Error::new(ErrorCode::LoadFailed, "isola prelude returned no helpers");
+            let code_of = prelude_helper(scope, helpers, "codeOf").ok_or_else(missing)?;
+            let settle = prelude_helper(scope, helpers, "settle").ok_or_else(missing)?;
+            (v8::Global::new(scope, undefined), code_of, settle)
         };
         let mut this = PluginIsolate {
             runtime,
@@ -134,14 +141,16 @@ impl PluginIsolate {
             root_url,
             calls_since_heap_check: 0,
             current,
+            code_of,
+            settle,
         };
-        let deadline = deadline_after(cfg.load_timeout);
+        let deadline = deadline_after(load_timeout);
         slot.arm(deadline);
         // Reading the hooks runs plugin code too (getters, Proxy traps): keep the deadline on.
         let loaded =
             this.evaluate(source, &cfg.sources, deadline, rt).and_then(|exports| this.collect_hooks(exports, source));
         let terminated = slot.disarm();
-        this.settle(loaded, terminated, || format!("loading took longer than {} ms", cfg.load_timeout.as_millis()))
+        this.settle(loaded, terminated, || format!("loading took longer than {} ms", load_timeout.as_millis()))
             .map_err(|e| match e.code {
                 ErrorCode::JsError => Error { code: ErrorCode::LoadFailed, ..e },
                 _ => e,
@@ -245,7 +254,7 @@ impl PluginIsolate {
             }
             SourceKind::Script { path } => {
                 let code = cfg_sources
-                    .read(path)
+                    .read(path, path)
                     .map(|t| t.to_string())
                     .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot read {}: {e}", path.display())))?;
                 let url = ModuleSpecifier::from_file_path(path).map(|u| u.to_string()).unwrap_or_default();
@@ -284,13 +293,13 @@ impl PluginIsolate {
                 .collect::<Vec<_>>()
         });
         if scope.has_caught() || scope.has_terminated() {
-            return Err(caught(scope, &root_url));
+            return Err(caught(scope, &root_url, &self.code_of));
         }
         for name in names.unwrap_or_default() {
             let key = v8::String::new(scope, &name).unwrap();
             let v = obj.get(scope, key.into());
             if scope.has_caught() || scope.has_terminated() {
-                return Err(caught(scope, &root_url));
+                return Err(caught(scope, &root_url, &self.code_of));
             }
             if let Some(f) = v.and_then(|v| v8::Local::<v8::Function>::try_from(v).ok()) {
                 self.hooks.insert(name, v8::Global::new(scope, f));
@@ -321,7 +330,7 @@ impl PluginIsolate {
         let deadline = deadline_after(timeout);
         *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
         slot.arm(deadline);
-        let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url) {
+        let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url, &self.code_of) {
             Ok(Step::Done(v)) => Ok(v),
             Ok(Step::Pending(p)) => self.await_promise(p, deadline, rt),
             Err(f) => Err(f),
@@ -342,14 +351,27 @@ impl PluginIsolate {
         deadline: Instant,
         rt: &tokio::runtime::Runtime,
     ) -> Result<Value, Failure> {
-        let resolved = self.runtime.resolve(promise);
+        // Wait on `settle(promise)`, which always fulfils with [ok, value]: a rejection then
+        // reaches us as the thrown value itself, so its isola code can be read (see `thrown`).
+        let settled = {
+            deno_core::scope!(scope, &mut self.runtime);
+            v8::tc_scope!(let tc, scope);
+            let settle = v8::Local::new(tc, &self.settle);
+            let p = v8::Local::new(tc, promise);
+            let undefined = v8::undefined(tc).into();
+            match settle.call(tc, undefined, &[p]) {
+                Some(s) => v8::Global::new(tc, s),
+                None => return Err(caught(tc, &self.root_url, &self.code_of)),
+            }
+        };
+        let resolved = self.runtime.resolve(settled);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let runtime = &mut self.runtime;
         let r = rt.block_on(tokio::time::timeout(
             remaining,
             runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()),
         ));
-        let value = match r {
+        let pair = match r {
             Err(_) => return Err(Failure::Terminated),
             Ok(Err(e)) => return Err(self.core_failure(e)),
             Ok(Ok(v)) => v,
@@ -357,8 +379,14 @@ impl PluginIsolate {
         let root_url = self.root_url.clone();
         deno_core::scope!(scope, &mut self.runtime);
         v8::tc_scope!(let tc, scope);
-        let v = v8::Local::new(tc, value);
-        to_json(tc, v, &root_url)
+        let pair = v8::Local::new(tc, pair);
+        let pair = v8::Local::<v8::Array>::try_from(pair)
+            .map_err(|_| Error::new(ErrorCode::JsError, "isola's settle helper returned no pair"))?;
+        let (ok, v) = match (pair.get_index(tc, 0), pair.get_index(tc, 1)) {
+            (Some(ok), Some(v)) => (ok.is_true(), v),
+            _ => return Err(caught(tc, &root_url, &self.code_of)),
+        };
+        if ok { to_json(tc, v, &root_url, &self.code_of) } else { Err(thrown(tc, v, &root_url, &self.code_of)) }
     }
 
     fn core_failure(&self, e: CoreError) -> Failure {
@@ -387,6 +415,7 @@ fn invoke(
     recv: &v8::Global<v8::Value>,
     args: &Value,
     root_url: &str,
+    code_of: &v8::Global<v8::Function>,
 ) -> Result<Step, Failure> {
     deno_core::scope!(scope, runtime);
     v8::tc_scope!(let tc, scope);
@@ -409,7 +438,7 @@ fn invoke(
         ),
     }
     let Some(result) = f.call(tc, recv, &argv) else {
-        return Err(caught(tc, root_url));
+        return Err(caught(tc, root_url, code_of));
     };
     if let Ok(promise) = v8::Local::<v8::Promise>::try_from(result) {
         tc.perform_microtask_checkpoint();
@@ -418,13 +447,25 @@ fn invoke(
         }
         if promise.state() == v8::PromiseState::Fulfilled {
             let v = promise.result(tc);
-            return to_json(tc, v, root_url).map(Step::Done);
+            return to_json(tc, v, root_url, code_of).map(Step::Done);
         }
         // Pending, or rejected: let deno_core's promise machinery take it from here (it
         // also marks a rejection as handled so it is not reported twice).
         return Ok(Step::Pending(v8::Global::new(tc, result)));
     }
-    to_json(tc, result, root_url).map(Step::Done)
+    to_json(tc, result, root_url, code_of).map(Step::Done)
+}
+
+/// One of the functions the prelude returned.
+fn prelude_helper(
+    scope: &mut v8::PinScope<'_, '_>,
+    helpers: v8::Local<v8::Value>,
+    name: &str,
+) -> Option<v8::Global<v8::Function>> {
+    let obj = helpers.to_object(scope)?;
+    let key = v8::String::new(scope, name)?;
+    let f = v8::Local::<v8::Function>::try_from(obj.get(scope, key.into())?).ok()?;
+    Some(v8::Global::new(scope, f))
 }
 
 /// `now + timeout`, saturating: a "no limit" timeout such as `Duration::MAX` means a
@@ -440,17 +481,45 @@ enum Step {
 }
 
 /// The exception a `TryCatch` holds, or termination.
-fn caught(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>, root_url: &str) -> Failure {
+fn caught(
+    tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
+    root_url: &str,
+    code_of: &v8::Global<v8::Function>,
+) -> Failure {
     if tc.has_terminated() {
         return Failure::Terminated;
     }
     match tc.exception() {
-        Some(exc) => {
-            let e = JsError::from_v8_exception(tc, exc);
-            Failure::Error(js_error(&e, root_url))
-        }
+        Some(exc) => thrown(tc, exc, root_url, code_of),
         None => Failure::Terminated,
     }
+}
+
+/// A value the plugin threw (or rejected with) as an isola error: `JS_ERROR`, or, when it is
+/// an error isola itself threw into the plugin and the hook let escape, that error's code
+/// (with the JS details kept).
+fn thrown(
+    tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
+    exc: v8::Local<v8::Value>,
+    root_url: &str,
+    code_of: &v8::Global<v8::Function>,
+) -> Failure {
+    // (Re-rooted in this scope so that it can be passed to calls made in it.)
+    let exc = v8::Global::new(tc, exc);
+    let exc = v8::Local::new(tc, &exc);
+    let e = JsError::from_v8_exception(tc, exc);
+    if tc.has_terminated() {
+        return Failure::Terminated;
+    }
+    let mut err = js_error(&e, root_url);
+    let f = v8::Local::new(tc, code_of);
+    let undefined = v8::undefined(tc).into();
+    let code = f.call(tc, undefined, &[exc]).filter(|c| c.is_string()).map(|c| c.to_rust_string_lossy(tc));
+    if let Some(code) = code.as_deref().and_then(ErrorCode::parse) {
+        err.code = code;
+        err.issued = true;
+    }
+    Failure::Error(err)
 }
 
 /// A JS value as JSON: `undefined` (and functions, symbols) become `null`; values
@@ -459,12 +528,13 @@ fn to_json(
     tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
     v: v8::Local<v8::Value>,
     root_url: &str,
+    code_of: &v8::Global<v8::Function>,
 ) -> Result<Value, Failure> {
     if v.is_undefined() || v.is_function() || v.is_symbol() {
         return Ok(Value::Null);
     }
     let Some(s) = v8::json::stringify(tc, v) else {
-        return Err(match caught(tc, root_url) {
+        return Err(match caught(tc, root_url, code_of) {
             Failure::Error(e) => Failure::Error(Error {
                 code: ErrorCode::InvalidArgs,
                 message: format!("the hook's result is not JSON-serialisable: {}", e.message),

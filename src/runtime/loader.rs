@@ -24,19 +24,33 @@ pub(crate) struct PluginLoader {
 
 /// The source text of every file a plugin version has loaded, kept for the life of that
 /// version. Why: when the isolate is restarted after breaking its memory limit, it must come
-/// back as the *same* version, even if the files on disk have since been edited (and perhaps
-/// broken); new files on disk only arrive through a reload.
+/// back as the *same* version, even if the files on disk have since been edited, broken or
+/// deleted; new files on disk only arrive through a reload. So a file this version has read is
+/// never looked up on disk again, not even to resolve its real path.
 #[derive(Default)]
-pub(crate) struct SourceCache(Mutex<HashMap<PathBuf, Arc<str>>>);
+pub(crate) struct SourceCache(Mutex<HashMap<PathBuf, Cached>>);
+
+/// A file as first read: where it really was (after symlinks) and its text.
+#[derive(Clone)]
+pub(crate) struct Cached {
+    pub real: PathBuf,
+    pub text: Arc<str>,
+}
 
 impl SourceCache {
-    /// The file's text as first read by this version.
-    pub(crate) fn read(&self, path: &Path) -> std::io::Result<Arc<str>> {
-        if let Some(text) = self.0.lock().unwrap().get(path) {
-            return Ok(text.clone());
+    /// What this version read at `path` (as imported, before symlinks), if it read it.
+    fn get(&self, path: &Path) -> Option<Cached> {
+        self.0.lock().unwrap().get(path).cloned()
+    }
+
+    /// The text at `path` (whose real location is `real`) as first read by this version.
+    pub(crate) fn read(&self, path: &Path, real: &Path) -> std::io::Result<Arc<str>> {
+        if let Some(c) = self.get(path) {
+            return Ok(c.text);
         }
-        let text: Arc<str> = std::fs::read_to_string(path)?.into();
-        Ok(self.0.lock().unwrap().entry(path.to_path_buf()).or_insert(text).clone())
+        let text: Arc<str> = std::fs::read_to_string(real)?.into();
+        let cached = Cached { real: real.to_path_buf(), text };
+        Ok(self.0.lock().unwrap().entry(path.to_path_buf()).or_insert(cached).text.clone())
     }
 }
 
@@ -45,7 +59,8 @@ impl PluginLoader {
         PluginLoader { root: root.to_path_buf(), sources }
     }
 
-    fn inside(&self, spec: &ModuleSpecifier) -> Result<PathBuf, JsErrorBox> {
+    /// The file `spec` names, as imported and as it really is, if the plugin may read it.
+    fn inside(&self, spec: &ModuleSpecifier) -> Result<(PathBuf, PathBuf), JsErrorBox> {
         let refuse = |why: &str| {
             JsErrorBox::type_error(format!(
                 "import of \"{spec}\" refused: {why}; a plugin may only import files inside its own folder"
@@ -57,8 +72,13 @@ impl PluginLoader {
         let path = spec.to_file_path().map_err(|_| refuse("not a local file"))?;
         // First lexically, before touching the disk, so that the answer for a path outside
         // never depends on whether that file exists (no probing of the host's files).
-        if !lexically_normal(&path).starts_with(&self.root) {
+        let path = lexically_normal(&path);
+        if !path.starts_with(&self.root) {
             return Err(refuse("it is outside the plugin folder"));
+        }
+        // A file this version already read was checked then; the disk may have changed since.
+        if let Some(c) = self.sources.get(&path) {
+            return Ok((path, c.real));
         }
         // Then for real, so that symlinks cannot step outside either.
         let real = std::fs::canonicalize(&path)
@@ -66,7 +86,7 @@ impl PluginLoader {
         if !real.starts_with(&self.root) {
             return Err(refuse("it is outside the plugin folder"));
         }
-        Ok(real)
+        Ok((path, real))
     }
 
     fn rel(&self, p: &Path) -> String {
@@ -113,13 +133,13 @@ impl ModuleLoader for PluginLoader {
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
         let load = || {
-            let path = self.inside(spec)?;
+            let (path, real) = self.inside(spec)?;
             let code = self
                 .sources
-                .read(&path)
+                .read(&path, &real)
                 .map_err(|e| JsErrorBox::type_error(format!("cannot read \"{}\": {e}", self.rel(&path))))?;
             let module_type =
-                if path.extension().is_some_and(|e| e == "json") { ModuleType::Json } else { ModuleType::JavaScript };
+                if real.extension().is_some_and(|e| e == "json") { ModuleType::Json } else { ModuleType::JavaScript };
             Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.to_string().into()), spec, None))
         };
         ModuleLoadResponse::Sync(load())

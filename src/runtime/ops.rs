@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,10 +17,11 @@ use std::time::Instant;
 use deno_core::{OpState, op2};
 use deno_error::{JsErrorClass, PropertyValue};
 
+use super::peers::{NoPeers, Peers};
+use crate::call::CallContext;
+use crate::engine::{MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
 use crate::error::ErrorCode;
-use crate::handle::CallContext;
-use crate::host::{AsyncFn, HostFnError, HostItem, SyncFn};
-use crate::manager::Links;
+use crate::host::{AsyncFn, CatchUnwind, HostFnError, HostItem, SyncFn, panicked};
 use crate::permissions::{CALL_PREFIX, EVENTS, STORAGE, may_call};
 use crate::stats::StatsCell;
 use crate::storage::{Storage, StorageError, StorageQuota, check_key};
@@ -31,20 +33,13 @@ struct Gated<F: ?Sized> {
     name: String,
 }
 
-/// How deep `host.plugins.call` chains may go (A → B → C ... counts the plugins).
-pub const MAX_CALL_DEPTH: usize = 8;
-/// How many times plugin-emitted events may lead to further emits.
-pub const MAX_EVENT_DEPTH: u32 = 8;
-/// Largest event payload or argument list (as JSON) a plugin may send to other plugins: what
-/// it sends is copied out of its memory budget and queued, so it must be bounded.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 fn check_size(what: &str, json: &str) -> Result<(), HostOpError> {
     if json.len() > MAX_MESSAGE_BYTES {
-        return Err(HostOpError(HostFnError {
-            code: "INVALID_ARGS",
-            message: format!("{what} is {} bytes as JSON; at most {MAX_MESSAGE_BYTES} are allowed", json.len()),
-        }));
+        return Err(HostOpError::new(
+            ErrorCode::InvalidArgs,
+            format!("{what} is {} bytes as JSON; at most {MAX_MESSAGE_BYTES} are allowed", json.len()),
+        ));
     }
     Ok(())
 }
@@ -66,7 +61,7 @@ pub(crate) struct HostTable {
     storage: Option<(Storage, StorageQuota)>,
     granted: Vec<String>,
     current: Rc<RefCell<Current>>,
-    links: Option<Links>,
+    peers: Arc<dyn Peers>,
 }
 
 /// What a plugin's isolate is given.
@@ -79,8 +74,8 @@ pub(crate) struct Grant<'a> {
     pub storage: (Storage, StorageQuota),
     /// The call being run, updated by the isolate before each call.
     pub current: Rc<RefCell<Current>>,
-    /// The manager, for plugin-to-plugin calls and events.
-    pub links: Links,
+    /// The other plugins, for plugin-to-plugin calls and events.
+    pub peers: Arc<dyn Peers>,
 }
 
 impl HostTable {
@@ -94,7 +89,7 @@ impl HostTable {
             storage: None,
             granted: Vec::new(),
             current: Rc::new(RefCell::new(Current { callers: Vec::new(), event_depth: 0, deadline: Instant::now() })),
-            links: None,
+            peers: Arc::new(NoPeers),
         }
     }
 
@@ -112,7 +107,7 @@ impl HostTable {
             storage,
             granted: g.granted.to_vec(),
             current: g.current,
-            links: Some(g.links),
+            peers: g.peers,
         };
         let mut spec = Vec::new();
         for (name, item) in g.host.items() {
@@ -142,31 +137,44 @@ impl HostTable {
         (table, serde_json::Value::Array(spec))
     }
 
-    fn denied(&self, message: String) -> HostOpError {
-        self.stats.record_error(ErrorCode::PermissionDenied);
-        HostOpError(HostFnError { code: "PERMISSION_DENIED", message })
-    }
-
-    fn links(&self) -> Result<&Links, HostOpError> {
-        self.links.as_ref().ok_or_else(|| HostOpError(HostFnError { code: "SHUT_DOWN", message: "no manager".into() }))
+    /// Every error an op gives the plugin goes through here, so each is counted in the
+    /// plugin's stats once, by its code.
+    fn fail(&self, code: ErrorCode, message: String) -> HostOpError {
+        self.stats.record_error(code);
+        HostOpError::new(code, message)
     }
 
     /// Refuses a call the plugin holds no permission for, counting it.
     fn check<F: ?Sized>(&self, g: &Gated<F>) -> Result<(), HostOpError> {
         match &g.missing {
             None => Ok(()),
-            Some(p) => Err(self.denied(format!(
-                "plugin `{}` lacks the permission `{p}` that host.{} requires (add it to \"permissions\" in plugin.json)",
-                self.plugin, g.name
-            ))),
+            Some(p) => Err(self.fail(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "plugin `{}` lacks the permission `{p}` that host.{} requires (add it to \"permissions\" in plugin.json)",
+                    self.plugin, g.name
+                ),
+            )),
         }
     }
 }
 
-/// A host function's failure as JS sees it: an `Error` (a `TypeError` for bad arguments) with
-/// a `code` property.
+/// A failure as JS sees it: an `Error` (a `TypeError` for bad arguments) with a `code`
+/// property naming an [`ErrorCode`].
 #[derive(Debug)]
 pub(crate) struct HostOpError(HostFnError);
+
+impl HostOpError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        HostOpError(HostFnError::new(code, message))
+    }
+}
+
+impl From<crate::Error> for HostOpError {
+    fn from(e: crate::Error) -> Self {
+        HostOpError::new(e.code, e.to_string())
+    }
+}
 
 impl std::fmt::Display for HostOpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +186,7 @@ impl std::error::Error for HostOpError {}
 
 impl JsErrorClass for HostOpError {
     fn get_class(&self) -> Cow<'static, str> {
-        Cow::Borrowed(if self.0.code == "INVALID_ARGS" { "TypeError" } else { "Error" })
+        Cow::Borrowed(if self.0.code == ErrorCode::InvalidArgs { "TypeError" } else { "Error" })
     }
 
     fn get_message(&self) -> Cow<'static, str> {
@@ -186,7 +194,8 @@ impl JsErrorClass for HostOpError {
     }
 
     fn get_additional_properties(&self) -> deno_error::AdditionalProperties {
-        Box::new(std::iter::once((Cow::Borrowed("code"), PropertyValue::String(Cow::Borrowed(self.0.code)))))
+        let code = PropertyValue::String(Cow::Borrowed(self.0.code.as_str()));
+        Box::new(std::iter::once((Cow::Borrowed("code"), code)))
     }
 
     fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
@@ -194,23 +203,36 @@ impl JsErrorClass for HostOpError {
     }
 }
 
+/// Runs an op's host-side body, turning a panic into a `HOST_ERROR` for the plugin. Why: ops
+/// are called from V8, and a panic unwinding into V8 aborts the whole process; host-side code
+/// (a storage backend, a tracing subscriber, isola itself) must never be able to do that.
+fn guarded<T>(body: impl FnOnce() -> Result<T, HostOpError>) -> Result<T, HostOpError> {
+    std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|p| Err(HostOpError(panicked(p))))
+}
+
+/// [`guarded`] for an async op: a panic while the future is polled becomes a `HOST_ERROR`.
+async fn guarded_async<T>(body: impl Future<Output = Result<T, HostOpError>>) -> Result<T, HostOpError> {
+    CatchUnwind(Box::pin(body)).await.unwrap_or_else(|p| Err(HostOpError(panicked(p))))
+}
+
 fn parse_args(args: &str) -> Result<serde_json::Value, HostOpError> {
-    serde_json::from_str(args)
-        .map_err(|e| HostOpError(HostFnError { code: "INVALID_ARGS", message: format!("invalid arguments: {e}") }))
+    serde_json::from_str(args).map_err(|e| HostOpError::new(ErrorCode::InvalidArgs, format!("invalid arguments: {e}")))
 }
 
 fn unknown(id: u32) -> HostOpError {
-    HostOpError(HostFnError { code: "HOST_ERROR", message: format!("no host function #{id}") })
+    HostOpError::new(ErrorCode::HostError, format!("no host function #{id}"))
 }
 
 #[op2]
 #[string]
 fn op_isola_host_sync(state: &mut OpState, #[smi] id: u32, #[string] args: &str) -> Result<String, HostOpError> {
-    let table = state.borrow::<HostTable>();
-    let g = table.sync_fns.get(id as usize).ok_or_else(|| unknown(id))?;
-    table.check(g)?;
-    let out = (g.f)(parse_args(args)?).map_err(HostOpError)?;
-    Ok(out.to_string())
+    guarded(|| {
+        let table = state.borrow::<HostTable>();
+        let g = table.sync_fns.get(id as usize).ok_or_else(|| unknown(id))?;
+        table.check(g)?;
+        let out = (g.f)(parse_args(args)?).map_err(HostOpError)?;
+        Ok(out.to_string())
+    })
 }
 
 /// `host.storage.get/set/delete/list`, scoped to the calling plugin.
@@ -222,28 +244,27 @@ fn op_isola_storage(
     #[string] key: &str,
     #[string] value: &str,
 ) -> Result<String, HostOpError> {
-    let table = state.borrow::<HostTable>();
-    let Some((storage, quota)) = &table.storage else {
-        return Err(HostOpError(HostFnError { code: "PERMISSION_DENIED", message: "no storage permission".into() }));
-    };
-    let plugin = &*table.plugin;
-    let backend = storage.backend();
-    let r = match op {
-        0 => check_key(key).and_then(|_| backend.get(plugin, key)).map(|v| v.unwrap_or_else(|| "null".into())),
-        1 => check_key(key).and_then(|_| backend.set(plugin, key, value, quota)).map(|_| "null".into()),
-        2 => check_key(key).and_then(|_| backend.delete(plugin, key)).map(|b| b.to_string()),
-        _ => backend.list(plugin, key).map(|keys| serde_json::to_string(&keys).unwrap_or_default()),
-    };
-    r.map_err(|e| {
-        let code = match &e {
-            StorageError::Quota(_) => {
-                table.stats.record_error(ErrorCode::QuotaExceeded);
-                "QUOTA_EXCEEDED"
-            }
-            StorageError::InvalidKey(_) => "INVALID_ARGS",
-            StorageError::Backend(_) => "HOST_ERROR",
+    guarded(|| {
+        let table = state.borrow::<HostTable>();
+        let Some((storage, quota)) = &table.storage else {
+            return Err(table.fail(ErrorCode::PermissionDenied, "no storage permission".into()));
         };
-        HostOpError(HostFnError { code, message: e.to_string() })
+        let plugin = &*table.plugin;
+        let backend = storage.backend();
+        let r = match op {
+            0 => check_key(key).and_then(|_| backend.get(plugin, key)).map(|v| v.unwrap_or_else(|| "null".into())),
+            1 => check_key(key).and_then(|_| backend.set(plugin, key, value, quota)).map(|_| "null".into()),
+            2 => check_key(key).and_then(|_| backend.delete(plugin, key)).map(|b| b.to_string()),
+            _ => backend.list(plugin, key).map(|keys| serde_json::to_string(&keys).unwrap_or_default()),
+        };
+        r.map_err(|e| {
+            let code = match &e {
+                StorageError::Quota(_) => ErrorCode::QuotaExceeded,
+                StorageError::InvalidKey(_) => ErrorCode::InvalidArgs,
+                StorageError::Backend(_) => ErrorCode::HostError,
+            };
+            table.fail(code, e.to_string())
+        })
     })
 }
 
@@ -254,32 +275,35 @@ async fn op_isola_host_async(
     #[smi] id: u32,
     #[string] args: String,
 ) -> Result<String, HostOpError> {
-    let f = {
-        let state = state.borrow();
-        let table = state.borrow::<HostTable>();
-        let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
-        table.check(g)?;
-        g.f.clone()
-    };
-    let out = f(parse_args(&args)?).await.map_err(HostOpError)?;
-    Ok(out.to_string())
+    guarded_async(async move {
+        let f = {
+            let state = state.borrow();
+            let table = state.borrow::<HostTable>();
+            let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
+            table.check(g)?;
+            g.f.clone()
+        };
+        let out = f(parse_args(&args)?).await.map_err(HostOpError)?;
+        Ok(out.to_string())
+    })
+    .await
 }
 
 /// `console.*` → `tracing`, target `isola::plugin`, with the plugin id as a field.
 #[op2(fast)]
 fn op_isola_log(state: &mut OpState, #[smi] level: u32, #[string] msg: &str) {
-    let plugin: &str = &state.borrow::<HostTable>().plugin;
-    match level {
-        0 => tracing::trace!(target: "isola::plugin", plugin, "{msg}"),
-        1 => tracing::debug!(target: "isola::plugin", plugin, "{msg}"),
-        2 => tracing::info!(target: "isola::plugin", plugin, "{msg}"),
-        3 => tracing::warn!(target: "isola::plugin", plugin, "{msg}"),
-        _ => tracing::error!(target: "isola::plugin", plugin, "{msg}"),
-    }
-}
-
-fn op_error(e: crate::Error) -> HostOpError {
-    HostOpError(HostFnError { code: e.code.as_str(), message: e.to_string() })
+    // A subscriber the host installed may panic; the plugin's log line is not worth the process.
+    let _ = guarded(|| {
+        let plugin: &str = &state.borrow::<HostTable>().plugin;
+        match level {
+            0 => tracing::trace!(target: "isola::plugin", plugin, "{msg}"),
+            1 => tracing::debug!(target: "isola::plugin", plugin, "{msg}"),
+            2 => tracing::info!(target: "isola::plugin", plugin, "{msg}"),
+            3 => tracing::warn!(target: "isola::plugin", plugin, "{msg}"),
+            _ => tracing::error!(target: "isola::plugin", plugin, "{msg}"),
+        }
+        Ok(())
+    });
 }
 
 /// `host.plugins.call(plugin, hook, ...args)`: runs a hook of another plugin, in that plugin's
@@ -293,53 +317,49 @@ async fn op_isola_call(
     #[string] hook: String,
     #[string] args: String,
 ) -> Result<String, HostOpError> {
-    let (answer, _waiting) = {
-        let state = state.borrow();
-        let table = state.borrow::<HostTable>();
-        if !may_call(&table.granted, &plugin) {
-            return Err(table.denied(format!(
-                "plugin `{}` lacks the permission `call:{plugin}` needed to call plugin `{plugin}`",
-                table.plugin
-            )));
-        }
-        let current = table.current.borrow();
-        let mut chain = current.callers.clone();
-        chain.push(table.plugin.to_string());
-        if chain.contains(&plugin) {
-            let path = chain.join(" → ");
-            return Err(HostOpError(HostFnError {
-                code: "CALL_CYCLE",
-                message: format!(
-                    "{path} → {plugin}: `{plugin}` is already waiting in this call chain; re-entrant calls are refused"
-                ),
-            }));
-        }
-        if chain.len() >= MAX_CALL_DEPTH {
-            return Err(HostOpError(HostFnError {
-                code: "CALL_DEPTH",
-                message: format!("plugin call chains are limited to {MAX_CALL_DEPTH} plugins ({})", chain.join(" → ")),
-            }));
-        }
-        check_size("the argument list", &args)?;
-        let remaining = current.deadline.saturating_duration_since(Instant::now());
-        let links = table.links()?;
-        let handle = links.handle(&plugin).map_err(op_error)?;
-        // Chains from other requests can close a cycle too (X→A→B while Y→B→A): refuse a
-        // call to a plugin that is itself, through any request, waiting on this one.
-        let waiting = links.wait_on(&table.plugin, &plugin).map_err(|path| {
-            HostOpError(HostFnError {
-                code: "CALL_CYCLE",
-                message: format!(
-                    "{} → {plugin} would deadlock: {path} is already waiting; re-entrant calls are refused",
-                    table.plugin
-                ),
-            })
-        })?;
-        let ctx = CallContext { chain, event_depth: current.event_depth };
-        (handle.call_in(&hook, parse_args(&args)?, Some(remaining), ctx), waiting)
-    };
-    let v = answer.await.map_err(op_error)?;
-    Ok(v.to_string())
+    guarded_async(async move {
+        let answer = {
+            let state = state.borrow();
+            let table = state.borrow::<HostTable>();
+            if !may_call(&table.granted, &plugin) {
+                return Err(table.fail(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "plugin `{}` lacks the permission `call:{plugin}` needed to call plugin `{plugin}`",
+                        table.plugin
+                    ),
+                ));
+            }
+            let current = table.current.borrow();
+            let mut chain = current.callers.clone();
+            chain.push(table.plugin.to_string());
+            if chain.contains(&plugin) {
+                let path = chain.join(" → ");
+                return Err(table.fail(
+                    ErrorCode::CallCycle,
+                    format!(
+                        "{path} → {plugin}: `{plugin}` is already waiting in this call chain; re-entrant calls are refused"
+                    ),
+                ));
+            }
+            if chain.len() >= MAX_CALL_DEPTH {
+                return Err(table.fail(
+                    ErrorCode::CallDepth,
+                    format!("plugin call chains are limited to {MAX_CALL_DEPTH} plugins ({})", chain.join(" → ")),
+                ));
+            }
+            check_size("the argument list", &args)?;
+            let remaining = current.deadline.saturating_duration_since(Instant::now());
+            let ctx = CallContext { chain, event_depth: current.event_depth };
+            table
+                .peers
+                .call(&table.plugin, &plugin, &hook, parse_args(&args)?, remaining, ctx)
+                .map_err(|e| table.fail(e.code, e.to_string()))?
+        };
+        let v = answer.await?;
+        Ok(v.to_string())
+    })
+    .await
 }
 
 /// `host.events.emit(event, payload)`: notifies the event's subscribers in the background and
@@ -348,23 +368,25 @@ async fn op_isola_call(
 #[op2(fast)]
 #[smi]
 fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: &str) -> Result<u32, HostOpError> {
-    let table = state.borrow::<HostTable>();
-    if !table.granted.iter().any(|p| p == EVENTS) {
-        return Err(table.denied(format!("plugin `{}` lacks the permission `events`", table.plugin)));
-    }
-    let depth = table.current.borrow().event_depth + 1;
-    if depth > MAX_EVENT_DEPTH {
-        return Err(HostOpError(HostFnError {
-            code: "EVENT_DEPTH",
-            message: format!(
-                "event `{event}` not emitted: events emitted by event handlers may nest at most {MAX_EVENT_DEPTH} deep"
-            ),
-        }));
-    }
-    check_size("the event payload", payload)?;
-    let payload = parse_args(payload)?;
-    let n = table.links()?.emit_background(event, payload, depth).map_err(op_error)?;
-    Ok(n as u32)
+    guarded(|| {
+        let table = state.borrow::<HostTable>();
+        if !table.granted.iter().any(|p| p == EVENTS) {
+            return Err(table.fail(ErrorCode::PermissionDenied, format!("plugin `{}` lacks the permission `events`", table.plugin)));
+        }
+        let depth = table.current.borrow().event_depth + 1;
+        if depth > MAX_EVENT_DEPTH {
+            return Err(table.fail(
+                ErrorCode::EventDepth,
+                format!(
+                    "event `{event}` not emitted: events emitted by event handlers may nest at most {MAX_EVENT_DEPTH} deep"
+                ),
+            ));
+        }
+        check_size("the event payload", payload)?;
+        let payload = parse_args(payload)?;
+        let n = table.peers.emit(event, payload, depth).map_err(|e| table.fail(e.code, e.to_string()))?;
+        Ok(n as u32)
+    })
 }
 
 deno_core::extension!(

@@ -134,7 +134,7 @@ pub trait StorageBackend: Send + Sync + 'static {
 /// a backend plus the default quota.
 ///
 /// ```
-/// use isola::{Storage, StorageQuota};
+/// use isola::storage::{Storage, StorageQuota};
 /// let storage = Storage::memory().with_quota(StorageQuota { total_bytes: 4096, value_bytes: 1024, keys: 100 });
 /// storage.backend().set("notes", "greeting", "\"hi\"", &storage.quota()).unwrap();
 /// assert_eq!(storage.backend().get("notes", "greeting").unwrap().as_deref(), Some("\"hi\""));

@@ -103,3 +103,30 @@ pub fn load_module_with(engine: Engine, main_js: &str) -> (PluginDir, Manager, P
     let handle = manager.load(path).unwrap_or_else(|e| panic!("plugin failed to load: {e}"));
     (dir, manager, handle)
 }
+
+/// Runs `body` in a child process: this test binary again, filtered to the test `name`, so that
+/// a crash (a V8 fatal error, an abort from a panic that reached V8) fails the test instead of
+/// killing the test runner. In the child, `body` runs directly.
+///
+/// ```ignore
+/// #[test]
+/// fn hostile() {
+///     in_child("hostile", || { /* may crash */ });
+/// }
+/// ```
+pub fn in_child(name: &str, body: impl FnOnce()) {
+    const CHILD: &str = "ISOLA_TEST_IN_CHILD";
+    if std::env::var(CHILD).as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "`{name}` failed in its child process ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "`{name}` did not run in its child process:\n{stdout}\n{stderr}");
+}

@@ -1,0 +1,194 @@
+//! The plugin table: every plugin a manager knows, by id and by location, with what its
+//! manifest subscribes to and offers.
+//!
+//! Why its own module: lookups (by id for calls, by location for the directory watcher, by
+//! event for deliveries, by command name) are needed by event dispatch, the watcher and the
+//! plugins' own isolates, while changing the table is the lifecycle's job alone (in
+//! `manager.rs`). Keeping the table here lets each of them depend on it without depending on
+//! each other.
+//!
+//! The table lock is only ever held for a lookup or an update, never while waiting on a plugin
+//! (its thread may itself be looking something up). Loads, reloads and unloads of one plugin
+//! are serialised by that plugin's own lifecycle lock ([`Registry::lifecycle_lock`]), so a slow
+//! reload of one plugin never holds up another.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+
+use crate::config::PluginConfig;
+use crate::error::{Diagnostic, Error, ErrorCode, Result};
+use crate::handle::{PluginHandle, PluginStatus};
+use crate::manifest::{CommandSpec, Subscription};
+use crate::permissions::Permissions;
+use crate::stats::PluginStats;
+
+/// What [`Manager::list`](crate::Manager::list) reports about one plugin.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PluginInfo {
+    /// The plugin id.
+    pub id: String,
+    /// Its version (`0.0.0` for scripts and plugins whose manifest could not be read).
+    pub version: String,
+    /// Its folder or script file.
+    pub location: PathBuf,
+    /// Ready, failed, ...
+    pub status: PluginStatus,
+    /// Hook names, sorted.
+    pub hooks: Vec<String>,
+    /// Counters.
+    pub stats: PluginStats,
+    /// Why it is not running, if it is not (or why it last failed to restart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+    /// Manifest warnings (and, for an invalid manifest, its errors).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Permissions asked for and granted.
+    pub permissions: Permissions,
+}
+
+/// One plugin in the table.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub handle: PluginHandle,
+    /// Its folder or script; what the watcher reports changes for.
+    pub location: PathBuf,
+    /// The version running (or last tried); `None` when not even its files could be read.
+    pub config: Option<Arc<PluginConfig>>,
+    /// Why its files could not be read (manifest errors), when `config` is `None`.
+    pub read_errors: Vec<Diagnostic>,
+}
+
+impl Entry {
+    fn subscriptions(&self) -> &[Subscription] {
+        self.config.as_ref().map(|c| c.events.as_slice()).unwrap_or_default()
+    }
+
+    fn commands(&self) -> &[CommandSpec] {
+        self.config.as_ref().map(|c| c.commands.as_slice()).unwrap_or_default()
+    }
+
+    fn info(&self, id: &str) -> PluginInfo {
+        let info = self.handle.shared().info();
+        PluginInfo {
+            id: id.to_owned(),
+            version: info.version,
+            location: self.location.clone(),
+            status: self.handle.status(),
+            hooks: info.hooks,
+            stats: self.handle.stats(),
+            error: info.last_error,
+            diagnostics: self.config.as_ref().map_or_else(|| self.read_errors.clone(), |c| c.diagnostics.clone()),
+            permissions: info.permissions,
+        }
+    }
+}
+
+/// One subscriber of an event.
+pub(crate) struct Subscriber {
+    pub plugin: String,
+    pub hook: String,
+    pub handle: PluginHandle,
+}
+
+/// A command and the plugin that offers it.
+pub(crate) struct Command {
+    pub plugin: String,
+    pub spec: CommandSpec,
+    pub handle: PluginHandle,
+}
+
+/// The plugin table.
+#[derive(Default)]
+pub(crate) struct Registry {
+    plugins: RwLock<BTreeMap<String, Entry>>,
+    /// One lock per plugin id, held through a load, reload or unload of that plugin.
+    lifecycle: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Registry {
+    /// The lock that serialises loading, reloading and unloading plugin `id`.
+    pub(crate) fn lifecycle_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        self.lifecycle.lock().unwrap().entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Plugin `id`'s entry.
+    pub(crate) fn get(&self, id: &str) -> Option<Entry> {
+        self.plugins.read().unwrap().get(id).cloned()
+    }
+
+    /// A handle to plugin `id`, or `PLUGIN_NOT_FOUND`.
+    pub(crate) fn handle(&self, id: &str) -> Result<PluginHandle> {
+        self.get(id)
+            .map(|e| e.handle)
+            .ok_or_else(|| Error::new(ErrorCode::PluginNotFound, format!("no plugin `{id}` is loaded")).plugin(id))
+    }
+
+    /// The id of the plugin loaded from `location`, if any.
+    pub(crate) fn id_at(&self, location: &Path) -> Option<String> {
+        self.plugins.read().unwrap().iter().find(|(_, e)| e.location == location).map(|(id, _)| id.clone())
+    }
+
+    /// Every id, sorted.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.plugins.read().unwrap().keys().cloned().collect()
+    }
+
+    /// Adds or replaces plugin `id`'s entry; returns the one it replaced.
+    pub(crate) fn insert(&self, id: &str, entry: Entry) -> Option<Entry> {
+        self.plugins.write().unwrap().insert(id.to_owned(), entry)
+    }
+
+    /// Changes plugin `id`'s entry, if it is there.
+    pub(crate) fn update(&self, id: &str, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.plugins.write().unwrap().get_mut(id) {
+            f(e);
+        }
+    }
+
+    /// Removes plugin `id`.
+    pub(crate) fn remove(&self, id: &str) -> Option<Entry> {
+        self.plugins.write().unwrap().remove(id)
+    }
+
+    /// Empties the table.
+    pub(crate) fn take_all(&self) -> Vec<Entry> {
+        std::mem::take(&mut *self.plugins.write().unwrap()).into_values().collect()
+    }
+
+    /// What `list` shows, sorted by id.
+    pub(crate) fn list(&self) -> Vec<PluginInfo> {
+        self.plugins.read().unwrap().iter().map(|(id, e)| e.info(id)).collect()
+    }
+
+    /// The running plugins subscribed to `event`, in chain order: higher priority first, then
+    /// plugin id.
+    pub(crate) fn subscribers(&self, event: &str) -> Vec<Subscriber> {
+        let plugins = self.plugins.read().unwrap();
+        let mut subs: Vec<(i64, Subscriber)> = plugins
+            .iter()
+            .filter(|(_, e)| matches!(e.handle.status(), PluginStatus::Ready | PluginStatus::Restarting))
+            .flat_map(|(id, e)| {
+                e.subscriptions().iter().filter(|s| s.event == event).map(|s| {
+                    (s.priority, Subscriber { plugin: id.clone(), hook: s.hook.clone(), handle: e.handle.clone() })
+                })
+            })
+            .collect();
+        subs.sort_by(|(pa, a), (pb, b)| pb.cmp(pa).then_with(|| a.plugin.cmp(&b.plugin)));
+        subs.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Every command the plugins declare, by plugin id.
+    pub(crate) fn commands(&self) -> Vec<Command> {
+        let plugins = self.plugins.read().unwrap();
+        plugins
+            .iter()
+            .flat_map(|(id, e)| {
+                e.commands().iter().map(|c| Command { plugin: id.clone(), spec: c.clone(), handle: e.handle.clone() })
+            })
+            .collect()
+    }
+}
