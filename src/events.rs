@@ -225,13 +225,20 @@ impl Iterator for LifecycleEvents {
 #[derive(Default)]
 pub(crate) struct EventBus {
     subscribers: Mutex<Vec<Arc<Queue>>>,
+    /// Closed by the manager's shutdown: later subscriptions start (and stay) ended.
+    closed: std::sync::atomic::AtomicBool,
     forward: Mutex<Option<Forward>>,
 }
 
 impl EventBus {
     pub(crate) fn subscribe(&self) -> LifecycleEvents {
         let queue = Arc::new(Queue::default());
-        self.subscribers.lock().unwrap().push(queue.clone());
+        let mut subscribers = self.subscribers.lock().unwrap();
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            queue.state.lock().unwrap().closed = true;
+        } else {
+            subscribers.push(queue.clone());
+        }
         LifecycleEvents { queue }
     }
 
@@ -263,11 +270,20 @@ impl EventBus {
     }
 }
 
-impl Drop for EventBus {
-    fn drop(&mut self) {
-        for q in self.subscribers.get_mut().unwrap().drain(..) {
+impl EventBus {
+    /// Ends every subscription: readers get what is queued, then the end of the stream.
+    pub(crate) fn close(&self) {
+        let mut subscribers = self.subscribers.lock().unwrap();
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        for q in subscribers.drain(..) {
             q.state.lock().unwrap().closed = true;
             q.wake();
         }
+    }
+}
+
+impl Drop for EventBus {
+    fn drop(&mut self) {
+        self.close();
     }
 }

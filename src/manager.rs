@@ -296,6 +296,7 @@ impl Manager {
         if let Some(rt) = self.events_rt.lock().unwrap().take() {
             rt.shutdown_background();
         }
+        self.inner.bus.close();
     }
 }
 

@@ -464,3 +464,49 @@ fn cycles_across_separate_requests_are_refused_too() {
     assert_eq!(from_a, "b worked");
     assert!(t.elapsed() < Duration::from_secs(2), "no one waited for a timeout: {:?}", t.elapsed());
 }
+
+#[test]
+fn a_payload_that_cannot_be_serialised_fails_the_emit() {
+    let (engine, marks) = marking_engine();
+    let dir = PluginDir::new();
+    plugin(&dir, "ear", json!({"events": {"e": "on"}}), "export default { on(p) { host.mark(JSON.stringify(p)); } };");
+    let m = Manager::new(engine);
+    m.load_dir(dir.path()).unwrap();
+    // JSON object keys must be strings: this map has no JSON form.
+    let bad: std::collections::HashMap<(i32, i32), i32> = [((1, 2), 3)].into_iter().collect();
+    assert_eq!(m.emit_blocking("e", &bad).unwrap_err().code, ErrorCode::InvalidArgs);
+    assert_eq!(m.dispatch_blocking("e", &bad).unwrap_err().code, ErrorCode::InvalidArgs);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let e = rt.block_on(m.emit("e", &bad)).unwrap_err();
+    assert!(e.message.contains("cannot be serialised"), "{e}");
+    assert!(marks.lock().unwrap().is_empty(), "nothing was delivered (not even a null): {:?}", marks.lock().unwrap());
+    // A good payload still goes through.
+    assert_eq!(m.emit_blocking("e", json!({"ok": 1})).unwrap().deliveries.len(), 1);
+    assert_eq!(*marks.lock().unwrap(), vec![r#"{"ok":1}"#.to_string()]);
+}
+
+#[test]
+fn background_deliveries_are_counted_per_subscriber() {
+    // 100 subscribers: one emit is 100 deliveries, so the third emit in a row would pass the
+    // bound of 256 deliveries in flight and is refused (counting emits, all 64 went out).
+    let dir = PluginDir::new();
+    plugin(
+        &dir,
+        "flood",
+        json!({"permissions": ["events"]}),
+        "export default { many() { let sent = 0; try { for (let i = 0; i < 64; i++) { host.events.emit('sink', i); sent++; } } catch (e) { return [sent, e.code]; } return [sent, null]; } };",
+    );
+    for i in 0..100 {
+        plugin(
+            &dir,
+            &format!("s{i:03}"),
+            json!({"events": {"sink": "on"}}),
+            "export default { on() { const end = Date.now() + 20; while (Date.now() < end) {} } };",
+        );
+    }
+    let m = Manager::new(Engine::new(test_host()));
+    let report = m.load_dir(dir.path()).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let v: Value = m.handle("flood").unwrap().call_blocking("many", ()).unwrap();
+    assert_eq!(v, json!([2, "BUSY"]), "{v}");
+}

@@ -238,3 +238,22 @@ fn a_restart_after_heap_limit_brings_back_the_same_version() {
     assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap(), 1, "restarted as the version that was running");
     assert_eq!(h.status(), PluginStatus::Ready);
 }
+
+#[test]
+fn a_restart_after_heap_limit_needs_no_file_on_disk() {
+    let dir = PluginDir::new();
+    let path = dir.module(
+        "gone",
+        "import { v } from './lib/v.js';\nexport default { v() { return v; }, hog() { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); } };",
+    );
+    dir.write("gone/lib/v.js", "export const v = 7;");
+    let m = Manager::new(engine_with(5_000, 16));
+    let h = m.load(&path).unwrap();
+    // Every file of the running version deleted, not reloaded: the restart comes from memory.
+    std::fs::remove_dir_all(path.join("lib")).unwrap();
+    std::fs::remove_file(path.join("main.js")).unwrap();
+    assert_eq!(h.call_blocking::<_, Value>("hog", ()).unwrap_err().code, ErrorCode::HeapLimit);
+    assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap(), 7, "restarted from the sources in memory");
+    assert_eq!(h.status(), PluginStatus::Ready);
+    assert_eq!(h.stats().restarts, 1);
+}

@@ -356,8 +356,11 @@ async fn op_isola_call(
                 .call(&table.plugin, &plugin, &hook, parse_args(&args)?, remaining, ctx)
                 .map_err(|e| table.fail(e.code, e.to_string()))?
         };
-        let v = answer.await?;
-        Ok(v.to_string())
+        match answer.await {
+            Ok(v) => Ok(v.to_string()),
+            // The callee's failure is also this plugin's: counted here, where it arrives.
+            Err(e) => Err(state.borrow().borrow::<HostTable>().fail(e.code, e.to_string())),
+        }
     })
     .await
 }
