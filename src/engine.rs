@@ -20,6 +20,12 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of calls that may wait in one plugin's mailbox before callers get `BUSY`.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
+/// Default largest hook result, in bytes of JSON: what a hook returns is copied out of its
+/// memory budget into the host, so it is bounded too.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 << 20;
+/// Longest message, name or stack of a plugin's error that isola keeps (longer ones are cut,
+/// saying so).
+pub const MAX_ERROR_TEXT_BYTES: usize = 64 << 10;
 /// How deep `host.plugins.call` chains may go (A → B → C ... counts the plugins); deeper is
 /// `CALL_DEPTH`.
 pub const MAX_CALL_DEPTH: usize = 8;
@@ -47,6 +53,8 @@ pub struct Limits {
     pub load_timeout: Duration,
     /// Calls that may be queued for one plugin.
     pub mailbox_capacity: usize,
+    /// Largest hook result, in bytes of JSON; a larger one is `INVALID_ARGS`.
+    pub max_result_bytes: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +64,7 @@ impl Default for Limits {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -160,6 +169,13 @@ impl EngineBuilder {
     /// How many calls may wait for one plugin before callers get `BUSY` (at least 1).
     pub fn mailbox_capacity(mut self, n: usize) -> Self {
         self.limits.mailbox_capacity = n.max(1);
+        self
+    }
+
+    /// Largest hook result, in bytes of JSON (default 16 MiB); a larger one fails the call
+    /// with `INVALID_ARGS` before it is copied out of the plugin.
+    pub fn max_result_bytes(mut self, n: usize) -> Self {
+        self.limits.max_result_bytes = n;
         self
     }
 

@@ -27,6 +27,7 @@ use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
 use crate::call::CallContext;
 use crate::config::PluginConfig;
+use crate::engine::MAX_ERROR_TEXT_BYTES;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
 use crate::host::HostApi;
 use crate::source::{PluginSource, SourceKind};
@@ -57,13 +58,25 @@ pub(crate) struct PluginIsolate {
     recv: v8::Global<v8::Value>,
     hooks: BTreeMap<String, v8::Global<v8::Function>>,
     budget: Arc<MemoryBudget>,
-    root_url: String,
+    /// How values and errors leave the isolate.
+    conv: Converter,
     calls_since_heap_check: u32,
     /// What host functions see as "the call being run" (shared with the op state).
     current: Rc<RefCell<Current>>,
-    /// The prelude's helpers for this side (see the end of `js/prelude.js`).
-    code_of: v8::Global<v8::Function>,
+    /// The prelude's `settle` helper (see the end of `js/prelude.js`).
     settle: v8::Global<v8::Function>,
+}
+
+/// What turning a plugin's values and errors into Rust needs.
+struct Converter {
+    /// The plugin folder's URL, stripped from file names in errors.
+    root_url: String,
+    /// The prelude's `codeOf`: the isola code of an error isola threw into the plugin.
+    code_of: v8::Global<v8::Function>,
+    /// Largest hook result, in bytes of JSON.
+    max_result: usize,
+    /// Checked before anything is copied out: a broken budget means the isolate is discarded.
+    budget: Arc<MemoryBudget>,
 }
 
 /// Why an evaluation stopped, before it is turned into an [`Error`].
@@ -101,6 +114,7 @@ impl PluginIsolate {
             storage: (cfg.storage.clone(), cfg.plugin.storage_quota),
             current: current.clone(),
             peers: cfg.peers.clone(),
+            max_args: cfg.plugin.limits.max_result_bytes,
         });
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
@@ -114,11 +128,7 @@ impl PluginIsolate {
         budget.set_isolate(handle.clone());
         slot.set_isolate(handle);
         let b = budget.clone();
-        runtime.add_near_heap_limit_callback(move |current, _initial| {
-            // Stop the JS and give V8 room to unwind instead of letting it abort the process.
-            b.trip();
-            current * 2
-        });
+        runtime.add_near_heap_limit_callback(move |current, _initial| b.heap_full(current));
         let helpers = runtime
             .execute_script("ext:isola/setup.js", format!("{PRELUDE_GLOBAL}({spec})"))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
@@ -133,15 +143,16 @@ impl PluginIsolate {
             let settle = prelude_helper(scope, helpers, "settle").ok_or_else(missing)?;
             (v8::Global::new(scope, undefined), code_of, settle)
         };
+        let max_result = cfg.plugin.limits.max_result_bytes;
+        let conv = Converter { root_url, code_of, max_result, budget: budget.clone() };
         let mut this = PluginIsolate {
             runtime,
             recv,
             hooks: BTreeMap::new(),
             budget,
-            root_url,
+            conv,
             calls_since_heap_check: 0,
             current,
-            code_of,
             settle,
         };
         let deadline = deadline_after(load_timeout);
@@ -274,7 +285,6 @@ impl PluginIsolate {
     }
 
     fn collect_hooks(&mut self, exports: v8::Global<v8::Value>, source: &PluginSource) -> Result<(), Failure> {
-        let root_url = self.root_url.clone();
         deno_core::scope!(scope, &mut self.runtime);
         v8::tc_scope!(let scope, scope);
         let value = v8::Local::new(scope, &exports);
@@ -293,13 +303,13 @@ impl PluginIsolate {
                 .collect::<Vec<_>>()
         });
         if scope.has_caught() || scope.has_terminated() {
-            return Err(caught(scope, &root_url, &self.code_of));
+            return Err(caught(scope, &self.conv));
         }
         for name in names.unwrap_or_default() {
             let key = v8::String::new(scope, &name).unwrap();
             let v = obj.get(scope, key.into());
             if scope.has_caught() || scope.has_terminated() {
-                return Err(caught(scope, &root_url, &self.code_of));
+                return Err(caught(scope, &self.conv));
             }
             if let Some(f) = v.and_then(|v| v8::Local::<v8::Function>::try_from(v).ok()) {
                 self.hooks.insert(name, v8::Global::new(scope, f));
@@ -330,7 +340,7 @@ impl PluginIsolate {
         let deadline = deadline_after(timeout);
         *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
         slot.arm(deadline);
-        let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.root_url, &self.code_of) {
+        let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.conv) {
             Ok(Step::Done(v)) => Ok(v),
             Ok(Step::Pending(p)) => self.await_promise(p, deadline, rt),
             Err(f) => Err(f),
@@ -361,7 +371,7 @@ impl PluginIsolate {
             let undefined = v8::undefined(tc).into();
             match settle.call(tc, undefined, &[p]) {
                 Some(s) => v8::Global::new(tc, s),
-                None => return Err(caught(tc, &self.root_url, &self.code_of)),
+                None => return Err(caught(tc, &self.conv)),
             }
         };
         let resolved = self.runtime.resolve(settled);
@@ -376,7 +386,6 @@ impl PluginIsolate {
             Ok(Err(e)) => return Err(self.core_failure(e)),
             Ok(Ok(v)) => v,
         };
-        let root_url = self.root_url.clone();
         deno_core::scope!(scope, &mut self.runtime);
         v8::tc_scope!(let tc, scope);
         let pair = v8::Local::new(tc, pair);
@@ -384,9 +393,9 @@ impl PluginIsolate {
             .map_err(|_| Error::new(ErrorCode::JsError, "isola's settle helper returned no pair"))?;
         let (ok, v) = match (pair.get_index(tc, 0), pair.get_index(tc, 1)) {
             (Some(ok), Some(v)) => (ok.is_true(), v),
-            _ => return Err(caught(tc, &root_url, &self.code_of)),
+            _ => return Err(caught(tc, &self.conv)),
         };
-        if ok { to_json(tc, v, &root_url, &self.code_of) } else { Err(thrown(tc, v, &root_url, &self.code_of)) }
+        if ok { to_json(tc, v, &self.conv) } else { Err(thrown(tc, v, &self.conv)) }
     }
 
     fn core_failure(&self, e: CoreError) -> Failure {
@@ -404,7 +413,7 @@ impl PluginIsolate {
     /// decided by `settle` from the watchdog and the budget, never from the message, which a
     /// plugin could fake with `throw "execution terminated"`.
     fn js_failure(&self, e: &JsError) -> Failure {
-        Failure::Error(js_error(e, &self.root_url))
+        Failure::Error(js_error(e, &self.conv.root_url))
     }
 }
 
@@ -414,8 +423,7 @@ fn invoke(
     func: &v8::Global<v8::Function>,
     recv: &v8::Global<v8::Value>,
     args: &Value,
-    root_url: &str,
-    code_of: &v8::Global<v8::Function>,
+    conv: &Converter,
 ) -> Result<Step, Failure> {
     deno_core::scope!(scope, runtime);
     v8::tc_scope!(let tc, scope);
@@ -438,7 +446,7 @@ fn invoke(
         ),
     }
     let Some(result) = f.call(tc, recv, &argv) else {
-        return Err(caught(tc, root_url, code_of));
+        return Err(caught(tc, conv));
     };
     if let Ok(promise) = v8::Local::<v8::Promise>::try_from(result) {
         tc.perform_microtask_checkpoint();
@@ -447,13 +455,13 @@ fn invoke(
         }
         if promise.state() == v8::PromiseState::Fulfilled {
             let v = promise.result(tc);
-            return to_json(tc, v, root_url, code_of).map(Step::Done);
+            return to_json(tc, v, conv).map(Step::Done);
         }
         // Pending, or rejected: let deno_core's promise machinery take it from here (it
         // also marks a rejection as handled so it is not reported twice).
         return Ok(Step::Pending(v8::Global::new(tc, result)));
     }
-    to_json(tc, result, root_url, code_of).map(Step::Done)
+    to_json(tc, result, conv).map(Step::Done)
 }
 
 /// One of the functions the prelude returned.
@@ -481,16 +489,12 @@ enum Step {
 }
 
 /// The exception a `TryCatch` holds, or termination.
-fn caught(
-    tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
-    root_url: &str,
-    code_of: &v8::Global<v8::Function>,
-) -> Failure {
+fn caught(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>, conv: &Converter) -> Failure {
     if tc.has_terminated() {
         return Failure::Terminated;
     }
     match tc.exception() {
-        Some(exc) => thrown(tc, exc, root_url, code_of),
+        Some(exc) => thrown(tc, exc, conv),
         None => Failure::Terminated,
     }
 }
@@ -501,8 +505,7 @@ fn caught(
 fn thrown(
     tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
     exc: v8::Local<v8::Value>,
-    root_url: &str,
-    code_of: &v8::Global<v8::Function>,
+    conv: &Converter,
 ) -> Failure {
     // (Re-rooted in this scope so that it can be passed to calls made in it.)
     let exc = v8::Global::new(tc, exc);
@@ -511,8 +514,8 @@ fn thrown(
     if tc.has_terminated() {
         return Failure::Terminated;
     }
-    let mut err = js_error(&e, root_url);
-    let f = v8::Local::new(tc, code_of);
+    let mut err = js_error(&e, &conv.root_url);
+    let f = v8::Local::new(tc, &conv.code_of);
     let undefined = v8::undefined(tc).into();
     let code = f.call(tc, undefined, &[exc]).filter(|c| c.is_string()).map(|c| c.to_rust_string_lossy(tc));
     if let Some(code) = code.as_deref().and_then(ErrorCode::parse) {
@@ -527,14 +530,13 @@ fn thrown(
 fn to_json(
     tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
     v: v8::Local<v8::Value>,
-    root_url: &str,
-    code_of: &v8::Global<v8::Function>,
+    conv: &Converter,
 ) -> Result<Value, Failure> {
     if v.is_undefined() || v.is_function() || v.is_symbol() {
         return Ok(Value::Null);
     }
     let Some(s) = v8::json::stringify(tc, v) else {
-        return Err(match caught(tc, root_url, code_of) {
+        return Err(match caught(tc, conv) {
             Failure::Error(e) => Failure::Error(Error {
                 code: ErrorCode::InvalidArgs,
                 message: format!("the hook's result is not JSON-serialisable: {}", e.message),
@@ -543,6 +545,18 @@ fn to_json(
             t => t,
         });
     };
+    // The JSON text was built in the isolate's heap, inside its budget; only what fits the
+    // result cap is copied out of it.
+    if conv.budget.exceeded() {
+        return Err(Failure::Terminated);
+    }
+    let len = s.utf8_length(tc);
+    if len > conv.max_result {
+        return Err(Failure::Error(Error::new(
+            ErrorCode::InvalidArgs,
+            format!("the hook's result is {len} bytes as JSON; at most {} may leave the plugin", conv.max_result),
+        )));
+    }
     let text = s.to_rust_string_lossy(tc);
     serde_json::from_str(&text)
         .map_err(|e| Failure::Error(Error::new(ErrorCode::InvalidArgs, format!("the hook's result is not JSON: {e}"))))
@@ -555,12 +569,12 @@ fn js_error(e: &JsError, root_url: &str) -> Error {
         .frames
         .iter()
         .find(|f| f.file_name.as_deref().is_some_and(|n| !root_url.is_empty() && n.starts_with(root_url)));
-    let name = e.name.clone().unwrap_or_else(|| "Error".into());
-    let message = e.message.clone().unwrap_or_else(|| rel(&e.exception_message));
+    let name = capped(e.name.clone().unwrap_or_else(|| "Error".into()));
+    let message = capped(e.message.clone().unwrap_or_else(|| rel(&e.exception_message)));
     let mut info = JsErrorInfo {
         name: name.clone(),
         message: message.clone(),
-        stack: e.stack.as_deref().map(rel),
+        stack: e.stack.as_deref().map(rel).map(capped),
         file: frame.and_then(|f| f.file_name.as_deref()).map(rel),
         line: frame.and_then(|f| f.line_number).map(|n| n as u32),
         column: frame.and_then(|f| f.column_number).map(|n| n as u32),
@@ -577,6 +591,21 @@ fn js_error(e: &JsError, root_url: &str) -> Error {
     let mut err = Error::new(ErrorCode::JsError, text);
     err.js = Some(Box::new(info));
     err
+}
+
+/// `text` cut to [`MAX_ERROR_TEXT_BYTES`], saying so: an error's message or stack is the
+/// plugin's to choose, and a host keeps and logs errors.
+fn capped(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let total = text.len();
+        let mut cut = MAX_ERROR_TEXT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!("… (truncated: {total} bytes)"));
+    }
+    text
 }
 
 /// Finds `some/file.js:LINE` at the start of a stack (used for syntax errors).

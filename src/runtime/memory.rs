@@ -6,6 +6,14 @@
 //! against the same budget and, when a plugin goes over, terminates the running JS exactly as
 //! the near-heap-limit callback does. Either way the call fails with `HEAP_LIMIT` and the
 //! isolate is replaced.
+//!
+//! Why the near-heap-limit callback gives V8 room rather than holding the line: when the heap
+//! is full V8 cannot fail an allocation gracefully, it aborts the whole process. A builtin can
+//! ask for one object far larger than the budget (`'x'.repeat(300 << 20)` under 32 MiB), so
+//! once the budget is broken the callback gives V8 room for the largest object it can make
+//! ([`LARGEST_OBJECT`]) and terminates the JS; the isolate is then thrown away. The price is a
+//! brief overshoot above the budget, bounded by that room plus what V8 needs to unwind
+//! (measured in `tests/containment.rs`, documented in the README).
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -13,6 +21,13 @@ use std::sync::Arc;
 use deno_core::v8;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// The largest single object V8 can allocate on its heap: a string is at most 2^29 - 24
+/// characters (1 GiB as two-byte), an array's backing store 2^27 elements of 8 bytes (1 GiB).
+pub(crate) const LARGEST_OBJECT: usize = 1 << 30;
+/// The least the heap limit grows by each further time V8 reports it full after the budget
+/// broke.
+const HEAP_STEP: usize = 16 << 20;
 
 /// Shared between the isolate's thread, V8's allocator callbacks (any thread) and the
 /// near-heap-limit callback.
@@ -25,6 +40,8 @@ pub(crate) struct MemoryBudget {
     heap_used: AtomicUsize,
     /// Set once the budget was broken; the isolate must then be discarded.
     exceeded: AtomicBool,
+    /// Times V8 reported the heap full (see [`MemoryBudget::heap_full`]).
+    heap_full_calls: AtomicUsize,
     /// How to stop the isolate's running JS from inside an allocation.
     isolate: Mutex<Option<v8::IsolateHandle>>,
 }
@@ -36,6 +53,7 @@ impl MemoryBudget {
             array_buffers: AtomicUsize::new(0),
             heap_used: AtomicUsize::new(0),
             exceeded: AtomicBool::new(false),
+            heap_full_calls: AtomicUsize::new(0),
             isolate: Mutex::new(None),
         })
     }
@@ -71,6 +89,21 @@ impl MemoryBudget {
         if let Some(h) = self.isolate.lock().unwrap().as_ref() {
             h.terminate_execution();
         }
+    }
+
+    /// V8's near-heap-limit callback: the heap reached `current` bytes, its limit. Breaks the
+    /// budget (the JS is terminated, the isolate will be discarded) and returns the new limit:
+    /// room for one largest object the first time, then half again each time V8 still needs
+    /// more while it unwinds (a builtin that does not check for termination). Never the same
+    /// limit: V8 would abort the process.
+    pub(crate) fn heap_full(&self, current: usize) -> usize {
+        self.trip();
+        let room = if self.heap_full_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            LARGEST_OBJECT
+        } else {
+            (current / 2).max(HEAP_STEP)
+        };
+        current.saturating_add(room)
     }
 
     /// Reserves `len` bytes for a backing store, or trips the budget.

@@ -34,11 +34,11 @@ struct Gated<F: ?Sized> {
 }
 
 
-fn check_size(what: &str, json: &str) -> Result<(), HostOpError> {
-    if json.len() > MAX_MESSAGE_BYTES {
+fn check_size(what: &str, json: &str, max: usize) -> Result<(), HostOpError> {
+    if json.len() > max {
         return Err(HostOpError::new(
             ErrorCode::InvalidArgs,
-            format!("{what} is {} bytes as JSON; at most {MAX_MESSAGE_BYTES} are allowed", json.len()),
+            format!("{what} is {} bytes as JSON; at most {max} are allowed", json.len()),
         ));
     }
     Ok(())
@@ -62,6 +62,8 @@ pub(crate) struct HostTable {
     granted: Vec<String>,
     current: Rc<RefCell<Current>>,
     peers: Arc<dyn Peers>,
+    /// Largest argument list (as JSON) a host function is given.
+    max_args: usize,
 }
 
 /// What a plugin's isolate is given.
@@ -76,6 +78,8 @@ pub(crate) struct Grant<'a> {
     pub current: Rc<RefCell<Current>>,
     /// The other plugins, for plugin-to-plugin calls and events.
     pub peers: Arc<dyn Peers>,
+    /// Largest argument list (as JSON) a host function is given.
+    pub max_args: usize,
 }
 
 impl HostTable {
@@ -90,6 +94,7 @@ impl HostTable {
             granted: Vec::new(),
             current: Rc::new(RefCell::new(Current { callers: Vec::new(), event_depth: 0, deadline: Instant::now() })),
             peers: Arc::new(NoPeers),
+            max_args: 0,
         }
     }
 
@@ -108,6 +113,7 @@ impl HostTable {
             granted: g.granted.to_vec(),
             current: g.current,
             peers: g.peers,
+            max_args: g.max_args,
         };
         let mut spec = Vec::new();
         for (name, item) in g.host.items() {
@@ -230,6 +236,7 @@ fn op_isola_host_sync(state: &mut OpState, #[smi] id: u32, #[string] args: &str)
         let table = state.borrow::<HostTable>();
         let g = table.sync_fns.get(id as usize).ok_or_else(|| unknown(id))?;
         table.check(g)?;
+        check_size(&format!("the argument list of host.{}", g.name), args, table.max_args)?;
         let out = (g.f)(parse_args(args)?).map_err(HostOpError)?;
         Ok(out.to_string())
     })
@@ -281,6 +288,7 @@ async fn op_isola_host_async(
             let table = state.borrow::<HostTable>();
             let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
             table.check(g)?;
+            check_size(&format!("the argument list of host.{}", g.name), &args, table.max_args)?;
             g.f.clone()
         };
         let out = f(parse_args(&args)?).await.map_err(HostOpError)?;
@@ -348,7 +356,7 @@ async fn op_isola_call(
                     format!("plugin call chains are limited to {MAX_CALL_DEPTH} plugins ({})", chain.join(" → ")),
                 ));
             }
-            check_size("the argument list", &args)?;
+            check_size("the argument list", &args, MAX_MESSAGE_BYTES)?;
             let remaining = current.deadline.saturating_duration_since(Instant::now());
             let ctx = CallContext { chain, event_depth: current.event_depth };
             table
@@ -385,7 +393,7 @@ fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: 
                 ),
             ));
         }
-        check_size("the event payload", payload)?;
+        check_size("the event payload", payload, MAX_MESSAGE_BYTES)?;
         let payload = parse_args(payload)?;
         let n = table.peers.emit(event, payload, depth).map_err(|e| table.fail(e.code, e.to_string()))?;
         Ok(n as u32)

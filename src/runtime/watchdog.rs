@@ -11,12 +11,22 @@
 //! `armed(deadline)` -> `TERMINATING` (watchdog is calling V8) -> `TERMINATED`; the isolate's
 //! thread disarms with a compare-and-swap and waits out `TERMINATING`, so once `disarm` returns
 //! the caller knows exactly whether a termination was requested and can cancel it.
+//!
+//! Termination keeps winning until the slot is disarmed: V8 ends a termination once no JS is
+//! left on the stack, so after one `TerminateExecution` isola's own code could call plugin code
+//! again (a getter on a thrown error, `Error.prepareStackTrace`, `toJSON`) and that would run
+//! unbounded. So while a slot stays `TERMINATED`, the watchdog requests termination again every
+//! [`REFIRE`]: whatever plugin code runs past its deadline, however it was entered, is stopped
+//! within that.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use deno_core::v8;
+
+/// How often termination is requested again while a call is past its deadline.
+pub(crate) const REFIRE: Duration = Duration::from_millis(5);
 
 const IDLE: u64 = 0;
 const TERMINATING: u64 = u64::MAX - 1;
@@ -78,12 +88,14 @@ impl DeadlineSlot {
         }
     }
 
+    /// Terminates the isolate if its deadline has passed (again, if it already had); returns
+    /// when to look next.
     fn check(&self, now: u64) -> Option<u64> {
         let d = self.state.load(Ordering::SeqCst);
-        if d == IDLE || d >= TERMINATING {
+        if d == IDLE || d == TERMINATING {
             return None;
         }
-        if d > now {
+        if d != TERMINATED && d > now {
             return Some(d);
         }
         if self.state.compare_exchange(d, TERMINATING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
@@ -91,6 +103,7 @@ impl DeadlineSlot {
                 h.terminate_execution();
             }
             self.state.store(TERMINATED, Ordering::SeqCst);
+            return Some(now.saturating_add(REFIRE.as_nanos() as u64));
         }
         None
     }
