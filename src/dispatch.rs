@@ -12,7 +12,7 @@
 //! - **Background** notify, for events nobody waits for (emitted by plugins, lifecycle events):
 //!   bounded by the number of deliveries in flight, one per subscriber.
 //!
-//! Everything here works on the plugin table ([`Registry`]) alone, so the manager, the
+//! Everything here works on the plugin table (`registry.rs`) alone, so the manager, the
 //! plugins' own `host.events.emit` and the CLI all share one implementation.
 
 use std::sync::Arc;
