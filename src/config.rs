@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{Engine, Limits};
+use crate::engine::{Engine, Isolation, Limits};
 use crate::error::{Diagnostic, Severity};
 use crate::manifest::{CommandSpec, Manifest, Subscription};
 use crate::permissions::{self, Permissions};
@@ -33,6 +33,8 @@ pub(crate) struct PluginConfig {
     pub events: Vec<Subscription>,
     /// Commands it offers (manifest `commands`).
     pub commands: Vec<CommandSpec>,
+    /// Thread or process: the engine's, or more if the manifest asks.
+    pub isolation: Isolation,
 }
 
 impl PluginConfig {
@@ -49,6 +51,7 @@ impl PluginConfig {
             permissions: Permissions { requested, granted },
             events: manifest.map(|m| m.events.clone()).unwrap_or_default(),
             commands: manifest.map(|m| m.commands.clone()).unwrap_or_default(),
+            isolation: engine.isolation().max(manifest.and_then(|m| m.isolation).unwrap_or_default()),
             source,
         }
     }

@@ -5,9 +5,11 @@
 //! limits lowered by its manifest, the permissions the policy grants it, its storage quota) is
 //! worked out once per plugin version from the engine and the manifest, in `config.rs`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::isolation::Isolation;
 use crate::host::HostApi;
 use crate::permissions::Policy;
 use crate::storage::Storage;
@@ -92,6 +94,8 @@ struct EngineInner {
     limits: Limits,
     policy: Policy,
     storage: Storage,
+    isolation: Isolation,
+    worker_program: Option<PathBuf>,
 }
 
 impl Default for Engine {
@@ -108,7 +112,14 @@ impl Engine {
 
     /// Starts configuring an engine.
     pub fn builder() -> EngineBuilder {
-        EngineBuilder { host: HostApi::new(), limits: Limits::default(), policy: Policy::default(), storage: None }
+        EngineBuilder {
+            host: HostApi::new(),
+            limits: Limits::default(),
+            policy: Policy::default(),
+            storage: None,
+            isolation: Isolation::Thread,
+            worker_program: None,
+        }
     }
 
     /// The host API every plugin sees.
@@ -130,6 +141,16 @@ impl Engine {
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
     }
+
+    /// Where plugins run unless their manifest asks for more isolation.
+    pub fn isolation(&self) -> Isolation {
+        self.inner.isolation
+    }
+
+    /// The program started for process-isolated plugins (`None`: this very executable).
+    pub fn worker_program(&self) -> Option<&std::path::Path> {
+        self.inner.worker_program.as_deref()
+    }
 }
 
 /// Builds an [`Engine`]; see [`Engine::builder`].
@@ -139,6 +160,8 @@ pub struct EngineBuilder {
     limits: Limits,
     policy: Policy,
     storage: Option<Storage>,
+    isolation: Isolation,
+    worker_program: Option<PathBuf>,
 }
 
 impl EngineBuilder {
@@ -192,9 +215,34 @@ impl EngineBuilder {
         self
     }
 
+    /// Where plugins run (default [`Isolation::Thread`]); a manifest may ask for more.
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// The program to start for process-isolated plugins. By default it is the running
+    /// executable, which must then call [`isola::process::run_worker_if_requested`] first thing
+    /// in `main` (the `isola` binary does).
+    ///
+    /// [`isola::process::run_worker_if_requested`]: crate::process::run_worker_if_requested
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_program = Some(path.into());
+        self
+    }
+
     /// Finishes the engine.
     pub fn build(self) -> Engine {
         let storage = self.storage.unwrap_or_else(Storage::memory);
-        Engine { inner: Arc::new(EngineInner { host: self.host, limits: self.limits, policy: self.policy, storage }) }
+        Engine {
+            inner: Arc::new(EngineInner {
+                host: self.host,
+                limits: self.limits,
+                policy: self.policy,
+                storage,
+                isolation: self.isolation,
+                worker_program: self.worker_program,
+            }),
+        }
     }
 }

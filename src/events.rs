@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
@@ -22,7 +22,7 @@ pub const SUBSCRIBER_CAPACITY: usize = 4096;
 /// let e = isola::events::LifecycleEvent::Unloaded { plugin: "greeter".into() };
 /// assert_eq!(serde_json::to_value(&e).unwrap(), serde_json::json!({"event": "unloaded", "plugin": "greeter"}));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum LifecycleEvent {
@@ -72,6 +72,14 @@ pub enum LifecycleEvent {
         /// The error the failing call got.
         error: Error,
     },
+    /// A process-isolated plugin's process died (or was killed for not answering); it is
+    /// restarted on its next call.
+    Crashed {
+        /// Plugin id.
+        plugin: String,
+        /// What the call in flight got.
+        error: Error,
+    },
     /// A lifecycle hook (`onLoad`, `onUnload`) failed; the plugin keeps running.
     HookFailed {
         /// Plugin id.
@@ -91,6 +99,7 @@ impl LifecycleEvent {
             | LifecycleEvent::ReloadFailed { plugin, .. }
             | LifecycleEvent::Unloaded { plugin }
             | LifecycleEvent::Restarted { plugin, .. }
+            | LifecycleEvent::Crashed { plugin, .. }
             | LifecycleEvent::HookFailed { plugin, .. } => plugin,
         }
     }

@@ -109,6 +109,8 @@ pub(crate) struct Info {
     pub hooks: Vec<String>,
     pub last_error: Option<Error>,
     pub permissions: Permissions,
+    /// The child process running the plugin, when it is process-isolated.
+    pub pid: Option<u32>,
 }
 
 impl Shared {
@@ -318,6 +320,13 @@ impl PluginHandle {
     /// Whether it is ready, restarting, failed, ...
     pub fn status(&self) -> PluginStatus {
         self.shared.status()
+    }
+
+    /// The id of the child process running the plugin, if it runs in one (see
+    /// [`Isolation::Process`](crate::engine::Isolation)); `None` for a plugin on a thread, or
+    /// between a crash and its restart.
+    pub fn process_id(&self) -> Option<u32> {
+        self.shared.info().pid
     }
 
     /// The last load or restart failure, if any.

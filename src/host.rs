@@ -227,6 +227,11 @@ impl HostApi {
         self.items.keys().map(String::as_str).collect()
     }
 
+    /// Adds an already type-erased item (a process worker's forwarding functions).
+    pub(crate) fn with_item(self, name: &str, item: HostItem) -> Self {
+        self.insert(name, item)
+    }
+
     pub(crate) fn items(&self) -> impl Iterator<Item = (&str, &HostItem)> {
         self.items.iter().map(|(k, v)| (k.as_str(), v))
     }

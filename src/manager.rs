@@ -22,7 +22,7 @@ use crate::dispatch::{
     self, AsyncCaller, Background, BlockingCaller, ChainReport, CommandInfo, EmitReport, notify_in_background,
     payload_of, run_blocking,
 };
-use crate::engine::Engine;
+use crate::engine::{Engine, Isolation};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent, LifecycleEvents};
 use crate::handle::{PluginHandle, PluginStatus, Shared, call_mailbox};
@@ -382,9 +382,17 @@ impl Inner {
                 read_errors: Vec::new(),
             },
         );
-        match worker::spawn(&self.engine, config.clone(), shared.clone(), self.links.clone()) {
+        match self.spawn(config.clone(), shared.clone()) {
             Ok(thread) => Ok(Starting { shared, config, since, thread }),
             Err(e) => Err(self.failed(&shared, e)),
+        }
+    }
+
+    /// Starts a plugin version where its configuration says: a thread, or a child process.
+    fn spawn(&self, config: Arc<PluginConfig>, shared: Arc<Shared>) -> Result<worker::Starting> {
+        match config.isolation {
+            Isolation::Thread => worker::spawn(&self.engine, config, shared, self.links.clone()),
+            Isolation::Process => crate::process::spawn(&self.engine, config, shared, self.links.clone()),
         }
     }
 
@@ -502,7 +510,7 @@ impl Inner {
         let config = Arc::new(PluginConfig::resolve(&self.engine, source));
         // (Read before the new thread starts: it marks the plugin ready once it has loaded.)
         let was_running = shared.status() == PluginStatus::Ready;
-        let s = match worker::spawn(&self.engine, config.clone(), shared.clone(), self.links.clone()) {
+        let s = match self.spawn(config.clone(), shared.clone()) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };

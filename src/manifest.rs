@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::isolation::Isolation;
 pub use crate::error::{Diagnostic, Severity};
 use crate::error::{Error, ErrorCode};
 
@@ -93,10 +94,25 @@ pub struct Manifest {
     /// Commands the plugin offers.
     #[serde(default)]
     pub commands: Vec<CommandSpec>,
+    /// Process isolation, if the plugin asks for it (`"isolation": "process"`); a manifest can
+    /// ask for more isolation than the host's default, never less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
 }
 
-const KNOWN_FIELDS: &[&str] =
-    &["id", "name", "version", "description", "main", "apiVersion", "limits", "permissions", "events", "commands"];
+const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "version",
+    "description",
+    "main",
+    "apiVersion",
+    "limits",
+    "permissions",
+    "events",
+    "commands",
+    "isolation",
+];
 const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs", "storageBytes", "storageValueBytes", "storageKeys"];
 
 /// Checks a plugin id: 1–64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit.
@@ -434,6 +450,21 @@ impl Manifest {
             ),
         }
 
+        let isolation = match obj.get("isolation") {
+            None => None,
+            Some(v) => match v.as_str() {
+                Some("thread") => Some(Isolation::Thread),
+                Some("process") => Some(Isolation::Process),
+                _ => {
+                    c.error(
+                        "$.isolation",
+                        "invalid_value",
+                        format!("`isolation` is \"thread\" or \"process\", found `{v}`"),
+                    );
+                    None
+                }
+            },
+        };
         let events = c.events(obj.get("events"));
         let commands = c.commands(obj.get("commands"));
 
@@ -451,6 +482,7 @@ impl Manifest {
             permissions,
             events,
             commands,
+            isolation,
         };
         Ok((manifest, c.diags))
     }

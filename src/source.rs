@@ -9,13 +9,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, Error, ErrorCode};
 use crate::manifest::{Manifest, validate_id};
 
 /// How a plugin's code is shaped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceKind {
     /// A folder with `plugin.json`; `entry` is its ES module.
@@ -33,7 +33,7 @@ pub enum SourceKind {
 }
 
 /// A plugin found on disk, ready to be loaded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginSource {
     /// The plugin id (manifest `id`, or the script's file stem).
     pub id: String,

@@ -73,6 +73,34 @@ pub(crate) struct StatsCell {
     heap_limit: AtomicU64,
     cpu: Mutex<CpuClocks>,
     wall_nanos: AtomicU64,
+    /// For a plugin in a child process: what its processes counted (see [`Remote`]).
+    remote: Mutex<Remote>,
+}
+
+/// A process-isolated plugin's counters live in its child; the parent keeps the latest
+/// snapshot of the running child and the sum of the children that ended.
+#[derive(Default)]
+struct Remote {
+    ended: PluginStats,
+    live: PluginStats,
+}
+
+/// `a + b`, counter by counter; memory figures are `b`'s (the newer).
+fn add(a: &PluginStats, b: &PluginStats) -> PluginStats {
+    let mut errors = a.errors.clone();
+    for (code, n) in &b.errors {
+        *errors.entry(*code).or_default() += n;
+    }
+    PluginStats {
+        calls: a.calls + b.calls,
+        errors,
+        restarts: a.restarts + b.restarts,
+        heap_used: b.heap_used,
+        array_buffer_bytes: b.array_buffer_bytes,
+        heap_limit: b.heap_limit,
+        cpu_time: a.cpu_time + b.cpu_time,
+        wall_time: a.wall_time + b.wall_time,
+    }
 }
 
 /// CPU time is read on demand from the running threads' CPU clocks, so calls pay nothing for
@@ -96,6 +124,18 @@ impl StatsCell {
     /// Counts an error that did not reach the plugin's thread (BUSY, SHUT_DOWN, ...).
     pub(crate) fn record_error(&self, code: ErrorCode) {
         self.errors[code.index()].fetch_add(1, Relaxed);
+    }
+
+    /// The running child's latest counters.
+    pub(crate) fn set_remote(&self, stats: PluginStats) {
+        self.remote.lock().unwrap().live = stats;
+    }
+
+    /// The running child ended: keep its counters.
+    pub(crate) fn fold_remote(&self) {
+        let mut r = self.remote.lock().unwrap();
+        let live = std::mem::take(&mut r.live);
+        r.ended = add(&r.ended, &PluginStats { heap_used: 0, array_buffer_bytes: 0, heap_limit: 0, ..live });
     }
 
     pub(crate) fn record_restart(&self) {
@@ -141,7 +181,7 @@ impl StatsCell {
             .zip(&self.errors)
             .filter_map(|(c, n)| Some((*c, n.load(Relaxed))).filter(|(_, n)| *n > 0))
             .collect();
-        PluginStats {
+        let local = PluginStats {
             calls: self.calls.load(Relaxed),
             errors,
             restarts: self.restarts.load(Relaxed),
@@ -150,7 +190,18 @@ impl StatsCell {
             heap_limit: self.heap_limit.load(Relaxed),
             cpu_time: self.cpu_time(),
             wall_time: Duration::from_nanos(self.wall_nanos.load(Relaxed)),
+        };
+        let remote = self.remote.lock().unwrap();
+        if remote.live == PluginStats::default() && remote.ended == PluginStats::default() {
+            return local;
         }
+        let mut all = add(&add(&local, &remote.ended), &remote.live);
+        if remote.live.heap_limit == 0 {
+            // Between children: the last memory figures known.
+            (all.heap_used, all.array_buffer_bytes, all.heap_limit) =
+                (local.heap_used, local.array_buffer_bytes, local.heap_limit);
+        }
+        all
     }
 }
 

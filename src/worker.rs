@@ -35,6 +35,12 @@ pub(crate) struct Starting {
 }
 
 impl Starting {
+    /// A plugin being started by something other than a thread of this module (a child
+    /// process's pump): the same mailbox, thread to join, and load outcome.
+    pub(crate) fn new(tx: Sender<Request>, thread: JoinHandle<()>, ready: Receiver<Result<Vec<String>, Error>>) -> Self {
+        Starting { tx, thread, ready }
+    }
+
     /// Blocks until the plugin has evaluated (or failed to); returns its hook names.
     pub(crate) fn wait(&self) -> Result<Vec<String>, Error> {
         self.ready

@@ -44,6 +44,10 @@ struct Global {
     /// ~/.local/share/isola), e.g. `--data-dir ./data`.
     #[arg(long, global = true, value_name = "DIR", env = "ISOLA_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where plugins run: `thread` (default) or `process` (each plugin in a child process, so
+    /// that even a V8 fatal error costs only that plugin a restart), e.g. `--isolation process`.
+    #[arg(long, global = true, value_name = "MODE", default_value = "thread", value_parser = ["thread", "process"])]
+    isolation: String,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +136,9 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Runs one process-isolated plugin for a host (started by isola itself, never by hand).
+    #[command(hide = true)]
+    Worker,
 }
 
 #[derive(Subcommand)]
@@ -161,7 +168,14 @@ pub fn main() -> ExitCode {
     // results. Everything else keeps stdout for results (and `serve` for protocol messages).
     let to_stdout = matches!(cli.command, Command::Dev { .. });
     init_tracing(&cli.global, to_stdout);
+    if matches!(cli.command, Command::Worker) {
+        eprintln!("error: `isola worker` is started by an isola host for a process-isolated plugin, not by hand");
+        return ExitCode::FAILURE;
+    }
+    let isolation =
+        if cli.global.isolation == "process" { isola::engine::Isolation::Process } else { isola::engine::Isolation::Thread };
     let engine = Engine::builder()
+        .isolation(isolation)
         .host(demo_host::demo_host())
         .heap_limit_mb(cli.global.heap_limit)
         .call_timeout(Duration::from_millis(cli.global.timeout))
@@ -191,6 +205,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Serve { dir, watch } => return exit(serve::serve(manager, &dir, watch)),
+        Command::Worker => unreachable!("handled above"),
     };
     manager.shutdown();
     exit(ok)

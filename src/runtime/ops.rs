@@ -297,12 +297,26 @@ async fn op_isola_host_async(
     .await
 }
 
+/// Where `console.*` goes instead of `tracing`: set once in a process worker, whose lines
+/// belong in its host's log.
+type ConsoleSink = Box<dyn Fn(&str, u32, &str) + Send + Sync>;
+static CONSOLE: std::sync::OnceLock<ConsoleSink> = std::sync::OnceLock::new();
+
+/// Sends every plugin's console output in this process to `sink` (plugin, level, line).
+pub(crate) fn set_console(sink: ConsoleSink) {
+    let _ = CONSOLE.set(sink);
+}
+
 /// `console.*` → `tracing`, target `isola::plugin`, with the plugin id as a field.
 #[op2(fast)]
 fn op_isola_log(state: &mut OpState, #[smi] level: u32, #[string] msg: &str) {
     // A subscriber the host installed may panic; the plugin's log line is not worth the process.
     let _ = guarded(|| {
         let plugin: &str = &state.borrow::<HostTable>().plugin;
+        if let Some(sink) = CONSOLE.get() {
+            sink(plugin, level, msg);
+            return Ok(());
+        }
         match level {
             0 => tracing::trace!(target: "isola::plugin", plugin, "{msg}"),
             1 => tracing::debug!(target: "isola::plugin", plugin, "{msg}"),

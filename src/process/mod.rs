@@ -1,0 +1,65 @@
+//! Process isolation: a plugin in a child process of its own, behind the same
+//! [`PluginHandle`](crate::PluginHandle).
+//!
+//! Why: V8 treats some faults as fatal to the whole process by design, and a bug in V8 or in
+//! native host code is too; a host that runs untrusted plugins may want a boundary V8 cannot
+//! break. With [`Isolation::Process`](crate::engine::Isolation) each such plugin runs the same
+//! worker thread and runtime as in thread mode, in a child process; host functions and storage
+//! stay in the host (a plugin's `host.fn(...)` is forwarded and answered there), so nothing
+//! changes for the host's code or the plugin's.
+//!
+//! The child is the `isola` binary itself, or, for an embedder, the embedder's own binary: call
+//! [`run_worker_if_requested`] first thing in `main`, as browsers do for their renderer
+//! processes, and there is no second executable to ship. (Or point
+//! [`EngineBuilder::worker_program`](crate::EngineBuilder::worker_program) at an `isola`
+//! binary.)
+//!
+//! ```no_run
+//! // First thing in `main`: returns at once unless this process was started as an isola worker.
+//! isola::process::run_worker_if_requested();
+//! // ... the host application as usual ...
+//! ```
+//!
+//! What the boundary guarantees: a child that exits or is killed (SIGKILL, abort, a V8 fatal
+//! error, a segfault) answers the call it was running with `PLUGIN_CRASHED`; calls queued
+//! behind it wait and run on the restarted plugin (restarts back off from 50 ms to 5 s while it
+//! keeps crashing); a [`LifecycleEvent::Crashed`](crate::events::LifecycleEvent) says so; other
+//! plugins never notice. A child that does not answer by its call's deadline plus [`GRACE`] is
+//! killed (`TIMEOUT`). A child dies with its host (`PR_SET_PDEATHSIG`), inherits no file
+//! descriptor but its channel, and writes no core dump. See `wire.rs` for the protocol.
+
+mod child;
+mod parent;
+mod wire;
+
+pub use parent::GRACE;
+pub(crate) use parent::spawn;
+pub use wire::PROTOCOL_VERSION;
+
+/// The environment variable that tells a started program it is an isola worker, and which
+/// file descriptor its channel is.
+const WORKER_FD_ENV: &str = "ISOLA_WORKER_FD";
+/// The host's process id, so that a worker whose host died before it could arrange to die
+/// with it exits at once.
+const PARENT_PID_ENV: &str = "ISOLA_PARENT_PID";
+
+/// If this process was started as an isola worker (by a host running a plugin with process
+/// isolation), runs that plugin and exits; otherwise returns at once. Call it first thing in
+/// `main` of any program an [`Engine`](crate::Engine) may start as its worker program.
+pub fn run_worker_if_requested() {
+    if let Some(code) = run_worker() {
+        std::process::exit(code);
+    }
+}
+
+/// Runs the worker if this process is one; its exit status, or `None` if it is not a worker.
+pub fn run_worker() -> Option<i32> {
+    let fd: i32 = std::env::var(WORKER_FD_ENV).ok()?.parse().ok()?;
+    let parent = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse().ok());
+    // SAFETY: removing our own variables before any other thread exists.
+    unsafe {
+        std::env::remove_var(WORKER_FD_ENV);
+        std::env::remove_var(PARENT_PID_ENV);
+    }
+    Some(child::run(fd, parent))
+}

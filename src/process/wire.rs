@@ -1,0 +1,131 @@
+//! The messages between the host and a plugin's child process, and how they are framed.
+//!
+//! Framing: a 4-byte little-endian length, then that many bytes of JSON. Why JSON: every
+//! payload that crosses (hook arguments and results, host-function arguments, storage values)
+//! already is JSON text or a `serde_json::Value`, so a binary format would mostly wrap JSON in
+//! another envelope; the frames isola adds around it are a few dozen bytes. A frame is at most
+//! [`MAX_FRAME`]: the payloads inside are capped well below it (results and arguments at
+//! `max_result_bytes`, messages between plugins at 1 MiB).
+//!
+//! The conversation: the child says [`ToParent::Hello`] with its protocol version; the parent
+//! answers [`ToChild::Init`] (refusing a child that speaks another version); the child loads the
+//! plugin and says [`ToParent::Loaded`]; then the parent sends calls one at a time and answers
+//! the child's requests (host functions, storage, other plugins) in between.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::events::LifecycleEvent;
+use crate::handle::PluginStatus;
+use crate::source::PluginSource;
+use crate::stats::PluginStats;
+use crate::storage::StorageQuota;
+
+/// The version of this conversation; a child that speaks another is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts.
+pub(crate) const MAX_FRAME: usize = 256 << 20;
+
+/// One host item as the child declares it to its plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HostDecl {
+    pub name: String,
+    pub kind: HostKind,
+    pub permission: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum HostKind {
+    Sync,
+    Async,
+    Value(Value),
+}
+
+/// What the child needs to run one plugin version: the parent's resolved configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChildPlugin {
+    pub source: PluginSource,
+    pub heap_limit: usize,
+    pub call_timeout_ms: u64,
+    pub load_timeout_ms: u64,
+    pub max_result_bytes: usize,
+    pub granted: Vec<String>,
+    pub storage_quota: StorageQuota,
+    pub host: Vec<HostDecl>,
+}
+
+/// From the parent to the child.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToChild {
+    Init { protocol: u32, plugin: Box<ChildPlugin> },
+    /// Run a hook; answered by [`ToParent::Answer`] with the same id.
+    Call { id: u64, hook: String, args: Value, timeout_ms: Option<u64>, chain: Vec<String>, event_depth: u32 },
+    /// The answer to one of the child's requests.
+    Reply { id: u64, result: Result<Value> },
+    Stop,
+}
+
+/// A request the child makes of the host, on its plugin's behalf.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Ask {
+    /// Call host function `name` (sync or async, as declared).
+    Host { name: String, args: Value },
+    /// `host.storage`: 0 get, 1 set, 2 delete, 3 list (as the op numbers them).
+    Storage { op: u32, key: String, value: String },
+    /// `host.plugins.call`.
+    CallPlugin { to: String, hook: String, args: Value, timeout_ms: u64, chain: Vec<String>, event_depth: u32 },
+    /// `host.events.emit`.
+    Emit { event: String, payload: Value, depth: u32 },
+}
+
+/// From the child to the parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToParent {
+    Hello { protocol: u32, pid: u32 },
+    /// The plugin evaluated (its hook names), or why not.
+    Loaded { result: Result<Vec<String>> },
+    Answer { id: u64, result: Result<Value>, stats: Box<PluginStats>, status: PluginStatus },
+    /// A request; answered by [`ToChild::Reply`] with the same id.
+    Ask { id: u64, ask: Ask },
+    /// A lifecycle event inside the child (a restart after `HEAP_LIMIT`, a failed `onLoad`).
+    Event(LifecycleEvent),
+    /// A `console.*` line.
+    Log { level: u32, msg: String },
+}
+
+/// Writes one frame.
+pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<()> {
+    let body = serde_json::to_vec(msg).map_err(|e| io_error(format!("cannot encode a message: {e}")))?;
+    if body.len() > MAX_FRAME {
+        return Err(Error::new(ErrorCode::InvalidArgs, format!("a message of {} bytes is too large", body.len())));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).map_err(|e| io_error(format!("the plugin's channel is closed: {e}")))
+}
+
+/// Reads one frame; `None` at a clean end of the stream.
+pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_error(format!("the plugin's channel failed: {e}"))),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io_error(format!("a frame of {len} bytes is larger than {MAX_FRAME}")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| io_error(format!("the plugin's channel broke mid-message: {e}")))?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| io_error(format!("a malformed message: {e}")))
+}
+
+fn io_error(msg: String) -> Error {
+    Error::new(ErrorCode::PluginCrashed, msg)
+}
