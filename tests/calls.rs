@@ -280,7 +280,7 @@ fn a_panicking_host_function_is_a_catchable_error_not_a_crash() {
             Ok(())
         });
     let (_d, _m, h) = common::load_module_with(
-        isola::Engine::new(host),
+        common::engine_with(host),
         "export default {
             sync() { try { host.boom('x'); } catch (e) { return [e.code, e.message]; } },
             async later() { try { await host.asyncBoom(); } catch (e) { return [e.code, e.message]; } },
@@ -332,7 +332,7 @@ fn host_functions_know_which_plugin_called() {
         "beta",
         "export default { who() { return host.whoami(); }, async later() { return await host.whoamiLater(); } };",
     );
-    let m = Manager::new(isola::Engine::new(host));
+    let m = Manager::new(common::engine_with(host));
     m.load_dir(dir.path()).unwrap();
     for id in ["alpha", "beta"] {
         let h = m.handle(id).unwrap();

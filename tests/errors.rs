@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{PluginDir, load_module, test_host};
-use isola::{Engine, ErrorCode, HostApi, Manager};
+use isola::{ErrorCode, HostApi, Manager};
 use serde_json::{Value, json};
 
 #[test]
@@ -40,7 +40,7 @@ fn escaped_isola_errors_keep_their_code_sync_and_async() {
         };",
     );
     let host = test_host().requires("add", "math").requires("fetchUser", "users");
-    let m = Manager::new(Engine::new(host));
+    let m = Manager::new(common::engine_with(host));
     let h = m.load(&path).unwrap();
     for (hook, code) in [
         ("denied", ErrorCode::PermissionDenied),
@@ -107,7 +107,7 @@ fn stats_count_every_code() {
             &format!("export default {{ async hop(n) {{ return await host.plugins.call('{next}', 'hop', n + 1); }} }};"),
         );
     }
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let e = m.handle("n00").unwrap().call_blocking::<_, Value>("hop", (0,)).unwrap_err();
     assert_eq!(e.code, ErrorCode::CallDepth, "{e}");
@@ -134,7 +134,7 @@ fn reserved_host_names_are_refused_when_the_api_is_built() {
 async fn lifecycle_events_can_be_awaited_and_end_with_the_manager() {
     let dir = PluginDir::new();
     let path = dir.module("p", "export default { hi() { return 1; } };");
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     let mut events = m.events();
     let loader = tokio::task::spawn_blocking(move || {
         m.load(&path).unwrap();

@@ -18,7 +18,7 @@ fn marking_engine() -> (Engine, Arc<Mutex<Vec<String>>>) {
         m.lock().unwrap().push(label);
         Ok(())
     });
-    (Engine::builder().host(host).build(), marks)
+    (common::builder().host(host).build(), marks)
 }
 
 fn plugin(dir: &PluginDir, id: &str, extra: Value, code: &str) {
@@ -53,7 +53,7 @@ fn chains_run_by_priority_then_id_and_see_each_others_changes() {
         json!({"events": {"other": "onChat"}}),
         "export default { onChat(p) { return { cancel: true }; } };",
     );
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let r = m.dispatch_blocking("chat", json!({"text": "hi", "trail": []})).unwrap();
     assert_eq!(r.payload, json!({"text": "hi", "trail": ["first", "a", "b", "last"]}));
@@ -84,7 +84,7 @@ fn cancel_stops_the_chain_and_names_who_cancelled() {
         "export default { onChat(p) { if (p.text.includes('spam')) return { cancel: true }; } };",
     );
     appender(&dir, "late", 0);
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let r = m.dispatch_blocking("chat", json!({"text": "buy spam", "trail": []})).unwrap();
     assert!(r.cancelled);
@@ -125,7 +125,7 @@ fn failing_subscribers_are_skipped_and_reported() {
         "export default { onChat() { return 42; } };",
     );
     appender(&dir, "z", 10);
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let r = m.dispatch_blocking("chat", json!({"trail": []})).unwrap();
     assert_eq!(r.payload["trail"], json!(["a", "z"]), "the failures changed nothing and stopped nothing");
@@ -198,7 +198,7 @@ fn plugins_echoing_events_stop_at_the_depth_limit() {
 fn emitting_needs_the_events_permission() {
     let dir = PluginDir::new();
     plugin(&dir, "mute", json!({}), "export default { go() { return typeof host.events; } };");
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     assert_eq!(m.handle("mute").unwrap().call_blocking::<_, String>("go", ()).unwrap(), "undefined");
 }
@@ -241,7 +241,7 @@ fn commands_are_listed_and_run_by_name() {
         json!({"commands": [{"id": "upper", "title": "Upper-case", "hook": "up"}, {"id": "count", "title": "Count", "hook": "n"}]}),
         "let n = 0; export default { up(s) { n++; return s.toUpperCase(); }, n() { return n; } };",
     );
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let names: Vec<String> = m.commands().into_iter().map(|c| c.name).collect();
     assert_eq!(names, vec!["tools:upper", "tools:count"]);
@@ -263,7 +263,7 @@ fn bad_event_and_command_declarations_are_manifest_errors() {
         json!({"events": {"ok": "fine", "x": {"priority": "high"}, "y": 7}, "commands": [{"id": "a:b", "title": "t", "hook": "h"}, {"title": "t"}]}),
         "export default {};",
     );
-    let e = Manager::new(Engine::new(test_host())).load(dir.path().join("bad")).unwrap_err();
+    let e = Manager::new(common::engine_with(test_host())).load(dir.path().join("bad")).unwrap_err();
     assert_eq!(e.code, ErrorCode::ManifestInvalid);
     let paths: Vec<&str> = e.diagnostics.iter().map(|d| d.path.as_str()).collect();
     for p in [
@@ -309,7 +309,7 @@ fn caller_plugins(dir: &PluginDir) {
 fn plugins_call_each_other_with_permission() {
     let dir = PluginDir::new();
     caller_plugins(&dir);
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let a = m.handle("a").unwrap();
     assert_eq!(a.call_blocking::<_, i64>("viaB", (21,)).unwrap(), 42);
@@ -321,7 +321,7 @@ fn plugins_call_each_other_with_permission() {
 fn the_callers_deadline_bounds_the_callee() {
     let dir = PluginDir::new();
     caller_plugins(&dir);
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let t = Instant::now();
     let e = m.handle("a").unwrap().call_blocking::<_, Value>("slow", ()).unwrap_err();
@@ -339,7 +339,7 @@ fn the_callers_deadline_bounds_the_callee() {
 fn a_calling_b_calling_a_is_refused_not_deadlocked() {
     let dir = PluginDir::new();
     caller_plugins(&dir);
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let t = Instant::now();
     let v: Value = m.handle("a").unwrap().call_blocking("cycle", ()).unwrap();
@@ -362,7 +362,7 @@ fn deep_call_chains_are_bounded() {
             ),
         );
     }
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let v: Value = m.handle("n00").unwrap().call_blocking("hop", (0,)).unwrap();
     assert_eq!(v, json!({"depth": 7, "code": "CALL_DEPTH"}));
@@ -417,7 +417,7 @@ fn what_a_plugin_sends_to_others_is_bounded() {
         json!({"events": {"sink": "on"}}),
         "export default { on() { const end = Date.now() + 5; while (Date.now() < end) {} } };",
     );
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let h = m.handle("flood").unwrap();
     for hook in ["big", "bigCall"] {
@@ -449,7 +449,7 @@ fn cycles_across_separate_requests_are_refused_too() {
             async work() { return 'b worked'; },
         };",
     );
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     m.load_dir(dir.path()).unwrap();
     let (a, b) = (m.handle("a").unwrap(), m.handle("b").unwrap());
     let t = Instant::now();
@@ -504,7 +504,7 @@ fn background_deliveries_are_counted_per_subscriber() {
             "export default { on() { const end = Date.now() + 20; while (Date.now() < end) {} } };",
         );
     }
-    let m = Manager::new(Engine::new(test_host()));
+    let m = Manager::new(common::engine_with(test_host()));
     let report = m.load_dir(dir.path()).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let v: Value = m.handle("flood").unwrap().call_blocking("many", ()).unwrap();

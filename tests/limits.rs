@@ -9,7 +9,7 @@ use isola::{CallOptions, Engine, ErrorCode, Manager, PluginStatus};
 use serde_json::{Value, json};
 
 fn engine_with(timeout_ms: u64, heap_mb: u64) -> Engine {
-    Engine::builder().host(test_host()).call_timeout(Duration::from_millis(timeout_ms)).heap_limit_mb(heap_mb).build()
+    common::builder().host(test_host()).call_timeout(Duration::from_millis(timeout_ms)).heap_limit_mb(heap_mb).build()
 }
 
 const STATEFUL_SPINNER: &str = "let calls = 0;
@@ -70,7 +70,7 @@ fn async_hooks_are_bounded_by_the_same_deadline() {
 fn loading_has_a_time_limit_too() {
     let dir = PluginDir::new();
     let path = dir.module("stuck", "while (true) {}\nexport default {};");
-    let m = Manager::new(Engine::builder().host(test_host()).load_timeout(Duration::from_millis(100)).build());
+    let m = Manager::new(common::builder().host(test_host()).load_timeout(Duration::from_millis(100)).build());
     let t = Instant::now();
     let e = m.load(path).unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout, "{e}");
@@ -163,7 +163,7 @@ fn manifest_limits_can_only_lower_the_hosts() {
 fn a_full_mailbox_is_busy() {
     let dir = PluginDir::new();
     let path = dir.module("slow", "export default { async nap(ms) { return await host.sleep(ms); } };");
-    let m = Manager::new(Engine::builder().host(test_host()).mailbox_capacity(2).build());
+    let m = Manager::new(common::builder().host(test_host()).mailbox_capacity(2).build());
     let h = m.load(path).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -197,7 +197,7 @@ fn a_hook_that_never_settles_is_reported() {
 #[test]
 fn hook_collection_at_load_is_under_the_deadline_too() {
     let dir = PluginDir::new();
-    let m = Manager::new(Engine::builder().host(test_host()).load_timeout(Duration::from_millis(100)).build());
+    let m = Manager::new(common::builder().host(test_host()).load_timeout(Duration::from_millis(100)).build());
     for (id, code) in [
         ("proxy", "export default new Proxy({}, { ownKeys() { for (;;) {} } });"),
         ("getter", "export default { get greet() { for (;;) {} } };"),
@@ -220,6 +220,14 @@ fn an_unlimited_timeout_does_not_overflow() {
     let v: i64 = h.call_blocking_with("ok", (), CallOptions::default().timeout(Duration::MAX)).unwrap();
     assert_eq!(v, 1);
     assert_eq!(h.call_blocking::<_, i64>("ok", ()).unwrap(), 1);
+    // Far, but not so far that adding it to now fails: the deadline must not wrap around to
+    // "now" when counted in nanoseconds.
+    let (_d, _m, h) =
+        load_module("export default { busy() { const end = Date.now() + 100; while (Date.now() < end) {} return 1; } };");
+    for far in [Duration::from_millis(u64::MAX), Duration::from_secs(1000 * 365 * 24 * 3600)] {
+        let v: i64 = h.call_blocking_with("busy", (), CallOptions::default().timeout(far)).unwrap();
+        assert_eq!(v, 1, "{far:?}");
+    }
 }
 
 #[test]

@@ -39,7 +39,7 @@ fn load(engine: Engine, id: &str, permissions: &[&str]) -> (PluginDir, Manager, 
 
 #[test]
 fn granted_permissions_open_gated_items() {
-    let (_d, m, h) = load(Engine::new(host()), "trusted", &["users", "math", "secrets"]);
+    let (_d, m, h) = load(common::engine_with(host()), "trusted", &["users", "math", "secrets"]);
     assert_eq!(h.call_blocking::<_, f64>("add", ()).unwrap(), 3.0);
     assert_eq!(h.call_blocking::<_, String>("user", ()).unwrap(), "user1");
     assert_eq!(h.call_blocking::<_, Value>("secret", ()).unwrap(), json!(["string", true]));
@@ -50,7 +50,7 @@ fn granted_permissions_open_gated_items() {
 
 #[test]
 fn missing_permissions_are_denied_catchably_and_counted() {
-    let (_d, _m, h) = load(Engine::new(host()), "plain", &[]);
+    let (_d, _m, h) = load(common::engine_with(host()), "plain", &[]);
     // Open items work for everyone.
     assert_eq!(h.call_blocking::<_, String>("open", ()).unwrap(), "9.9.9");
     let v: Value = h.call_blocking("addCaught", ()).unwrap();
@@ -71,7 +71,7 @@ fn missing_permissions_are_denied_catchably_and_counted() {
 #[test]
 fn the_host_policy_wins_over_the_manifest() {
     let policy = Policy::default().deny("*", "users").grant("vip", "users").grant("quiet", "math").deny("loud", "math");
-    let engine = Engine::builder().host(host()).policy(policy).build();
+    let engine = common::builder().host(host()).policy(policy).build();
     let (_d, _m, asks) = load(engine.clone(), "asks", &["users"]);
     assert_eq!(asks.call_blocking::<_, String>("userCaught", ()).unwrap(), "PERMISSION_DENIED", "refused for all");
     let (_d, _m, vip) = load(engine.clone(), "vip", &[]);
@@ -86,7 +86,7 @@ fn the_host_policy_wins_over_the_manifest() {
 
 #[test]
 fn unknown_permission_names_are_warned_about() {
-    let (_d, m, _h) = load(Engine::new(host()), "typo", &["user", "storage"]);
+    let (_d, m, _h) = load(common::engine_with(host()), "typo", &["user", "storage"]);
     let info = &m.list()[0];
     let warnings: Vec<_> = info.diagnostics.iter().filter(|d| d.code == "unknown_permission").collect();
     assert_eq!(warnings.len(), 1, "{:?}", info.diagnostics);
@@ -103,7 +103,7 @@ fn malformed_permissions_are_manifest_errors() {
         &json!({"id": "bad", "name": "b", "version": "1", "apiVersion": 1, "permissions": ["ok", 5, ""]}).to_string(),
         "export default {};",
     );
-    let e = Manager::new(Engine::new(host())).load(path).unwrap_err();
+    let e = Manager::new(common::engine_with(host())).load(path).unwrap_err();
     assert_eq!(e.code, ErrorCode::ManifestInvalid);
     let paths: Vec<&str> = e.diagnostics.iter().map(|d| d.path.as_str()).collect();
     assert_eq!(paths, vec!["$.permissions[1]", "$.permissions[2]"]);

@@ -211,7 +211,7 @@ fn no_call_is_lost_while_reloading() {
 #[test]
 fn a_heap_limit_restart_is_an_event() {
     let dir = PluginDir::new();
-    let m = Manager::new(isola::Engine::builder().host(common::test_host()).heap_limit_mb(16).build());
+    let m = Manager::new(common::builder().host(common::test_host()).heap_limit_mb(16).build());
     let events = m.events();
     let h = m
         .load(

@@ -28,7 +28,7 @@ fn manifest(id: &str, extra: Value) -> String {
 }
 
 fn engine(storage: Storage) -> Engine {
-    Engine::builder().host(test_host()).storage(storage).build()
+    common::builder().host(test_host()).storage(storage).build()
 }
 
 fn kv(m: &Manager, dir: &PluginDir, id: &str) -> PluginHandle {

@@ -256,13 +256,14 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     let starting = match crate::worker::spawn(&engine, Arc::new(config), shared.clone(), peers) {
         Ok(s) => s,
         Err(e) => {
-            let _ = link.send(&ToParent::Loaded { result: Err(e) });
+            let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default() });
             return 0;
         }
     };
     let loaded = starting.wait();
     let failed = loaded.is_err();
-    if link.send(&ToParent::Loaded { result: loaded }).is_err() || failed {
+    let stats = Box::new(shared.stats.snapshot());
+    if link.send(&ToParent::Loaded { result: loaded, stats }).is_err() || failed {
         return 0;
     }
     let mailbox = starting.tx.clone();

@@ -30,7 +30,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Shared};
-use crate::host::HostItem;
+use crate::host::{CatchUnwind, HostItem, panicked};
 use crate::permissions::{EVENTS, STORAGE, may_call};
 use crate::runtime::peers::Peers;
 use crate::storage::{StorageError, check_key};
@@ -373,13 +373,14 @@ impl Pump {
             return refuse(child, e.message);
         }
         match child.answer(deadline) {
-            Ok(ToParent::Loaded { result: Ok(hooks) }) => {
+            Ok(ToParent::Loaded { result: Ok(hooks), stats }) => {
+                self.shared.stats.set_remote(*stats);
                 child.next_id = 0;
                 let pid = child.process.id();
                 self.shared.update_info(|i| i.pid = Some(pid));
                 Ok((child, hooks))
             }
-            Ok(ToParent::Loaded { result: Err(e) }) => {
+            Ok(ToParent::Loaded { result: Err(e), .. }) => {
                 child.kill();
                 Err(e)
             }
@@ -497,7 +498,11 @@ impl HostSide {
             while let Some((id, ask)) = jobs.recv().await {
                 let me = me.clone();
                 tokio::task::spawn_local(async move {
-                    let result = me.answer(ask).await;
+                    // As in thread mode, a panic in host-side code (a storage backend, say) is a
+                    // HOST_ERROR for the plugin, and the child still gets its reply.
+                    let result = CatchUnwind(Box::pin(me.answer(ask)))
+                        .await
+                        .unwrap_or_else(|p| Err(Error::new(ErrorCode::HostError, panicked(p).message)));
                     let _ = write_frame(&mut *me.writer.lock().unwrap(), &ToChild::Reply { id, result });
                 });
             }

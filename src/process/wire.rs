@@ -86,8 +86,8 @@ pub(crate) enum Ask {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToParent {
     Hello { protocol: u32, pid: u32 },
-    /// The plugin evaluated (its hook names), or why not.
-    Loaded { result: Result<Vec<String>> },
+    /// The plugin evaluated (its hook names), or why not; its counters (memory) so far.
+    Loaded { result: Result<Vec<String>>, stats: Box<PluginStats> },
     Answer { id: u64, result: Result<Value>, stats: Box<PluginStats>, status: PluginStatus },
     /// A request; answered by [`ToChild::Reply`] with the same id.
     Ask { id: u64, ask: Ask },

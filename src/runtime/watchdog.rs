@@ -37,9 +37,10 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Nanoseconds since the process-wide epoch; never 0 so that 0 can mean "idle".
+/// Nanoseconds since the process-wide epoch; never 0 so that 0 can mean "idle". A deadline
+/// too far away for a u64 of nanoseconds (~584 years) is "never", not a wrapped-around "now".
 fn ticks(at: Instant) -> u64 {
-    (at.saturating_duration_since(epoch()).as_nanos() as u64).clamp(1, TERMINATING - 1)
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).clamp(1, TERMINATING - 1)
 }
 
 /// The deadline of whatever an isolate is running now, and how to stop it.

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use isola::{Engine, HostApi, Manager, PluginHandle};
+use isola::engine::Isolation;
+use isola::{Engine, EngineBuilder, HostApi, Manager, PluginHandle};
 use serde_json::json;
 
 /// A temporary plugin directory that is deleted when dropped.
@@ -87,8 +88,21 @@ pub fn test_host() -> HostApi {
         })
 }
 
+/// An engine builder for the suites that run in both isolation modes: with
+/// `ISOLA_TEST_ISOLATION=process` every plugin runs in a child process (the `isola` binary as
+/// its worker), otherwise on a thread. `.ci/run` runs those suites both ways.
+pub fn builder() -> EngineBuilder {
+    let b = Engine::builder();
+    if process_mode() { b.isolation(Isolation::Process).worker_program(env!("CARGO_BIN_EXE_isola")) } else { b }
+}
+
+/// Whether this run puts plugins in child processes (see [`builder`]).
+pub fn process_mode() -> bool {
+    std::env::var("ISOLA_TEST_ISOLATION").as_deref() == Ok("process")
+}
+
 pub fn engine() -> Engine {
-    Engine::builder().host(test_host()).call_timeout(Duration::from_secs(5)).build()
+    builder().host(test_host()).call_timeout(Duration::from_secs(5)).build()
 }
 
 /// Loads one folder plugin from `main_js` in a fresh directory.
@@ -151,4 +165,9 @@ pub fn peak_rss_mib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024)
+}
+
+/// [`builder`] with `host` and default limits: `Engine::new(host)` for both isolation modes.
+pub fn engine_with(host: HostApi) -> Engine {
+    builder().host(host).build()
 }
