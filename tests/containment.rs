@@ -24,6 +24,16 @@ fn bomb(budget: u64, expr: &str) -> (PluginDir, Manager, isola::PluginHandle) {
     (dir, m, h)
 }
 
+/// Like [`bomb`], but `bomb` returns what `expr` evaluates to, for isola to convert.
+fn returning(expr: &str) -> (PluginDir, Manager, isola::PluginHandle) {
+    let dir = PluginDir::new();
+    let path = dir.module("bomb", &format!("export default {{ bomb() {{ return {expr}; }}, ok() {{ return 'ok'; }} }};"));
+    let engine = Engine::builder().host(test_host()).call_timeout(Duration::from_secs(1)).build();
+    let m = Manager::new(engine);
+    let h = m.load(path).unwrap();
+    (dir, m, h)
+}
+
 /// What one hostile call did.
 #[derive(Debug)]
 struct Outcome {
@@ -122,8 +132,12 @@ fn code_run_while_converting_an_error_is_under_the_deadline() {
              Object.defineProperty(e, 'name', { get() { for (;;) {} } }); throw e",
             "Error.prepareStackTrace = () => { for (;;) {} }; throw new Error('x')",
             "throw new Proxy({}, { get() { for (;;) {} }, getPrototypeOf() { for (;;) {} } })",
+            // Converting a result runs plugin code too (`bomb` then returns it).
+            "return { toJSON() { for (;;) {} } }",
+            "return { get x() { for (;;) {} } }",
+            "return new Proxy({}, { ownKeys() { for (;;) {} } })",
         ] {
-            let (_dir, _m, h) = bomb(64, &format!("(() => {{ {throw}; }})()"));
+            let (_dir, _m, h) = returning(&format!("(() => {{ {throw}; }})()"));
             let t = Instant::now();
             let e = h.call_blocking::<_, Value>("bomb", ()).unwrap_err();
             let took = t.elapsed();

@@ -271,7 +271,11 @@ impl Pump {
 
     /// Starts a child again after a crash, once the backoff has passed.
     fn restart(&mut self) -> Option<ChildProc> {
-        let backoff = Duration::from_millis(50u64.saturating_mul(1 << self.crashes.min(7))).min(MAX_BACKOFF);
+        // The first restart is immediate; a plugin that keeps crashing waits 50 ms, 100 ms, ...
+        let backoff = match self.crashes {
+            0 | 1 => Duration::ZERO,
+            n => Duration::from_millis(50u64 << (n - 2).min(7)).min(MAX_BACKOFF),
+        };
         if let Some(at) = self.last_crash {
             std::thread::sleep((at + backoff).saturating_duration_since(Instant::now()));
         }
