@@ -58,6 +58,18 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     peers: Arc<dyn Peers>,
 ) -> Result<Starting, Error> {
+    spawn_with(engine, config, shared, peers, Arc::default())
+}
+
+/// [`spawn`], loading the plugin from `sources` where they hold a file (and recording there
+/// what it reads from disk).
+pub(crate) fn spawn_with(
+    engine: &Engine,
+    config: Arc<PluginConfig>,
+    shared: Arc<Shared>,
+    peers: Arc<dyn Peers>,
+    sources: Arc<SourceCache>,
+) -> Result<Starting, Error> {
     let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let engine = engine.clone();
@@ -65,10 +77,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
-        .spawn(move || {
-            let sources = Arc::default();
-            Worker { engine, config, shared, peers, sources }.run(rx, ready_tx)
-        })
+        .spawn(move || Worker { engine, config, shared, peers, sources }.run(rx, ready_tx))
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
     Ok(Starting { tx, thread, ready })
 }

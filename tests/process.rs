@@ -33,8 +33,12 @@ fn kill(pid: u32, signal: i32) {
 }
 
 fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry: look at its state.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    // A zombie still has a /proc entry: look at its state, and at its other threads (the
+    // leader can be a zombie while they are still exiting, and until they are gone its parent
+    // cannot learn that it died).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    !stat.contains(") Z ") || threads > 1
 }
 
 #[test]
@@ -157,9 +161,12 @@ fn a_killed_child_costs_its_call_and_a_restart_and_nothing_else() {
         assert!(!alive(pid), "round {round}: the old process is gone");
         assert_ne!(h.process_id(), Some(pid), "round {round}");
         assert_eq!(h.status(), PluginStatus::Ready);
-        // Make the next round start from a fresh process too.
-        kill(h.process_id().unwrap(), libc::SIGKILL);
-        let _ = h.call_blocking::<_, Value>("inc", ());
+        // Make the next round start from a fresh process too (a death while idle costs no call).
+        let pid = h.process_id().unwrap();
+        kill(pid, libc::SIGKILL);
+        while alive(pid) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     // The neighbour never noticed.
     assert_eq!(other.call_blocking::<_, i64>("inc", ()).unwrap(), 2);
@@ -340,3 +347,26 @@ fn children_die_with_their_host_and_inherit_only_their_channel() {
     }
 }
 
+
+#[test]
+fn a_restarted_process_runs_the_same_version_whatever_the_disk_holds() {
+    let dir = PluginDir::new();
+    let path = dir.module("same", "import { v } from './lib/v.js';\nexport default { v() { return v; } };");
+    dir.write("same/lib/v.js", "export const v = 1;");
+    let m = Manager::new(process_engine(test_host()));
+    let h = m.load(&path).unwrap();
+    assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap(), 1);
+    // Broken and deleted on disk, but not reloaded: a crash brings back the running version.
+    std::fs::write(path.join("lib/v.js"), "export const v = ;").unwrap();
+    std::fs::remove_file(path.join("main.js")).unwrap();
+    let pid = h.process_id().unwrap();
+    kill(pid, libc::SIGKILL);
+    while alive(pid) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // It died while idle: the next call is not lost, it runs on the restarted process.
+    assert_eq!(h.call_blocking::<_, i64>("v", ()).unwrap(), 1, "restarted as the version that was running");
+    assert_ne!(h.process_id(), Some(pid));
+    assert_eq!(h.stats().restarts, 1);
+    assert_eq!(h.status(), PluginStatus::Ready);
+}

@@ -25,6 +25,7 @@ use crate::events::EventBus;
 use crate::handle::Shared;
 use crate::host::{HostApi, HostFnError, HostItem};
 use crate::permissions::Permissions;
+use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::{Answer, Peers};
 use crate::storage::{Storage, StorageBackend, StorageError, StorageQuota, Usage};
 
@@ -227,6 +228,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     let storage = Storage::new(RemoteStorage(link.clone())).with_quota(plugin.storage_quota);
     let engine = Engine::builder().host(host_api(&link, &plugin)).storage(storage).build();
     let id = plugin.source.id.clone();
+    let files = plugin.sources;
     let config = PluginConfig {
         limits: Limits {
             heap_limit: plugin.heap_limit,
@@ -253,17 +255,18 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     });
     let shared = Shared::new(&id, bus);
     let peers: Arc<dyn Peers> = Arc::new(RemotePeers(link.clone()));
-    let starting = match crate::worker::spawn(&engine, Arc::new(config), shared.clone(), peers) {
+    let sources = Arc::new(SourceCache::with_files(files));
+    let starting = match crate::worker::spawn_with(&engine, Arc::new(config), shared.clone(), peers, sources.clone()) {
         Ok(s) => s,
         Err(e) => {
-            let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default() });
+            let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default(), sources: Vec::new() });
             return 0;
         }
     };
     let loaded = starting.wait();
     let failed = loaded.is_err();
     let stats = Box::new(shared.stats.snapshot());
-    if link.send(&ToParent::Loaded { result: loaded, stats }).is_err() || failed {
+    if link.send(&ToParent::Loaded { result: loaded, stats, sources: sources.files() }).is_err() || failed {
         return 0;
     }
     let mailbox = starting.tx.clone();

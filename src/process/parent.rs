@@ -52,7 +52,7 @@ pub(crate) fn spawn(
 ) -> Result<Starting> {
     let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
-    let pump = Pump { engine: engine.clone(), config, shared, peers, crashes: 0, last_crash: None };
+    let pump = Pump { engine: engine.clone(), config, shared, peers, crashes: 0, last_crash: None, sources: Vec::new() };
     let id = pump.config.id().to_owned();
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}:pump"))
@@ -131,6 +131,8 @@ struct Pump {
     /// Crashes in a row (reset by a call that is answered), for the restart backoff.
     crashes: u32,
     last_crash: Option<Instant>,
+    /// The files the first process of this version loaded; every restart starts from them.
+    sources: Vec<(std::path::PathBuf, std::path::PathBuf, String)>,
 }
 
 impl Pump {
@@ -159,6 +161,11 @@ impl Pump {
                     (ON_LOAD.to_owned(), Value::Array(vec![state]), None, CallContext::default(), None)
                 }
             };
+            // A child that died while idle costs no call: notice it before sending, restart.
+            if let Some(status) = child.as_mut().and_then(|c| c.process.try_wait().ok().flatten()) {
+                let how = child.take().map(ChildProc::kill).unwrap_or_else(|| describe(&status));
+                self.crashed(&Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})")));
+            }
             if child.is_none() {
                 child = self.restart();
             }
@@ -298,7 +305,7 @@ impl Pump {
     }
 
     /// Starts a child, checks its hello, hands it the plugin and waits for it to load.
-    fn start(&self) -> Result<(ChildProc, Vec<String>)> {
+    fn start(&mut self) -> Result<(ChildProc, Vec<String>)> {
         let fail = |msg: String| Error::new(ErrorCode::LoadFailed, msg);
         let (mine, theirs) = UnixStream::pair().map_err(|e| fail(format!("cannot create a channel: {e}")))?;
         let program = match self.engine.worker_program() {
@@ -377,8 +384,11 @@ impl Pump {
             return refuse(child, e.message);
         }
         match child.answer(deadline) {
-            Ok(ToParent::Loaded { result: Ok(hooks), stats }) => {
+            Ok(ToParent::Loaded { result: Ok(hooks), stats, sources }) => {
                 self.shared.stats.set_remote(*stats);
+                if self.sources.is_empty() {
+                    self.sources = sources;
+                }
                 child.next_id = 0;
                 let pid = child.process.id();
                 self.shared.update_info(|i| i.pid = Some(pid));
@@ -426,6 +436,7 @@ impl Pump {
             granted: self.config.permissions.granted.clone(),
             storage_quota: self.config.storage_quota,
             host: decls,
+            sources: self.sources.clone(),
         }
     }
 }

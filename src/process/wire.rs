@@ -13,6 +13,7 @@
 //! the child's requests (host functions, storage, other plugins) in between.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -56,6 +57,9 @@ pub(crate) struct ChildPlugin {
     pub granted: Vec<String>,
     pub storage_quota: StorageQuota,
     pub host: Vec<HostDecl>,
+    /// The files the plugin's first process loaded (as imported, real path, text), so that a
+    /// restarted process runs the same version whatever the disk holds now; empty at first.
+    pub sources: Vec<(PathBuf, PathBuf, String)>,
 }
 
 /// From the parent to the child.
@@ -86,8 +90,9 @@ pub(crate) enum Ask {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToParent {
     Hello { protocol: u32, pid: u32 },
-    /// The plugin evaluated (its hook names), or why not; its counters (memory) so far.
-    Loaded { result: Result<Vec<String>>, stats: Box<PluginStats> },
+    /// The plugin evaluated (its hook names), or why not; its counters (memory) so far; the
+    /// files it loaded.
+    Loaded { result: Result<Vec<String>>, stats: Box<PluginStats>, sources: Vec<(PathBuf, PathBuf, String)> },
     Answer { id: u64, result: Result<Value>, stats: Box<PluginStats>, status: PluginStatus },
     /// A request; answered by [`ToChild::Reply`] with the same id.
     Ask { id: u64, ask: Ask },

@@ -38,6 +38,18 @@ pub(crate) struct Cached {
 }
 
 impl SourceCache {
+    /// A cache that already holds `files` (as imported, real path, text): a plugin version
+    /// brought back in a new process starts from the files its first process read.
+    pub(crate) fn with_files(files: Vec<(PathBuf, PathBuf, String)>) -> SourceCache {
+        let map = files.into_iter().map(|(path, real, text)| (path, Cached { real, text: text.into() })).collect();
+        SourceCache(Mutex::new(map))
+    }
+
+    /// Every file read so far: (as imported, real path, text).
+    pub(crate) fn files(&self) -> Vec<(PathBuf, PathBuf, String)> {
+        self.0.lock().unwrap().iter().map(|(p, c)| (p.clone(), c.real.clone(), c.text.to_string())).collect()
+    }
+
     /// What this version read at `path` (as imported, before symlinks), if it read it.
     fn get(&self, path: &Path) -> Option<Cached> {
         self.0.lock().unwrap().get(path).cloned()
