@@ -33,6 +33,9 @@ pub(crate) struct CallContext {
 pub(crate) enum Reply {
     Async(tokio::sync::oneshot::Sender<Result<Value>>),
     Blocking(crossbeam_channel::Sender<Result<Value>>),
+    /// Run on the plugin's thread with the answer (a process worker writes it to its host
+    /// from there, without waking another thread).
+    Func(Box<dyn FnOnce(Result<Value>) + Send>),
 }
 
 impl Reply {
@@ -41,6 +44,10 @@ impl Reply {
         let _ = match self {
             Reply::Async(tx) => tx.send(r).map_err(drop),
             Reply::Blocking(tx) => tx.send(r).map_err(drop),
+            Reply::Func(f) => {
+                f(r);
+                Ok(())
+            }
         };
     }
 }

@@ -270,31 +270,19 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
         return 0;
     }
     let mailbox = starting.tx.clone();
-    // Answers go back in order, from a thread of their own, so that this one keeps reading
-    // (replies to the plugin's own requests arrive while a call runs).
-    let (answers_tx, answers) = crossbeam_channel::unbounded::<(u64, crossbeam_channel::Receiver<Result<Value>>)>();
-    let out = link.clone();
-    let answering = std::thread::Builder::new()
-        .name("isola:answers".into())
-        .spawn(move || {
-            for (id, rx) in answers {
-                let result = rx.recv().unwrap_or_else(|_| Err(Error::new(ErrorCode::PluginCrashed, "no answer")));
-                let stats = Box::new(shared.stats.snapshot());
-                let msg = ToParent::Answer { id, result, stats, status: shared.status() };
-                if out.send(&msg).is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("cannot start a thread");
+    // This thread keeps reading while a call runs (replies to the plugin's own requests arrive
+    // then); the plugin's thread writes each answer itself.
     loop {
         match read_frame::<ToChild>(&mut reader) {
             Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
                 let timeout = timeout_ms.map(Duration::from_millis);
                 let ctx = CallContext { chain, event_depth };
-                let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply: Reply::Blocking(tx) });
-                let _ = answers_tx.send((id, rx));
+                let (out, shared) = (link.clone(), shared.clone());
+                let reply = Reply::Func(Box::new(move |result| {
+                    let stats = Box::new(shared.stats.snapshot());
+                    let _ = out.send(&ToParent::Answer { id, result, stats, status: shared.status() });
+                }));
+                let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply });
             }
             Ok(Some(ToChild::Reply { id, result })) => link.complete(id, result),
             Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => break,
@@ -304,7 +292,5 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     link.fail_all();
     let _ = mailbox.send(Request::Stop);
     let _ = starting.thread.join();
-    drop(answers_tx);
-    let _ = answering.join();
     0
 }

@@ -9,7 +9,15 @@
 //!   host thread;
 //! - the host thread: runs what the child asks of the host (host functions, storage, other
 //!   plugins) on a current-thread runtime, like a plugin thread would, so host functions see
-//!   the same world in both modes (`current_plugin()`, non-`Send` async functions).
+//!   the same world in both modes (`current_plugin()`, non-`Send` async functions). Requests
+//!   that cannot wait (sync host functions, storage, emits) are answered on the reader thread
+//!   itself, one hand-off fewer.
+//!
+//! Where a call's time goes (67 µs measured, against 2.4 µs on a thread): the caller wakes the
+//! pump, the pump writes to the socket and wakes the child's reader, which wakes the plugin's
+//! thread, which writes the answer and wakes the host's reader, which wakes the pump, which
+//! wakes the caller. Getting under 25 µs means cutting hand-offs, not bytes: the caller writing
+//! the frame itself and the plugin's thread reading its socket directly.
 
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -347,11 +355,12 @@ impl Pump {
         let id = self.id().to_owned();
         let shared = self.shared.clone();
         let mut stream = mine;
+        let host = HostSide { engine: self.engine.clone(), config: self.config.clone(), peers: self.peers.clone(), writer: writer.clone() };
+        let inline = HostSide { engine: self.engine.clone(), config: self.config.clone(), peers: self.peers.clone(), writer: writer.clone() };
         let reader = std::thread::Builder::new()
             .name(format!("isola:{id}:rx"))
-            .spawn(move || read_child(&mut stream, &id, &shared, answers_tx, host_tx))
+            .spawn(move || read_child(&mut stream, &id, &shared, answers_tx, host_tx, &inline))
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
-        let host = HostSide { engine: self.engine.clone(), config: self.config.clone(), peers: self.peers.clone(), writer: writer.clone() };
         let host = std::thread::Builder::new()
             .name(format!("isola:{}:host", self.id()))
             .spawn(move || host.run(host_rx))
@@ -461,9 +470,19 @@ fn read_child(
     shared: &Shared,
     answers: Sender<Option<ToParent>>,
     host: tokio::sync::mpsc::UnboundedSender<(u64, Ask)>,
+    inline: &HostSide,
 ) {
+    crate::host::set_current_plugin(id);
     loop {
         match read_frame::<ToParent>(stream) {
+            // Requests that finish without waiting (sync host functions, storage, emits) are
+            // answered right here: the child's plugin thread is blocked on them anyway, and
+            // this saves a hand-off to the host thread. What may wait goes there.
+            Ok(Some(ToParent::Ask { id: ask_id, ask })) if inline.is_quick(&ask) => {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inline.answer_now(ask)))
+                    .unwrap_or_else(|p| Err(Error::new(ErrorCode::HostError, panicked(p).message)));
+                let _ = write_frame(&mut *inline.writer.lock().unwrap(), &ToChild::Reply { id: ask_id, result });
+            }
             Ok(Some(ToParent::Ask { id: ask_id, ask })) => {
                 let _ = host.send((ask_id, ask));
             }
@@ -522,6 +541,28 @@ impl HostSide {
                 });
             }
         });
+    }
+
+    /// Whether `ask` is answered without waiting on anything: a sync host function, storage,
+    /// an emit (a plugin call or an async host function may wait).
+    fn is_quick(&self, ask: &Ask) -> bool {
+        match ask {
+            Ask::Host { name, .. } => {
+                matches!(self.engine.host().items().find(|(n, _)| n == name), Some((_, HostItem::Sync(_))))
+            }
+            Ask::Storage { .. } | Ask::Emit { .. } => true,
+            Ask::CallPlugin { .. } => false,
+        }
+    }
+
+    /// [`answer`](Self::answer) for a quick request (see [`is_quick`](Self::is_quick)): it
+    /// completes in one poll.
+    fn answer_now(&self, ask: Ask) -> Result<Value> {
+        let mut fut = std::pin::pin!(self.answer(ask));
+        match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => Err(Error::new(ErrorCode::HostError, "a host request that should not wait did")),
+        }
     }
 
     /// Does what the child asked, checking again that its plugin may: the child is not trusted.
