@@ -113,7 +113,10 @@ fn footprint(_: &mut Criterion) {
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", h.process_id().unwrap())).unwrap();
         rss += statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096;
     }
-    println!("isolation/process: {:.1} MiB RSS per idle plugin process ({n} plugins)", rss as f64 / n as f64 / (1 << 20) as f64);
+    println!(
+        "isolation/process: {:.1} MiB RSS per idle plugin process ({n} plugins)",
+        rss as f64 / n as f64 / (1 << 20) as f64
+    );
 }
 
 criterion_group!(benches, calls, lifecycle, footprint);

@@ -131,7 +131,9 @@ fn chain_of_ten(c: &mut Criterion) {
         })
     });
     g.bench_function("emit (notify) to 10 plugins", |b| {
-        b.iter(|| assert_eq!(manager.emit_blocking("msg", serde_json::json!({"hops": 0})).unwrap().deliveries.len(), 10))
+        b.iter(|| {
+            assert_eq!(manager.emit_blocking("msg", serde_json::json!({"hops": 0})).unwrap().deliveries.len(), 10)
+        })
     });
     g.finish();
 }

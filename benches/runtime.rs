@@ -125,7 +125,9 @@ const STORAGE_PLUGIN: &str = "export default {
 
 fn storage(c: &mut Criterion) {
     let data = tempfile::tempdir().unwrap();
-    for (name, storage) in [("memory", isola::storage::Storage::memory()), ("redb", isola::storage::Storage::in_dir(data.path()))] {
+    for (name, storage) in
+        [("memory", isola::storage::Storage::memory()), ("redb", isola::storage::Storage::in_dir(data.path()))]
+    {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("store");
         std::fs::create_dir_all(&p).unwrap();

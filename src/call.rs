@@ -64,6 +64,8 @@ pub(crate) enum Request {
     /// Run `onLoad(state)` before anything queued after this, waiting for the state to arrive
     /// (on reload it comes from the old version's `onUnload`, which may still be running). A
     /// failure is reported as a lifecycle event: nobody waits for the answer.
-    Init { state: Receiver<Value> },
+    Init {
+        state: Receiver<Value>,
+    },
     Stop,
 }

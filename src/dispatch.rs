@@ -150,7 +150,13 @@ pub(crate) fn run_blocking<F: std::future::Future>(f: F) -> F::Output {
 
 /// Notify: every subscriber in parallel (calls are all queued first, then awaited).
 /// `call` queues one call and returns its answer-to-be; see [`Caller`].
-pub(crate) async fn notify<C: Caller>(subs: Vec<Subscriber>, event: &str, payload: Value, depth: u32, call: C) -> EmitReport {
+pub(crate) async fn notify<C: Caller>(
+    subs: Vec<Subscriber>,
+    event: &str,
+    payload: Value,
+    depth: u32,
+    call: C,
+) -> EmitReport {
     let pending: Vec<_> = subs
         .iter()
         .map(|s| {
@@ -185,8 +191,9 @@ pub(crate) async fn chain<C: Caller>(registry: &Registry, event: &str, mut paylo
                 (Outcome::Changed, None)
             }
             Ok(other) => {
-                let msg =
-                    format!("a chain hook must return nothing, {{cancel: true}} or {{payload: …}}; it returned {other}");
+                let msg = format!(
+                    "a chain hook must return nothing, {{cancel: true}} or {{payload: …}}; it returned {other}"
+                );
                 (Outcome::Failed, Some(Error::new(ErrorCode::InvalidArgs, msg).plugin(&s.plugin).hook(&s.hook)))
             }
         };
@@ -299,7 +306,11 @@ pub(crate) fn command(registry: &Registry, name: &str) -> Result<(PluginHandle, 
         .collect();
     close.sort();
     let hint = if close.is_empty() {
-        if names.is_empty() { "no plugin declares commands".to_owned() } else { format!("commands: {}", names.join(", ")) }
+        if names.is_empty() {
+            "no plugin declares commands".to_owned()
+        } else {
+            format!("commands: {}", names.join(", "))
+        }
     } else {
         let names: Vec<&str> = close.iter().take(3).map(|(_, n)| *n).collect();
         format!("did you mean {}?", names.join(", "))

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::isolation::Isolation;
 use crate::host::HostApi;
+pub use crate::isolation::Isolation;
 use crate::permissions::Policy;
 use crate::storage::Storage;
 

@@ -7,7 +7,7 @@
 //! invalidating any handle a host holds.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -100,6 +100,13 @@ pub(crate) struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Where lifecycle events (restarts) go.
     bus: Arc<EventBus>,
+    /// Each started version of the plugin gets a number; `current` is the one the mailbox
+    /// points at. A version being replaced (still answering its queued calls) must not
+    /// overwrite what the new one reports.
+    generations: AtomicU64,
+    current: AtomicU64,
+    /// The child process of each version running in one.
+    pids: Mutex<std::collections::BTreeMap<u64, u32>>,
 }
 
 /// What changes on (re)load.
@@ -109,8 +116,6 @@ pub(crate) struct Info {
     pub hooks: Vec<String>,
     pub last_error: Option<Error>,
     pub permissions: Permissions,
-    /// The child process running the plugin, when it is process-isolated.
-    pub pid: Option<u32>,
 }
 
 impl Shared {
@@ -124,7 +129,34 @@ impl Shared {
             info: RwLock::new(Info::default()),
             threads: Mutex::new(Vec::new()),
             bus,
+            generations: AtomicU64::new(0),
+            current: AtomicU64::new(0),
+            pids: Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// A number for a version about to start.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Records (or, with `None`, forgets) the process running version `generation`.
+    pub(crate) fn set_pid(&self, generation: u64, pid: Option<u32>) {
+        let mut pids = self.pids.lock().unwrap();
+        match pid {
+            Some(p) => pids.insert(generation, p),
+            None => pids.remove(&generation),
+        };
+    }
+
+    /// The process running the current version, if it runs in one.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pids.lock().unwrap().get(&self.current.load(Ordering::Acquire)).copied()
+    }
+
+    /// Whether version `generation` is the one the handle reaches.
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        self.current.load(Ordering::Acquire) == generation
     }
 
     pub(crate) fn emit(&self, event: LifecycleEvent) {
@@ -153,12 +185,18 @@ impl Shared {
     /// already in it stay there and are answered by the old thread). Refused if the plugin was
     /// closed meanwhile (an unload racing a reload): the caller must then stop that thread.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn open(&self, tx: Sender<Request>, thread: JoinHandle<()>) -> Result<Option<Sender<Request>>, Refused> {
+    pub(crate) fn open(
+        &self,
+        tx: Sender<Request>,
+        thread: JoinHandle<()>,
+        generation: u64,
+    ) -> Result<Option<Sender<Request>>, Refused> {
         let mut mailbox = self.mailbox.write().unwrap();
         if self.closed.load(Ordering::Acquire) {
             return Err((tx, thread));
         }
         self.threads.lock().unwrap().push(thread);
+        self.current.store(generation, Ordering::Release);
         Ok(mailbox.replace(tx))
     }
 
@@ -185,7 +223,9 @@ impl Shared {
     /// Stops the thread serving this plugin, if any, without closing the plugin: later calls
     /// answer with its last error until a new version is opened. Does not wait.
     pub(crate) fn stop_thread(&self) {
-        if let Some(old) = self.mailbox.write().unwrap().take() {
+        // Take it first: the send may wait for room, and must not hold the lock meanwhile.
+        let old = self.mailbox.write().unwrap().take();
+        if let Some(old) = old {
             let _ = old.send(Request::Stop);
         }
     }
@@ -326,7 +366,7 @@ impl PluginHandle {
     /// [`Isolation::Process`](crate::engine::Isolation)); `None` for a plugin on a thread, or
     /// between a crash and its restart.
     pub fn process_id(&self) -> Option<u32> {
-        self.shared.info().pid
+        self.shared.pid()
     }
 
     /// The last load or restart failure, if any.

@@ -116,8 +116,9 @@ fn decode_args<A: DeserializeOwned>(args: Value) -> Result<A, HostFnError> {
 
 fn encode_result<R: Serialize>(r: anyhow::Result<R>) -> Result<Value, HostFnError> {
     match r {
-        Ok(v) => serde_json::to_value(v)
-            .map_err(|e| HostFnError::new(ErrorCode::InvalidArgs, format!("host function result is not serialisable: {e}"))),
+        Ok(v) => serde_json::to_value(v).map_err(|e| {
+            HostFnError::new(ErrorCode::InvalidArgs, format!("host function result is not serialisable: {e}"))
+        }),
         Err(e) => Err(HostFnError::new(ErrorCode::HostError, format!("{e:#}"))),
     }
 }

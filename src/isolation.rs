@@ -30,4 +30,3 @@ pub enum Isolation {
     /// A child process.
     Process,
 }
-

@@ -123,7 +123,8 @@ impl Manager {
                 tracing::warn!("{err}");
             }
         });
-        let inner = Arc::new(Inner { engine, registry, bus, _background: background, links, watcher: Mutex::new(None) });
+        let inner =
+            Arc::new(Inner { engine, registry, bus, _background: background, links, watcher: Mutex::new(None) });
         Manager { inner, events_rt: Mutex::new(Some(rt)) }
     }
 
@@ -413,6 +414,7 @@ impl Inner {
             i.last_error = None;
         });
         let (old, state) = open(&s.shared, s.thread, &hooks)?;
+        s.shared.set_status(PluginStatus::Ready);
         if let Some(state) = state {
             let _ = state.send(Value::Null); // a first load has no state to receive
         }
@@ -463,12 +465,7 @@ impl Inner {
         let location = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         self.registry.insert(
             &id,
-            Entry {
-                handle: PluginHandle::new(shared),
-                location,
-                config: None,
-                read_errors: e.diagnostics.clone(),
-            },
+            Entry { handle: PluginHandle::new(shared), location, config: None, read_errors: e.diagnostics.clone() },
         );
         self.bus.emit(LifecycleEvent::LoadFailed { plugin: id, error: e.clone() });
     }
@@ -589,7 +586,7 @@ fn open(
         let _ = s.tx.send(Request::Init { state: rx });
         tx
     });
-    match shared.open(s.tx, s.thread) {
+    match shared.open(s.tx, s.thread, s.generation) {
         Ok(old) => Ok((old, state)),
         Err((tx, thread)) => {
             drop(state);

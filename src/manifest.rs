@@ -8,9 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::isolation::Isolation;
 pub use crate::error::{Diagnostic, Severity};
 use crate::error::{Error, ErrorCode};
+use crate::isolation::Isolation;
 
 /// The manifest API version this isola understands.
 pub const SUPPORTED_API_VERSION: u64 = 1;

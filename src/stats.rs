@@ -82,7 +82,9 @@ pub(crate) struct StatsCell {
 #[derive(Default)]
 struct Remote {
     ended: PluginStats,
-    live: PluginStats,
+    /// The running children's latest counters, by the version (generation) each runs: during
+    /// a reload the old version's child still answers its queued calls.
+    live: std::collections::BTreeMap<u64, PluginStats>,
 }
 
 /// `a + b`, counter by counter; memory figures are `b`'s (the newer).
@@ -126,16 +128,17 @@ impl StatsCell {
         self.errors[code.index()].fetch_add(1, Relaxed);
     }
 
-    /// The running child's latest counters.
-    pub(crate) fn set_remote(&self, stats: PluginStats) {
-        self.remote.lock().unwrap().live = stats;
+    /// The latest counters of the child running version `generation`.
+    pub(crate) fn set_remote(&self, generation: u64, stats: PluginStats) {
+        self.remote.lock().unwrap().live.insert(generation, stats);
     }
 
-    /// The running child ended: keep its counters.
-    pub(crate) fn fold_remote(&self) {
+    /// The child running version `generation` ended: keep its counters.
+    pub(crate) fn fold_remote(&self, generation: u64) {
         let mut r = self.remote.lock().unwrap();
-        let live = std::mem::take(&mut r.live);
-        r.ended = add(&r.ended, &PluginStats { heap_used: 0, array_buffer_bytes: 0, heap_limit: 0, ..live });
+        if let Some(live) = r.live.remove(&generation) {
+            r.ended = add(&r.ended, &PluginStats { heap_used: 0, array_buffer_bytes: 0, heap_limit: 0, ..live });
+        }
     }
 
     pub(crate) fn record_restart(&self) {
@@ -192,11 +195,18 @@ impl StatsCell {
             wall_time: Duration::from_nanos(self.wall_nanos.load(Relaxed)),
         };
         let remote = self.remote.lock().unwrap();
-        if remote.live == PluginStats::default() && remote.ended == PluginStats::default() {
+        if remote.live.is_empty() && remote.ended == PluginStats::default() {
             return local;
         }
-        let mut all = add(&add(&local, &remote.ended), &remote.live);
-        if remote.live.heap_limit == 0 {
+        // Memory figures: the newest version's child.
+        let newest = remote.live.values().next_back().cloned().unwrap_or_default();
+        let mut all = add(&local, &remote.ended);
+        for s in remote.live.values() {
+            all = add(&all, s);
+        }
+        (all.heap_used, all.array_buffer_bytes, all.heap_limit) =
+            (newest.heap_used, newest.array_buffer_bytes, newest.heap_limit);
+        if newest.heap_limit == 0 {
             // Between children: the last memory figures known.
             (all.heap_used, all.array_buffer_bytes, all.heap_limit) =
                 (local.heap_used, local.array_buffer_bytes, local.heap_limit);

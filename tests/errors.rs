@@ -104,7 +104,9 @@ fn stats_count_every_code() {
         dir.module_with_manifest(
             &format!("n{i:02}"),
             &manifest.to_string(),
-            &format!("export default {{ async hop(n) {{ return await host.plugins.call('{next}', 'hop', n + 1); }} }};"),
+            &format!(
+                "export default {{ async hop(n) {{ return await host.plugins.call('{next}', 'hop', n + 1); }} }};"
+            ),
         );
     }
     let m = Manager::new(common::engine_with(test_host()));

@@ -166,9 +166,8 @@ fn read_crate() -> Crate {
                 .find(|m| modules.contains(m))
                 .or_else(|| p.first().and_then(|first| reexports.get(first).cloned()));
             let Some(target) = target else { continue };
-            let related = target == me
-                || me.starts_with(&format!("{target}::"))
-                || target.starts_with(&format!("{me}::"));
+            let related =
+                target == me || me.starts_with(&format!("{target}::")) || target.starts_with(&format!("{me}::"));
             if !related {
                 deps.entry(me.clone()).or_default().insert(target);
             }
@@ -219,7 +218,9 @@ fn find_cycle(deps: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> 
 #[test]
 fn the_checker_sees_dependencies_and_cycles() {
     // The parser follows `use` groups, `super::` and inline paths...
-    let toks = tokens("use crate::{engine::Engine, error::{Error, Result}};\nuse super::peers::Peers;\nlet x = crate::host::check_name(y); // crate::manager");
+    let toks = tokens(
+        "use crate::{engine::Engine, error::{Error, Result}};\nuse super::peers::Peers;\nlet x = crate::host::check_name(y); // crate::manager",
+    );
     let got = paths(&["runtime".into(), "ops".into()], &toks);
     let got: Vec<String> = got.iter().map(|p| p.join("::")).collect();
     assert!(got.contains(&"engine::Engine".into()), "{got:?}");

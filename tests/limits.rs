@@ -222,8 +222,9 @@ fn an_unlimited_timeout_does_not_overflow() {
     assert_eq!(h.call_blocking::<_, i64>("ok", ()).unwrap(), 1);
     // Far, but not so far that adding it to now fails: the deadline must not wrap around to
     // "now" when counted in nanoseconds.
-    let (_d, _m, h) =
-        load_module("export default { busy() { const end = Date.now() + 100; while (Date.now() < end) {} return 1; } };");
+    let (_d, _m, h) = load_module(
+        "export default { busy() { const end = Date.now() + 100; while (Date.now() < end) {} return 1; } };",
+    );
     for far in [Duration::from_millis(u64::MAX), Duration::from_secs(1000 * 365 * 24 * 3600)] {
         let v: i64 = h.call_blocking_with("busy", (), CallOptions::default().timeout(far)).unwrap();
         assert_eq!(v, 1, "{far:?}");

@@ -210,7 +210,10 @@ fn a_broken_namesake_never_waits_on_a_restarting_plugin() {
     // A broken namesake arriving meanwhile must neither replace `a` nor wait on its thread
     // while holding the plugin table (`a`'s second call needs the table: a deadlock).
     let dir = PluginDir::new();
-    let b = dir.module("b", "export default { slow() { const end = Date.now() + 300; while (Date.now() < end) {} return 1; } };");
+    let b = dir.module(
+        "b",
+        "export default { slow() { const end = Date.now() + 300; while (Date.now() < end) {} return 1; } };",
+    );
     let a = dir.module_with_manifest(
         "a",
         r#"{"id": "a", "name": "a", "version": "1.0.0", "apiVersion": 1, "permissions": ["call:b"]}"#,

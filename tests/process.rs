@@ -44,9 +44,7 @@ fn alive(pid: u32) -> bool {
 #[test]
 fn hooks_host_functions_and_storage_work_across_the_process_boundary() {
     let dir = PluginDir::new();
-    let host = test_host()
-        .func("whoami", |(): ()| Ok(isola::current_plugin()))
-        .requires("fetchUser", "users");
+    let host = test_host().func("whoami", |(): ()| Ok(isola::current_plugin())).requires("fetchUser", "users");
     let engine = process_engine(host);
     let path = dir.module_with_manifest(
         "p",
@@ -276,7 +274,10 @@ fn a_worker_of_another_protocol_or_no_worker_at_all_is_refused_clearly() {
     let engine = Engine::builder().isolation(Isolation::Process).worker_program(&script).build();
     let e = Manager::new(engine).load(&path).unwrap_err();
     assert_eq!(e.code, ErrorCode::LoadFailed, "{e}");
-    assert!(e.message.contains("protocol 999") && e.message.contains(&format!("host {}", isola::process::PROTOCOL_VERSION)), "{e}");
+    assert!(
+        e.message.contains("protocol 999") && e.message.contains(&format!("host {}", isola::process::PROTOCOL_VERSION)),
+        "{e}"
+    );
     // A program that is no isola worker at all.
     let engine = Engine::builder().isolation(Isolation::Process).worker_program("/bin/true").build();
     let e = Manager::new(engine).load(&path).unwrap_err();
@@ -329,7 +330,8 @@ fn children_die_with_their_host_and_inherit_only_their_channel() {
         // Its standard streams, its channel (a socket), and what the worker opened itself
         // (anonymous inodes: tokio's epoll and eventfd); never the host's files or pipes.
         for l in &fds {
-            let ok = l == "/dev/null" || l.starts_with("socket:") || l.starts_with("anon_inode:") || l.starts_with("pipe:");
+            let ok =
+                l == "/dev/null" || l.starts_with("socket:") || l.starts_with("anon_inode:") || l.starts_with("pipe:");
             assert!(ok, "worker {w} has {l}: {fds:?}");
         }
         let pipes = fds.iter().filter(|l| l.starts_with("pipe:")).count();
@@ -346,7 +348,6 @@ fn children_die_with_their_host_and_inherit_only_their_channel() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-
 
 #[test]
 fn a_restarted_process_runs_the_same_version_whatever_the_disk_holds() {
@@ -369,4 +370,86 @@ fn a_restarted_process_runs_the_same_version_whatever_the_disk_holds() {
     assert_ne!(h.process_id(), Some(pid));
     assert_eq!(h.stats().restarts, 1);
     assert_eq!(h.status(), PluginStatus::Ready);
+}
+
+#[test]
+fn process_isolation_needs_a_worker_program_it_can_trust() {
+    // This test binary never calls run_worker_if_requested(): it cannot be its own worker, and
+    // a manifest asking for process isolation must not make it start copies of itself.
+    let dir = PluginDir::new();
+    let path = dir.module_with_manifest("p", &manifest("p", json!({"isolation": "process"})), "export default {};");
+    let e = Manager::new(Engine::builder().build()).load(&path).unwrap_err();
+    assert_eq!(e.code, ErrorCode::LoadFailed, "{e}");
+    assert!(e.message.contains("run_worker_if_requested"), "{e}");
+}
+
+/// A worker that speaks the protocol but lies: it loads, then answers a call with forged
+/// lifecycle events about another plugin, a `Stopped` status and an answer to the wrong call.
+const LYING_WORKER: &str = r#"
+import json, os, struct
+fd = int(os.environ['ISOLA_WORKER_FD'])
+def send(msg):
+    body = json.dumps(msg).encode()
+    os.write(fd, struct.pack('<I', len(body)) + body)
+def recv():
+    head = b''
+    while len(head) < 4:
+        chunk = os.read(fd, 4 - len(head))
+        if not chunk: raise SystemExit(0)
+        head += chunk
+    n = struct.unpack('<I', head)[0]
+    body = b''
+    while len(body) < n:
+        body += os.read(fd, n - len(body))
+    return json.loads(body)
+send({'Hello': {'protocol': 1, 'pid': os.getpid()}})
+recv()
+stats = {'calls': 0, 'errors': {}, 'restarts': 0, 'heap_used': 0, 'array_buffer_bytes': 0, 'heap_limit': 0, 'cpu_time': 0, 'wall_time': 0}
+send({'Loaded': {'result': {'Ok': ['hi']}, 'stats': stats, 'sources': []}})
+call = recv()['Call']
+mode = os.environ.get('LIE', 'events')
+if mode == 'events':
+    send({'Event': {'event': 'unloaded', 'plugin': 'someone-else'}})
+    send({'Event': {'event': 'restarted', 'plugin': 'someone-else', 'error': {'code': 'HEAP_LIMIT', 'message': 'forged'}}})
+    send({'Answer': {'id': call['id'], 'result': {'Ok': 'fine'}, 'stats': stats, 'status': 'stopped'}})
+    call = recv()['Call']
+    send({'Answer': {'id': call['id'] + 7, 'result': {'Ok': 'not yours'}, 'stats': stats, 'status': 'ready'}})
+else:
+    os.write(fd, struct.pack('<I', 200 * 1024 * 1024))
+recv()
+"#;
+
+#[test]
+fn a_lying_worker_cannot_forge_events_status_or_answers() {
+    let dir = PluginDir::new();
+    let path = dir.module("liar", "export default { hi() { return 'hi'; } };");
+    let script = dir.write("liar.py", LYING_WORKER);
+    let wrapper = dir.write("liar.sh", &format!("#!/bin/sh\nexec python3 {}\n", script.display()));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let engine = Engine::builder().isolation(Isolation::Process).worker_program(&wrapper).build();
+    let m = Manager::new(engine);
+    let events = m.events();
+    let h = m.load(&path).unwrap();
+    assert_eq!(h.call_blocking::<_, String>("hi", ()).unwrap(), "fine");
+    // (Its `restarted` event is a kind a child may send, about itself; `stopped` is not.)
+    assert!(matches!(h.status(), PluginStatus::Ready | PluginStatus::Restarting), "{:?}", h.status());
+    // The forged `unloaded` was dropped; the forged `restarted` is reported, but about `liar`.
+    let seen: Vec<LifecycleEvent> = events.try_iter().collect();
+    assert!(seen.iter().all(|e| e.plugin() == "liar"), "{seen:?}");
+    assert!(!seen.iter().any(|e| matches!(e, LifecycleEvent::Unloaded { .. })), "{seen:?}");
+    // An answer to another call is a protocol violation: the child is killed, the call fails.
+    let e = h.call_blocking::<_, String>("hi", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::PluginCrashed, "{e}");
+    assert!(e.message.contains("broke the protocol"), "{e}");
+
+    // A frame announced larger than anything a call can return is refused, not allocated.
+    let path = dir.module("big", "export default { hi() { return 'hi'; } };");
+    let wrapper = dir.write("big.sh", &format!("#!/bin/sh\nLIE=frame exec python3 {}\n", script.display()));
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let engine = Engine::builder().isolation(Isolation::Process).worker_program(&wrapper).build();
+    let m = Manager::new(engine);
+    let h = m.load(&path).unwrap();
+    let e = h.call_blocking::<_, String>("hi", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::PluginCrashed, "{e}");
 }

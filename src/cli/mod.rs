@@ -172,8 +172,11 @@ pub fn main() -> ExitCode {
         eprintln!("error: `isola worker` is started by an isola host for a process-isolated plugin, not by hand");
         return ExitCode::FAILURE;
     }
-    let isolation =
-        if cli.global.isolation == "process" { isola::engine::Isolation::Process } else { isola::engine::Isolation::Thread };
+    let isolation = if cli.global.isolation == "process" {
+        isola::engine::Isolation::Process
+    } else {
+        isola::engine::Isolation::Thread
+    };
     let engine = Engine::builder()
         .isolation(isolation)
         .host(demo_host::demo_host())

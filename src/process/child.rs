@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::wire::{Ask, ChildPlugin, HostKind, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame};
+use super::wire::{
+    Ask, ChildPlugin, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
+};
 use crate::call::{CallContext, Reply, Request};
 use crate::config::PluginConfig;
 use crate::engine::{Engine, Isolation, Limits};
@@ -134,7 +136,15 @@ impl StorageBackend for RemoteStorage {
 struct RemotePeers(Arc<Link>);
 
 impl Peers for RemotePeers {
-    fn call(&self, _from: &str, to: &str, hook: &str, args: Value, timeout: Duration, ctx: CallContext) -> Result<Answer> {
+    fn call(
+        &self,
+        _from: &str,
+        to: &str,
+        hook: &str,
+        args: Value,
+        timeout: Duration,
+        ctx: CallContext,
+    ) -> Result<Answer> {
         let ask = Ask::CallPlugin {
             to: to.to_owned(),
             hook: hook.to_owned(),
@@ -201,15 +211,26 @@ fn harden(parent: Option<u32>) {
 /// Runs one plugin for the parent on the channel `fd`; returns the exit status.
 pub(crate) fn run(fd: i32, parent: Option<u32>) -> i32 {
     harden(parent);
+    // The descriptor must be the socket the host passed, not whatever a stray variable names.
+    // SAFETY: fstat on a descriptor number only reads its metadata.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    };
+    if !is_socket {
+        eprintln!("isola worker: descriptor {fd} is not the channel to a host");
+        return 2;
+    }
     // SAFETY: the parent passed us this descriptor for exactly this purpose; nothing else owns it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     let Ok(writer) = stream.try_clone() else { return 2 };
-    let link = Arc::new(Link { writer: Mutex::new(writer), pending: Mutex::new(HashMap::new()), next: AtomicU64::new(1) });
+    let link =
+        Arc::new(Link { writer: Mutex::new(writer), pending: Mutex::new(HashMap::new()), next: AtomicU64::new(1) });
     let mut reader = stream;
     if link.send(&ToParent::Hello { protocol: PROTOCOL_VERSION, pid: std::process::id() }).is_err() {
         return 2;
     }
-    let plugin = match read_frame::<ToChild>(&mut reader) {
+    let plugin = match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
         Ok(Some(ToChild::Init { protocol, plugin })) if protocol == PROTOCOL_VERSION => plugin,
         Ok(Some(ToChild::Init { protocol, .. })) => {
             eprintln!("isola worker: the host speaks protocol {protocol}, this worker {PROTOCOL_VERSION}");
@@ -273,7 +294,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     // This thread keeps reading while a call runs (replies to the plugin's own requests arrive
     // then); the plugin's thread writes each answer itself.
     loop {
-        match read_frame::<ToChild>(&mut reader) {
+        match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
             Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
                 let timeout = timeout_ms.map(Duration::from_millis);
                 let ctx = CallContext { chain, event_depth };

@@ -43,23 +43,49 @@ const WORKER_FD_ENV: &str = "ISOLA_WORKER_FD";
 /// with it exits at once.
 const PARENT_PID_ENV: &str = "ISOLA_PARENT_PID";
 
+/// Set once this program has called [`run_worker_if_requested`] and is not a worker: then
+/// it can serve as its own worker program.
+static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// If this process was started as an isola worker (by a host running a plugin with process
 /// isolation), runs that plugin and exits; otherwise returns at once. Call it first thing in
-/// `main` of any program an [`Engine`](crate::Engine) may start as its worker program.
+/// `main` of any program an [`Engine`](crate::Engine) may start as its worker program; a
+/// program that calls it can start process-isolated plugins without setting
+/// [`worker_program`](crate::EngineBuilder::worker_program).
 pub fn run_worker_if_requested() {
     if let Some(code) = run_worker() {
         std::process::exit(code);
     }
+    HOOKED.store(true, std::sync::atomic::Ordering::Release);
 }
 
 /// Runs the worker if this process is one; its exit status, or `None` if it is not a worker.
 pub fn run_worker() -> Option<i32> {
     let fd: i32 = std::env::var(WORKER_FD_ENV).ok()?.parse().ok()?;
     let parent = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse().ok());
-    // SAFETY: removing our own variables before any other thread exists.
-    unsafe {
-        std::env::remove_var(WORKER_FD_ENV);
-        std::env::remove_var(PARENT_PID_ENV);
-    }
     Some(child::run(fd, parent))
+}
+
+/// The program to start as a worker: the engine's, or this very program if it serves as one.
+fn worker_program(engine: &crate::Engine) -> crate::Result<std::path::PathBuf> {
+    use crate::error::{Error, ErrorCode};
+    if std::env::var_os(WORKER_FD_ENV).is_some() {
+        // Started as a worker, yet here: its `main` never called run_worker_if_requested, so
+        // it is running as a second host. Starting workers from it would never end.
+        return Err(Error::new(
+            ErrorCode::LoadFailed,
+            "this process was started as an isola worker but runs as a host: its main must call \
+             isola::process::run_worker_if_requested() first",
+        ));
+    }
+    match engine.worker_program() {
+        Some(p) => Ok(p.to_path_buf()),
+        None if HOOKED.load(std::sync::atomic::Ordering::Acquire) => std::env::current_exe()
+            .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot find this program: {e}"))),
+        None => Err(Error::new(
+            ErrorCode::LoadFailed,
+            "process isolation needs a worker program: call isola::process::run_worker_if_requested() \
+             first thing in main, or set Engine::builder().worker_program(path to an isola binary)",
+        )),
+    }
 }

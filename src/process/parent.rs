@@ -30,11 +30,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
-use super::wire::{Ask, ChildPlugin, HostDecl, HostKind, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame};
+use super::wire::{
+    Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
+};
 use super::{PARENT_PID_ENV, WORKER_FD_ENV};
 use crate::call::{CallContext, ON_LOAD, Request};
 use crate::config::PluginConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Shared};
@@ -50,6 +52,21 @@ use crate::worker::Starting;
 pub const GRACE: Duration = Duration::from_secs(1);
 /// Longest wait between restarts of a child that keeps crashing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a write to the child may block (its socket buffer full) before the child is
+/// taken for hung.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The call the child is running now, as the host knows it: what the child asks on its behalf
+/// is checked against this, never against what the child claims.
+#[derive(Clone)]
+struct InFlight {
+    /// Plugins waiting up the chain (not including this one).
+    chain: Vec<String>,
+    event_depth: u32,
+    deadline: Option<Instant>,
+}
+
+type Running = Arc<Mutex<Option<InFlight>>>;
 
 /// Starts the pump for a process-isolated plugin; like `worker::spawn`.
 pub(crate) fn spawn(
@@ -58,15 +75,28 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     peers: Arc<dyn Peers>,
 ) -> Result<Starting> {
+    let program = super::worker_program(engine)?;
     let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
-    let pump = Pump { engine: engine.clone(), config, shared, peers, crashes: 0, last_crash: None, sources: Vec::new() };
+    let generation = shared.next_generation();
+    let pump = Pump {
+        engine: engine.clone(),
+        config,
+        shared,
+        peers,
+        program,
+        generation,
+        crashes: 0,
+        last_crash: None,
+        sources: Vec::new(),
+        in_flight: Arc::default(),
+    };
     let id = pump.config.id().to_owned();
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}:pump"))
         .spawn(move || pump.run(rx, ready_tx))
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
-    Ok(Starting::new(tx, thread, ready))
+    Ok(Starting::new(tx, thread, generation, ready))
 }
 
 /// A running child, as the parent sees it.
@@ -96,6 +126,16 @@ impl ChildProc {
             Ok(None) | Err(RecvTimeoutError::Disconnected) => Err(Gone::Exited),
             Err(RecvTimeoutError::Timeout) => Err(Gone::Unresponsive),
         }
+    }
+
+    /// Whether the child is known to have ended (exited, or its channel closed) before a call
+    /// was sent to it. Anything else waiting in the answer queue is a protocol violation,
+    /// treated the same.
+    fn ended(&mut self) -> bool {
+        if self.process.try_wait().ok().flatten().is_some() {
+            return true;
+        }
+        self.answers.try_recv().is_ok()
     }
 
     /// Kills the child and waits for it and its threads; returns how it ended.
@@ -136,6 +176,10 @@ struct Pump {
     config: Arc<PluginConfig>,
     shared: Arc<Shared>,
     peers: Arc<dyn Peers>,
+    program: std::path::PathBuf,
+    /// This version's number: only the current version reports status and errors.
+    generation: u64,
+    in_flight: Running,
     /// Crashes in a row (reset by a call that is answered), for the restart backoff.
     crashes: u32,
     last_crash: Option<Instant>,
@@ -148,10 +192,21 @@ impl Pump {
         self.config.id()
     }
 
+    /// Whether this version is the one the handle reaches (a version being replaced keeps
+    /// answering its queued calls, but no longer speaks for the plugin).
+    fn current(&self) -> bool {
+        self.shared.is_current(self.generation)
+    }
+
+    fn set_status(&self, status: PluginStatus) {
+        if self.current() {
+            self.shared.set_status(status);
+        }
+    }
+
     fn run(mut self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>>>) {
         let mut child = match self.start() {
             Ok((child, hooks)) => {
-                self.shared.set_status(PluginStatus::Ready);
                 let _ = ready.send(Ok(hooks));
                 Some(child)
             }
@@ -170,19 +225,29 @@ impl Pump {
                 }
             };
             // A child that died while idle costs no call: notice it before sending, restart.
-            if let Some(status) = child.as_mut().and_then(|c| c.process.try_wait().ok().flatten()) {
-                let how = child.take().map(ChildProc::kill).unwrap_or_else(|| describe(&status));
-                self.crashed(&Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})")));
+            if child.as_mut().is_some_and(ChildProc::ended) {
+                let how = child.take().map(ChildProc::kill).unwrap_or_default();
+                self.crashed(&Error::new(
+                    ErrorCode::PluginCrashed,
+                    format!("the plugin's process ended while idle ({how})"),
+                ));
             }
             if child.is_none() {
-                child = self.restart();
+                match self.restart() {
+                    Ok(c) => child = Some(c),
+                    Err(e) => {
+                        let r = Err(e);
+                        match reply {
+                            Some(reply) => reply.send(r),
+                            None => drop(r),
+                        }
+                        continue;
+                    }
+                }
             }
             let r = match child.as_mut() {
                 Some(c) => self.call(c, &hook, args, timeout, ctx),
-                None => {
-                    let why = self.shared.info().last_error.map(|e| e.message).unwrap_or_default();
-                    Err(Call::Refused(Error::new(ErrorCode::PluginCrashed, format!("the plugin's process is not running: {why}"))))
-                }
+                None => unreachable!("started above"),
             };
             let r = match r {
                 Ok(v) => {
@@ -190,7 +255,6 @@ impl Pump {
                     Ok(v)
                 }
                 Err(Call::Failed(e)) => Err(e),
-                Err(Call::Refused(e)) => Err(e),
                 Err(Call::Lost(e)) => {
                     let how = child.take().map(ChildProc::kill).unwrap_or_default();
                     let e = Error { message: format!("{} ({how})", e.message), ..e };
@@ -217,7 +281,8 @@ impl Pump {
             }
             c.kill();
         }
-        self.shared.stats.fold_remote();
+        self.shared.set_pid(self.generation, None);
+        self.shared.stats.fold_remote(self.generation);
         while let Ok(req) = rx.try_recv() {
             if let Request::Call { reply, .. } = req {
                 reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped")));
@@ -226,7 +291,14 @@ impl Pump {
     }
 
     /// Sends one call and waits for its answer, the child's deadline plus [`GRACE`] at most.
-    fn call(&self, c: &mut ChildProc, hook: &str, args: Value, timeout: Option<Duration>, ctx: CallContext) -> std::result::Result<Value, Call> {
+    fn call(
+        &self,
+        c: &mut ChildProc,
+        hook: &str,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+    ) -> std::result::Result<Value, Call> {
         let started = Instant::now();
         let mut limit = timeout.unwrap_or(self.config.limits.call_timeout);
         if !ctx.chain.is_empty() {
@@ -234,6 +306,9 @@ impl Pump {
         }
         c.next_id += 1;
         let id = c.next_id;
+        let deadline = started.checked_add(limit);
+        *self.in_flight.lock().unwrap() =
+            Some(InFlight { chain: ctx.chain.clone(), event_depth: ctx.event_depth, deadline });
         let msg = ToChild::Call {
             id,
             hook: hook.to_owned(),
@@ -242,72 +317,119 @@ impl Pump {
             chain: ctx.chain,
             event_depth: ctx.event_depth,
         };
-        if let Err(e) = c.send(&msg) {
+        let r = self.exchange(c, id, &msg, deadline.and_then(|d| d.checked_add(GRACE)), limit, started);
+        *self.in_flight.lock().unwrap() = None;
+        r
+    }
+
+    /// Sends `msg` (call `id`) and waits for its answer until `deadline`.
+    fn exchange(
+        &self,
+        c: &mut ChildProc,
+        id: u64,
+        msg: &ToChild,
+        deadline: Option<Instant>,
+        limit: Duration,
+        started: Instant,
+    ) -> std::result::Result<Value, Call> {
+        if let Err(e) = c.send(msg) {
+            // Too large to send is the caller's error; anything else, the channel's.
+            if e.code == ErrorCode::InvalidArgs {
+                self.shared.stats.record_call(Some(ErrorCode::InvalidArgs), started.elapsed());
+                return Err(Call::Failed(e));
+            }
             self.shared.stats.record_call(Some(ErrorCode::PluginCrashed), started.elapsed());
-            return Err(Call::Lost(Error::new(ErrorCode::PluginCrashed, format!("the plugin's process is gone: {}", e.message))));
+            return Err(Call::Lost(Error::new(
+                ErrorCode::PluginCrashed,
+                format!("the plugin's process is gone: {}", e.message),
+            )));
         }
-        let deadline = started.checked_add(limit).and_then(|d| d.checked_add(GRACE));
-        loop {
-            match c.answer(deadline) {
-                Ok(ToParent::Answer { id: got, result, stats, status }) if got == id => {
-                    self.shared.stats.set_remote(*stats);
-                    self.shared.set_status(status);
-                    return result.map_err(Call::Failed);
+        match c.answer(deadline) {
+            Ok(ToParent::Answer { id: got, result, stats, status }) if got == id => {
+                self.shared.stats.set_remote(self.generation, *stats);
+                // A child only reports on itself: never stopped or loading.
+                if matches!(status, PluginStatus::Ready | PluginStatus::Restarting | PluginStatus::Failed) {
+                    self.set_status(status);
                 }
-                Ok(_) => continue, // a stale answer (cannot happen with one call at a time)
-                Err(Gone::Exited) => {
-                    self.shared.stats.record_call(Some(ErrorCode::PluginCrashed), started.elapsed());
-                    return Err(Call::Lost(Error::new(ErrorCode::PluginCrashed, "the plugin's process died during the call")));
-                }
-                Err(Gone::Unresponsive) => {
-                    self.shared.stats.record_call(Some(ErrorCode::Timeout), started.elapsed());
-                    let msg = format!(
-                        "the call took longer than {} ms and the plugin's process did not stop it; the process was killed",
-                        limit.as_millis()
-                    );
-                    return Err(Call::Lost(Error::new(ErrorCode::Timeout, msg)));
-                }
+                result.map_err(Call::Failed)
+            }
+            Ok(other) => {
+                self.shared.stats.record_call(Some(ErrorCode::PluginCrashed), started.elapsed());
+                let what = match other {
+                    ToParent::Answer { id: got, .. } => format!("an answer to call {got} while call {id} runs"),
+                    _ => "a message out of turn".to_owned(),
+                };
+                Err(Call::Lost(Error::new(
+                    ErrorCode::PluginCrashed,
+                    format!("the plugin's process broke the protocol: {what}"),
+                )))
+            }
+            Err(Gone::Exited) => {
+                self.shared.stats.record_call(Some(ErrorCode::PluginCrashed), started.elapsed());
+                Err(Call::Lost(Error::new(ErrorCode::PluginCrashed, "the plugin's process died during the call")))
+            }
+            Err(Gone::Unresponsive) => {
+                self.shared.stats.record_call(Some(ErrorCode::Timeout), started.elapsed());
+                let msg = format!(
+                    "the call took longer than {} ms and the plugin's process did not stop it; the process was killed",
+                    limit.as_millis()
+                );
+                Err(Call::Lost(Error::new(ErrorCode::Timeout, msg)))
             }
         }
     }
 
     /// Records a lost child: status, counters, an event. The next call restarts it.
     fn crashed(&mut self, e: &Error) {
-        self.shared.update_info(|i| i.pid = None);
+        self.shared.set_pid(self.generation, None);
         self.crashes += 1;
         self.last_crash = Some(Instant::now());
-        self.shared.stats.fold_remote();
+        self.shared.stats.fold_remote(self.generation);
         self.shared.stats.record_restart();
-        self.shared.set_status(PluginStatus::Restarting);
+        self.set_status(PluginStatus::Restarting);
         tracing::warn!(plugin = %self.id(), "the plugin's process ended: {e}");
         let error = e.clone().in_context(self.id(), None);
         self.shared.emit(LifecycleEvent::Crashed { plugin: self.id().to_owned(), error });
     }
 
-    /// Starts a child again after a crash, once the backoff has passed.
-    fn restart(&mut self) -> Option<ChildProc> {
+    /// Starts a child again after a crash, unless the plugin is still backing off (calls
+    /// then fail at once, never wait: a crash-looping plugin must not hold up an unload) or
+    /// was stopped meanwhile.
+    fn restart(&mut self) -> Result<ChildProc> {
+        if self.shared.is_closed() {
+            return Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped"));
+        }
         // The first restart is immediate; a plugin that keeps crashing waits 50 ms, 100 ms, ...
         let backoff = match self.crashes {
             0 | 1 => Duration::ZERO,
             n => Duration::from_millis(50u64 << (n - 2).min(7)).min(MAX_BACKOFF),
         };
         if let Some(at) = self.last_crash {
-            std::thread::sleep((at + backoff).saturating_duration_since(Instant::now()));
+            let left = (at + backoff).saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                let msg = format!(
+                    "the plugin's process crashed {} times in a row; it is restarted in {} ms",
+                    self.crashes,
+                    left.as_millis()
+                );
+                return Err(Error::new(ErrorCode::PluginCrashed, msg));
+            }
         }
         match self.start() {
-            Ok((c, hooks)) => {
-                self.shared.update_info(|i| i.hooks = hooks);
-                self.shared.set_status(PluginStatus::Ready);
-                Some(c)
+            Ok((c, _hooks)) => {
+                self.set_status(PluginStatus::Ready);
+                Ok(c)
             }
             Err(e) => {
                 let e = e.in_context(self.id(), None);
                 tracing::error!(plugin = %self.id(), "restart failed: {e}");
-                self.shared.update_info(|i| i.last_error = Some(e));
-                self.shared.set_status(PluginStatus::Failed);
+                if self.current() {
+                    self.shared.update_info(|i| i.last_error = Some(e.clone()));
+                }
+                self.set_status(PluginStatus::Failed);
                 self.last_crash = Some(Instant::now());
                 self.crashes += 1;
-                None
+                Err(e)
             }
         }
     }
@@ -316,57 +438,63 @@ impl Pump {
     fn start(&mut self) -> Result<(ChildProc, Vec<String>)> {
         let fail = |msg: String| Error::new(ErrorCode::LoadFailed, msg);
         let (mine, theirs) = UnixStream::pair().map_err(|e| fail(format!("cannot create a channel: {e}")))?;
-        let program = match self.engine.worker_program() {
-            Some(p) => p.to_path_buf(),
-            None => std::env::current_exe().map_err(|e| fail(format!("cannot find this program: {e}")))?,
-        };
-        let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&program);
-        cmd.arg("worker")
-            .env(WORKER_FD_ENV, CHILD_FD.to_string())
-            .env(PARENT_PID_ENV, std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The channel becomes fd 3 (without close-on-exec); nothing else is inherited.
-                if fd == CHILD_FD {
-                    libc::fcntl(CHILD_FD, libc::F_SETFD, 0);
-                } else if libc::dup2(fd, CHILD_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::syscall(libc::SYS_close_range, CHILD_FD as u32 + 1, u32::MAX, 0) != 0 {
-                    for other in CHILD_FD + 1..4096 {
-                        libc::close(other);
-                    }
-                }
-                let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::setrlimit(libc::RLIMIT_CORE, &none);
-                Ok(())
-            });
-        }
-        let process = cmd.spawn().map_err(|e| fail(format!("cannot start {}: {e}", program.display())))?;
-        drop(theirs);
+        // A child that stops reading must not block the host's writes for good.
+        mine.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
         let writer = Arc::new(Mutex::new(mine.try_clone().map_err(|e| fail(e.to_string()))?));
-        let (answers_tx, answers) = crossbeam_channel::unbounded();
+        // The threads come first: if the process cannot start, dropping its end of the channel
+        // ends them, and nothing is left behind.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start tokio: {e}")))?;
+        let (answers_tx, answers) = crossbeam_channel::bounded(16);
         let (host_tx, host_rx) = tokio::sync::mpsc::unbounded_channel();
-        let id = self.id().to_owned();
-        let shared = self.shared.clone();
+        // Once loaded, the child only sends answers and requests, capped like them.
+        let l = &self.config.limits;
+        let cap = l.max_result_bytes.max(MAX_MESSAGE_BYTES).max(self.config.storage_quota.value_bytes as usize);
+        let after_load = cap.saturating_add(1 << 20).min(MAX_FRAME);
+        let side = |writer: &Arc<Mutex<UnixStream>>| HostSide {
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+            peers: self.peers.clone(),
+            writer: writer.clone(),
+            in_flight: self.in_flight.clone(),
+        };
+        let reader = Reader {
+            id: self.id().to_owned(),
+            shared: self.shared.clone(),
+            generation: self.generation,
+            answers: answers_tx,
+            host: host_tx,
+            inline: side(&writer),
+            runtime: rt.handle().clone(),
+            limit: MAX_FRAME,
+            after_load,
+        };
         let mut stream = mine;
-        let host = HostSide { engine: self.engine.clone(), config: self.config.clone(), peers: self.peers.clone(), writer: writer.clone() };
-        let inline = HostSide { engine: self.engine.clone(), config: self.config.clone(), peers: self.peers.clone(), writer: writer.clone() };
         let reader = std::thread::Builder::new()
-            .name(format!("isola:{id}:rx"))
-            .spawn(move || read_child(&mut stream, &id, &shared, answers_tx, host_tx, &inline))
+            .name(format!("isola:{}:rx", self.id()))
+            .spawn(move || reader.run(&mut stream))
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
+        let host = side(&writer);
         let host = std::thread::Builder::new()
             .name(format!("isola:{}:host", self.id()))
-            .spawn(move || host.run(host_rx))
+            .spawn(move || host.run(rt, host_rx))
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
+        let process = match self.command(&theirs).spawn() {
+            Ok(p) => p,
+            Err(e) => {
+                drop(theirs);
+                drop(writer);
+                let _ = reader.join();
+                let _ = host.join();
+                return Err(fail(format!("cannot start {}: {e}", self.program.display())));
+            }
+        };
+        drop(theirs);
         let mut child = ChildProc { process, writer, answers, reader: Some(reader), host: Some(host), next_id: 0 };
         let deadline = Some(Instant::now() + self.config.limits.load_timeout + GRACE);
+        let program = self.program.display().to_string();
         let refuse = |child: ChildProc, msg: String| -> Result<(ChildProc, Vec<String>)> {
             let how = child.kill();
             Err(fail(format!("{msg} ({how})")))
@@ -375,32 +503,35 @@ impl Pump {
             Ok(ToParent::Hello { protocol, .. }) if protocol == PROTOCOL_VERSION => {}
             Ok(ToParent::Hello { protocol, .. }) => {
                 let msg = format!(
-                    "{} speaks isola worker protocol {protocol}, this host {PROTOCOL_VERSION}; use the same isola version for both",
-                    program.display()
+                    "{program} speaks isola worker protocol {protocol}, this host {PROTOCOL_VERSION}; use the same isola version for both"
                 );
                 return refuse(child, msg);
             }
-            Ok(_) => return refuse(child, format!("{} did not start as an isola worker", program.display())),
+            Ok(_) => return refuse(child, format!("{program} did not start as an isola worker")),
             Err(_) => {
                 let msg = format!(
-                    "{} did not start as an isola worker (does its main call isola::process::run_worker_if_requested()?)",
-                    program.display()
+                    "{program} did not start as an isola worker (does its main call isola::process::run_worker_if_requested()?)"
                 );
                 return refuse(child, msg);
             }
         }
-        if let Err(e) = child.send(&ToChild::Init { protocol: PROTOCOL_VERSION, plugin: Box::new(self.child_plugin()) }) {
-            return refuse(child, e.message);
-        }
-        match child.answer(deadline) {
+        // Loading runs the plugin's top-level code, which may ask the host for things.
+        *self.in_flight.lock().unwrap() =
+            Some(InFlight { chain: Vec::new(), event_depth: 0, deadline: deadline.map(|d| d - GRACE) });
+        let init = ToChild::Init { protocol: PROTOCOL_VERSION, plugin: Box::new(self.child_plugin()) };
+        let loaded = match child.send(&init) {
+            Ok(()) => child.answer(deadline),
+            Err(e) => return refuse(child, e.message),
+        };
+        *self.in_flight.lock().unwrap() = None;
+        match loaded {
             Ok(ToParent::Loaded { result: Ok(hooks), stats, sources }) => {
-                self.shared.stats.set_remote(*stats);
+                self.shared.stats.set_remote(self.generation, *stats);
                 if self.sources.is_empty() {
                     self.sources = sources;
                 }
                 child.next_id = 0;
-                let pid = child.process.id();
-                self.shared.update_info(|i| i.pid = Some(pid));
+                self.shared.set_pid(self.generation, Some(child.process.id()));
                 Ok((child, hooks))
             }
             Ok(ToParent::Loaded { result: Err(e), .. }) => {
@@ -411,13 +542,55 @@ impl Pump {
             Err(Gone::Unresponsive) => {
                 let ms = self.config.limits.load_timeout.as_millis();
                 let how = child.kill();
-                Err(Error::new(ErrorCode::Timeout, format!("loading took longer than {ms} ms; the process was killed ({how})")))
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("loading took longer than {ms} ms; the process was killed ({how})"),
+                ))
             }
             Err(Gone::Exited) => {
                 let how = child.kill();
                 Err(Error::new(ErrorCode::PluginCrashed, format!("the plugin's process died while loading ({how})")))
             }
         }
+    }
+
+    /// The worker's command line: the channel as fd 3 and nothing else inherited, in a process
+    /// group of its own (a terminal's Ctrl-C is for the host, which stops its plugins itself),
+    /// dying with the thread that starts it (the pump, which outlives it), no core dumps.
+    fn command(&self, theirs: &UnixStream) -> Command {
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("worker")
+            .env(WORKER_FD_ENV, CHILD_FD.to_string())
+            .env(PARENT_PID_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if fd == CHILD_FD {
+                    libc::fcntl(CHILD_FD, libc::F_SETFD, 0);
+                } else if libc::dup2(fd, CHILD_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Everything above fd 3 closes at exec (marked, not closed: std still needs its
+                // own pipe to report a failed exec).
+                const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+                if libc::syscall(libc::SYS_close_range, CHILD_FD as u32 + 1, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+                    let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as i32;
+                    for other in CHILD_FD + 1..max {
+                        libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
+                let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                Ok(())
+            });
+        }
+        cmd
     }
 
     /// What the child is told about its plugin: the parent's resolved configuration.
@@ -452,11 +625,9 @@ impl Pump {
 
 /// Why a call got no answer from the plugin.
 enum Call {
-    /// The plugin answered with an error.
+    /// The plugin answered with an error (or the call could not be sent, the child is fine).
     Failed(Error),
-    /// The call was not sent (no process).
-    Refused(Error),
-    /// The process died or was killed.
+    /// The process died, broke the protocol, or was killed.
     Lost(Error),
 }
 
@@ -464,43 +635,75 @@ enum Call {
 const CHILD_FD: i32 = 3;
 
 /// Reads everything the child sends until its end.
-fn read_child(
-    stream: &mut UnixStream,
-    id: &str,
-    shared: &Shared,
+struct Reader {
+    id: String,
+    shared: Arc<Shared>,
+    generation: u64,
     answers: Sender<Option<ToParent>>,
     host: tokio::sync::mpsc::UnboundedSender<(u64, Ask)>,
-    inline: &HostSide,
-) {
-    crate::host::set_current_plugin(id);
-    loop {
-        match read_frame::<ToParent>(stream) {
-            // Requests that finish without waiting (sync host functions, storage, emits) are
-            // answered right here: the child's plugin thread is blocked on them anyway, and
-            // this saves a hand-off to the host thread. What may wait goes there.
-            Ok(Some(ToParent::Ask { id: ask_id, ask })) if inline.is_quick(&ask) => {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inline.answer_now(ask)))
-                    .unwrap_or_else(|p| Err(Error::new(ErrorCode::HostError, panicked(p).message)));
-                let _ = write_frame(&mut *inline.writer.lock().unwrap(), &ToChild::Reply { id: ask_id, result });
-            }
-            Ok(Some(ToParent::Ask { id: ask_id, ask })) => {
-                let _ = host.send((ask_id, ask));
-            }
-            Ok(Some(ToParent::Log { level, msg })) => log(id, level, &msg),
-            Ok(Some(ToParent::Event(e))) => {
-                if matches!(e, LifecycleEvent::Restarted { .. }) {
-                    shared.set_status(PluginStatus::Restarting);
+    /// Answers the requests that need not wait, right here.
+    inline: HostSide,
+    /// The host thread's runtime, entered here too, so that a sync host function sees a tokio
+    /// context as it does on a plugin's thread.
+    runtime: tokio::runtime::Handle,
+    /// The largest frame accepted now: any size while the child loads (its `Loaded` carries
+    /// the plugin's files), `after_load` from then on.
+    limit: usize,
+    after_load: usize,
+}
+
+impl Reader {
+    fn run(mut self, stream: &mut UnixStream) {
+        crate::host::set_current_plugin(&self.id);
+        let runtime = self.runtime.clone();
+        let _context = runtime.enter();
+        loop {
+            match read_frame::<ToParent>(stream, self.limit) {
+                // Requests that finish without waiting (sync host functions, storage, emits)
+                // are answered right here: the child's plugin thread is blocked on them anyway,
+                // and this saves a hand-off to the host thread. What may wait goes there.
+                Ok(Some(ToParent::Ask { id, ask })) if self.inline.is_quick(&ask) => {
+                    let inline = &self.inline;
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inline.answer_now(ask)))
+                        .unwrap_or_else(|p| Err(Error::new(ErrorCode::HostError, panicked(p).message)));
+                    let _ = write_frame(&mut *inline.writer.lock().unwrap(), &ToChild::Reply { id, result });
                 }
-                shared.emit(e);
-            }
-            Ok(Some(msg)) => {
-                let _ = answers.send(Some(msg));
-            }
-            Ok(None) | Err(_) => {
-                let _ = answers.send(None);
-                return;
+                Ok(Some(ToParent::Ask { id, ask })) => {
+                    let _ = self.host.send((id, ask));
+                }
+                Ok(Some(ToParent::Log { level, msg })) => log(&self.id, level, &msg),
+                Ok(Some(ToParent::Event(e))) => self.event(e),
+                Ok(Some(msg)) => {
+                    if matches!(msg, ToParent::Loaded { .. }) {
+                        self.limit = self.after_load;
+                    }
+                    if self.answers.send(Some(msg)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    let _ = self.answers.send(None);
+                    return;
+                }
             }
         }
+    }
+
+    /// A lifecycle event from inside the child. Only the kinds a child has to tell, and only
+    /// about its own plugin, whatever it claims.
+    fn event(&self, e: LifecycleEvent) {
+        let plugin = self.id.clone();
+        let e = match e {
+            LifecycleEvent::Restarted { error, .. } => {
+                if self.shared.is_current(self.generation) {
+                    self.shared.set_status(PluginStatus::Restarting);
+                }
+                LifecycleEvent::Restarted { plugin, error }
+            }
+            LifecycleEvent::HookFailed { error, .. } => LifecycleEvent::HookFailed { plugin, error },
+            _ => return,
+        };
+        self.shared.emit(e);
     }
 }
 
@@ -520,12 +723,12 @@ struct HostSide {
     config: Arc<PluginConfig>,
     peers: Arc<dyn Peers>,
     writer: Arc<Mutex<UnixStream>>,
+    in_flight: Running,
 }
 
 impl HostSide {
-    fn run(self, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(u64, Ask)>) {
+    fn run(self, rt: tokio::runtime::Runtime, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(u64, Ask)>) {
         crate::host::set_current_plugin(self.config.id());
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         let local = tokio::task::LocalSet::new();
         let me = Arc::new(self);
         local.block_on(&rt, async move {
@@ -561,12 +764,18 @@ impl HostSide {
         let mut fut = std::pin::pin!(self.answer(ask));
         match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
             std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => Err(Error::new(ErrorCode::HostError, "a host request that should not wait did")),
+            std::task::Poll::Pending => {
+                Err(Error::new(ErrorCode::HostError, "a host request that should not wait did"))
+            }
         }
     }
 
     /// Does what the child asked, checking again that its plugin may: the child is not trusted.
+    /// Call chains, event depths and deadlines come from the call the host knows is running.
     async fn answer(&self, ask: Ask) -> Result<Value> {
+        let Some(running) = self.in_flight.lock().unwrap().clone() else {
+            return Err(Error::new(ErrorCode::InvalidArgs, "no call of this plugin is running"));
+        };
         let granted = &self.config.permissions.granted;
         let holds = |p: &str| granted.iter().any(|g| g == p);
         let denied = |what: String| Error::new(ErrorCode::PermissionDenied, what);
@@ -575,7 +784,9 @@ impl HostSide {
             Ask::Host { name, args } => {
                 let host = self.engine.host();
                 if let Some(p) = host.permission_of(&name).filter(|p| !holds(p)) {
-                    return Err(denied(format!("plugin `{plugin}` lacks the permission `{p}` that host.{name} requires")));
+                    return Err(denied(format!(
+                        "plugin `{plugin}` lacks the permission `{p}` that host.{name} requires"
+                    )));
                 }
                 let item = host.items().find(|(n, _)| *n == name).map(|(_, item)| item.clone());
                 let r = match item {
@@ -592,7 +803,9 @@ impl HostSide {
                 let backend = self.engine.storage().backend();
                 let quota = &self.config.storage_quota;
                 let r = match op {
-                    0 => check_key(&key).and_then(|_| backend.get(plugin, &key)).map(|v| v.map_or(Value::Null, Value::String)),
+                    0 => check_key(&key)
+                        .and_then(|_| backend.get(plugin, &key))
+                        .map(|v| v.map_or(Value::Null, Value::String)),
                     1 => check_key(&key).and_then(|_| backend.set(plugin, &key, &value, quota)).map(|_| Value::Null),
                     2 => check_key(&key).and_then(|_| backend.delete(plugin, &key)).map(Value::Bool),
                     _ => backend.list(plugin, &key).map(|keys| serde_json::json!(keys)),
@@ -603,19 +816,56 @@ impl HostSide {
                     StorageError::Backend(m) => Error::new(ErrorCode::HostError, m),
                 })
             }
-            Ask::CallPlugin { to, hook, args, timeout_ms, chain, event_depth } => {
+            Ask::CallPlugin { to, hook, args, timeout_ms, .. } => {
                 if !may_call(granted, &to) {
                     return Err(denied(format!("plugin `{plugin}` lacks the permission `call:{to}`")));
                 }
-                let ctx = CallContext { chain, event_depth };
-                self.peers.call(plugin, &to, &hook, args, Duration::from_millis(timeout_ms), ctx)?.await
+                let mut chain = running.chain;
+                chain.push(plugin.to_owned());
+                if chain.contains(&to) {
+                    return Err(Error::new(
+                        ErrorCode::CallCycle,
+                        format!("{} → {to}: `{to}` is already waiting", chain.join(" → ")),
+                    ));
+                }
+                if chain.len() >= MAX_CALL_DEPTH {
+                    return Err(Error::new(
+                        ErrorCode::CallDepth,
+                        format!("plugin call chains are limited to {MAX_CALL_DEPTH} plugins"),
+                    ));
+                }
+                check_size("the argument list", &args)?;
+                let left = running.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+                let timeout = Duration::from_millis(timeout_ms).min(left);
+                let ctx = CallContext { chain, event_depth: running.event_depth };
+                self.peers.call(plugin, &to, &hook, args, timeout, ctx)?.await
             }
-            Ask::Emit { event, payload, depth } => {
+            Ask::Emit { event, payload, .. } => {
                 if !holds(EVENTS) {
                     return Err(denied(format!("plugin `{plugin}` lacks the permission `events`")));
                 }
+                let depth = running.event_depth + 1;
+                if depth > MAX_EVENT_DEPTH {
+                    return Err(Error::new(
+                        ErrorCode::EventDepth,
+                        format!("events may nest at most {MAX_EVENT_DEPTH} deep"),
+                    ));
+                }
+                check_size("the event payload", &payload)?;
                 self.peers.emit(&event, payload, depth).map(|n| Value::from(n as u64))
             }
         }
     }
+}
+
+/// What a plugin sends other plugins is bounded as in thread mode.
+fn check_size(what: &str, v: &Value) -> Result<()> {
+    let len = serde_json::to_string(v).map(|t| t.len()).unwrap_or(usize::MAX);
+    if len > MAX_MESSAGE_BYTES {
+        return Err(Error::new(
+            ErrorCode::InvalidArgs,
+            format!("{what} is {len} bytes as JSON; at most {MAX_MESSAGE_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
 }

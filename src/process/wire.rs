@@ -65,11 +65,24 @@ pub(crate) struct ChildPlugin {
 /// From the parent to the child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToChild {
-    Init { protocol: u32, plugin: Box<ChildPlugin> },
+    Init {
+        protocol: u32,
+        plugin: Box<ChildPlugin>,
+    },
     /// Run a hook; answered by [`ToParent::Answer`] with the same id.
-    Call { id: u64, hook: String, args: Value, timeout_ms: Option<u64>, chain: Vec<String>, event_depth: u32 },
+    Call {
+        id: u64,
+        hook: String,
+        args: Value,
+        timeout_ms: Option<u64>,
+        chain: Vec<String>,
+        event_depth: u32,
+    },
     /// The answer to one of the child's requests.
-    Reply { id: u64, result: Result<Value> },
+    Reply {
+        id: u64,
+        result: Result<Value>,
+    },
     Stop,
 }
 
@@ -89,17 +102,35 @@ pub(crate) enum Ask {
 /// From the child to the parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToParent {
-    Hello { protocol: u32, pid: u32 },
+    Hello {
+        protocol: u32,
+        pid: u32,
+    },
     /// The plugin evaluated (its hook names), or why not; its counters (memory) so far; the
     /// files it loaded.
-    Loaded { result: Result<Vec<String>>, stats: Box<PluginStats>, sources: Vec<(PathBuf, PathBuf, String)> },
-    Answer { id: u64, result: Result<Value>, stats: Box<PluginStats>, status: PluginStatus },
+    Loaded {
+        result: Result<Vec<String>>,
+        stats: Box<PluginStats>,
+        sources: Vec<(PathBuf, PathBuf, String)>,
+    },
+    Answer {
+        id: u64,
+        result: Result<Value>,
+        stats: Box<PluginStats>,
+        status: PluginStatus,
+    },
     /// A request; answered by [`ToChild::Reply`] with the same id.
-    Ask { id: u64, ask: Ask },
+    Ask {
+        id: u64,
+        ask: Ask,
+    },
     /// A lifecycle event inside the child (a restart after `HEAP_LIMIT`, a failed `onLoad`).
     Event(LifecycleEvent),
     /// A `console.*` line.
-    Log { level: u32, msg: String },
+    Log {
+        level: u32,
+        msg: String,
+    },
 }
 
 /// Writes one frame.
@@ -114,8 +145,8 @@ pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(
     w.write_all(&frame).map_err(|e| io_error(format!("the plugin's channel is closed: {e}")))
 }
 
-/// Reads one frame; `None` at a clean end of the stream.
-pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Option<T>> {
+/// Reads one frame of at most `limit` bytes; `None` at a clean end of the stream.
+pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read, limit: usize) -> Result<Option<T>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -123,8 +154,8 @@ pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Res
         Err(e) => return Err(io_error(format!("the plugin's channel failed: {e}"))),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io_error(format!("a frame of {len} bytes is larger than {MAX_FRAME}")));
+    if len > limit {
+        return Err(io_error(format!("a frame of {len} bytes is larger than the {limit} allowed")));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| io_error(format!("the plugin's channel broke mid-message: {e}")))?;

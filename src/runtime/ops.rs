@@ -33,7 +33,6 @@ struct Gated<F: ?Sized> {
     name: String,
 }
 
-
 fn check_size(what: &str, json: &str, max: usize) -> Result<(), HostOpError> {
     if json.len() > max {
         return Err(HostOpError::new(
@@ -396,7 +395,10 @@ fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: 
     guarded(|| {
         let table = state.borrow::<HostTable>();
         if !table.granted.iter().any(|p| p == EVENTS) {
-            return Err(table.fail(ErrorCode::PermissionDenied, format!("plugin `{}` lacks the permission `events`", table.plugin)));
+            return Err(table.fail(
+                ErrorCode::PermissionDenied,
+                format!("plugin `{}` lacks the permission `events`", table.plugin),
+            ));
         }
         let depth = table.current.borrow().event_depth + 1;
         if depth > MAX_EVENT_DEPTH {

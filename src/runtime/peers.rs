@@ -24,8 +24,15 @@ pub(crate) trait Peers: Send + Sync {
     /// to finish within `timeout`. Refuses at once with `CALL_CYCLE` a call to a plugin that is
     /// itself waiting, through any request, on `from`. The waiting ends when the answer (or
     /// the future) is dropped.
-    fn call(&self, from: &str, to: &str, hook: &str, args: Value, timeout: Duration, ctx: CallContext)
-    -> Result<Answer>;
+    fn call(
+        &self,
+        from: &str,
+        to: &str,
+        hook: &str,
+        args: Value,
+        timeout: Duration,
+        ctx: CallContext,
+    ) -> Result<Answer>;
 
     /// Notifies `event`'s subscribers in the background, `depth` events deep; returns how many
     /// there are. Refuses with `BUSY` when too many deliveries are already in flight.
