@@ -211,6 +211,13 @@ fn harden(parent: Option<u32>) {
 /// Runs one plugin for the parent on the channel `fd`; returns the exit status.
 pub(crate) fn run(fd: i32, parent: Option<u32>) -> i32 {
     harden(parent);
+    // A worker runs no embedder code: a panic here is a bug in isola or below it. End the
+    // process, so that the host answers the call with PLUGIN_CRASHED at once, instead of
+    // leaving a thread dead and the call waiting for its deadline.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("isola worker: {info}");
+        std::process::abort();
+    }));
     // The descriptor must be the socket the host passed, not whatever a stray variable names.
     // SAFETY: fstat on a descriptor number only reads its metadata.
     let is_socket = unsafe {
