@@ -69,3 +69,43 @@ pub(crate) enum Request {
     },
     Stop,
 }
+
+/// One hook to run, as whoever serves a mailbox (a plugin's thread, a process pump) sees it.
+pub(crate) struct Job {
+    pub hook: String,
+    pub args: Value,
+    pub timeout: Option<Duration>,
+    pub ctx: CallContext,
+    /// `None` for `onLoad`: nobody waits for its answer; a failure becomes a lifecycle event.
+    pub reply: Option<Reply>,
+}
+
+impl Request {
+    /// The hook this request runs, or `None` for `Stop`. For `Init`, waits for the state
+    /// `onLoad` receives.
+    pub(crate) fn into_job(self) -> Option<Job> {
+        match self {
+            Request::Stop => None,
+            Request::Call { hook, args, timeout, ctx, reply } => {
+                Some(Job { hook, args, timeout, ctx, reply: Some(reply) })
+            }
+            Request::Init { state } => {
+                let state = state.recv().unwrap_or(Value::Null);
+                let args = Value::Array(vec![state]);
+                Some(Job { hook: ON_LOAD.to_owned(), args, timeout: None, ctx: CallContext::default(), reply: None })
+            }
+        }
+    }
+}
+
+/// A plugin's `console.*` line in the host's log: `tracing`, target `isola::plugin`, with the
+/// plugin id as a field, at the level the plugin chose (0 trace … 4 error).
+pub(crate) fn log_line(plugin: &str, level: u32, msg: &str) {
+    match level {
+        0 => tracing::trace!(target: "isola::plugin", plugin, "{msg}"),
+        1 => tracing::debug!(target: "isola::plugin", plugin, "{msg}"),
+        2 => tracing::info!(target: "isola::plugin", plugin, "{msg}"),
+        3 => tracing::warn!(target: "isola::plugin", plugin, "{msg}"),
+        _ => tracing::error!(target: "isola::plugin", plugin, "{msg}"),
+    }
+}

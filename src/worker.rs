@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{CallContext, ON_LOAD, Reply, Request};
+use crate::call::{Job, ON_LOAD, Reply, Request};
 use crate::config::PluginConfig;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
@@ -130,16 +130,7 @@ impl Worker {
             }
         };
 
-        while let Ok(req) = rx.recv() {
-            let (hook, args, timeout, ctx, reply) = match req {
-                Request::Stop => break,
-                Request::Call { hook, args, timeout, ctx, reply } => (hook, args, timeout, ctx, Some(reply)),
-                // onLoad: nobody waits for the answer; a failure becomes a lifecycle event.
-                Request::Init { state } => {
-                    let state = state.recv().unwrap_or(Value::Null);
-                    (ON_LOAD.to_owned(), Value::Array(vec![state]), None, CallContext::default(), None)
-                }
-            };
+        while let Some(Job { hook, args, timeout, ctx, reply }) = rx.recv().ok().and_then(Request::into_job) {
             let Some(iso) = isolate.as_mut() else {
                 let last = self.shared.info().last_error;
                 let msg = last.map(|e| e.message).unwrap_or_default();

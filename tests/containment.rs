@@ -153,7 +153,12 @@ fn typed_arrays_and_array_buffers_over_the_budget_are_heap_limit() {
         let t = Duration::from_secs(3);
         expect_limit_at(ALL_BUDGETS, "new Float64Array(100e6)", 600, t);
         expect_limit_at(ALL_BUDGETS, "new ArrayBuffer(2 ** 31)", 600, t);
-        expect_limit_at(ALL_BUDGETS, "(() => { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); })()", 600, t);
+        expect_limit_at(
+            ALL_BUDGETS,
+            "(() => { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); })()",
+            600,
+            t,
+        );
     });
 }
 

@@ -34,7 +34,7 @@ use super::wire::{
     Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
 use super::{PARENT_PID_ENV, WORKER_FD_ENV};
-use crate::call::{CallContext, ON_LOAD, Request};
+use crate::call::{CallContext, Job, ON_LOAD, Request};
 use crate::config::PluginConfig;
 use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
 use crate::error::{Error, ErrorCode, Result};
@@ -215,15 +215,7 @@ impl Pump {
                 return;
             }
         };
-        while let Ok(req) = rx.recv() {
-            let (hook, args, timeout, ctx, reply) = match req {
-                Request::Stop => break,
-                Request::Call { hook, args, timeout, ctx, reply } => (hook, args, timeout, ctx, Some(reply)),
-                Request::Init { state } => {
-                    let state = state.recv().unwrap_or(Value::Null);
-                    (ON_LOAD.to_owned(), Value::Array(vec![state]), None, CallContext::default(), None)
-                }
-            };
+        while let Some(Job { hook, args, timeout, ctx, reply }) = rx.recv().ok().and_then(Request::into_job) {
             // A child that died while idle costs no call: notice it before sending, restart.
             if child.as_mut().is_some_and(ChildProc::ended) {
                 let how = child.take().map(ChildProc::kill).unwrap_or_default();
@@ -671,7 +663,7 @@ impl Reader {
                 Ok(Some(ToParent::Ask { id, ask })) => {
                     let _ = self.host.send((id, ask));
                 }
-                Ok(Some(ToParent::Log { level, msg })) => log(&self.id, level, &msg),
+                Ok(Some(ToParent::Log { level, msg })) => crate::call::log_line(&self.id, level, &msg),
                 Ok(Some(ToParent::Event(e))) => self.event(e),
                 Ok(Some(msg)) => {
                     if matches!(msg, ToParent::Loaded { .. }) {
@@ -704,16 +696,6 @@ impl Reader {
             _ => return,
         };
         self.shared.emit(e);
-    }
-}
-
-fn log(plugin: &str, level: u32, msg: &str) {
-    match level {
-        0 => tracing::trace!(target: "isola::plugin", plugin, "{msg}"),
-        1 => tracing::debug!(target: "isola::plugin", plugin, "{msg}"),
-        2 => tracing::info!(target: "isola::plugin", plugin, "{msg}"),
-        3 => tracing::warn!(target: "isola::plugin", plugin, "{msg}"),
-        _ => tracing::error!(target: "isola::plugin", plugin, "{msg}"),
     }
 }
 

@@ -312,16 +312,9 @@ fn op_isola_log(state: &mut OpState, #[smi] level: u32, #[string] msg: &str) {
     // A subscriber the host installed may panic; the plugin's log line is not worth the process.
     let _ = guarded(|| {
         let plugin: &str = &state.borrow::<HostTable>().plugin;
-        if let Some(sink) = CONSOLE.get() {
-            sink(plugin, level, msg);
-            return Ok(());
-        }
-        match level {
-            0 => tracing::trace!(target: "isola::plugin", plugin, "{msg}"),
-            1 => tracing::debug!(target: "isola::plugin", plugin, "{msg}"),
-            2 => tracing::info!(target: "isola::plugin", plugin, "{msg}"),
-            3 => tracing::warn!(target: "isola::plugin", plugin, "{msg}"),
-            _ => tracing::error!(target: "isola::plugin", plugin, "{msg}"),
+        match CONSOLE.get() {
+            Some(sink) => sink(plugin, level, msg),
+            None => crate::call::log_line(plugin, level, msg),
         }
         Ok(())
     });
