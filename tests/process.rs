@@ -453,3 +453,45 @@ fn a_lying_worker_cannot_forge_events_status_or_answers() {
     let e = h.call_blocking::<_, String>("hi", ()).unwrap_err();
     assert_eq!(e.code, ErrorCode::PluginCrashed, "{e}");
 }
+
+#[test]
+fn under_seccomp_a_plugin_process_can_open_nothing() {
+    let dir = PluginDir::new();
+    let path = dir.module_with_manifest(
+        "sealed",
+        &manifest("sealed", json!({"permissions": ["storage"]})),
+        "export default {
+            async late() { try { return (await import('./late.js')).v; } catch (e) { return 'refused: ' + e.message; } },
+            add(a, b) { return host.add(a, b); },
+            async user(id) { return (await host.fetchUser(id)).name; },
+            store() { host.storage.set('k', 1); return host.storage.get('k'); },
+        };",
+    );
+    dir.write("sealed/late.js", "export const v = 'loaded late';");
+    for seccomp in [false, true] {
+        let engine = Engine::builder()
+            .host(test_host())
+            .isolation(Isolation::Process)
+            .worker_program(env!("CARGO_BIN_EXE_isola"))
+            .seccomp(seccomp)
+            .build();
+        let m = Manager::new(engine);
+        let h = m.load(&path).unwrap();
+        // Everything that goes through the host still works...
+        assert_eq!(h.call_blocking::<_, f64>("add", (1, 2)).unwrap(), 3.0);
+        assert_eq!(h.call_blocking::<_, String>("user", (3,)).unwrap(), "user3");
+        assert_eq!(h.call_blocking::<_, i64>("store", ()).unwrap(), 1);
+        // ...but the process itself opens nothing once loaded, and the kernel says so.
+        let late: String = h.call_blocking("late", ()).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", h.process_id().unwrap())).unwrap();
+        let mode =
+            status.lines().find(|l| l.starts_with("Seccomp:")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+        if seccomp {
+            assert!(late.starts_with("refused") && late.contains("not permitted"), "{late}");
+            assert_eq!(mode, "2", "filter mode: {status}");
+        } else {
+            assert_eq!(late, "loaded late");
+            assert_eq!(mode, "0");
+        }
+    }
+}

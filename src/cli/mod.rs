@@ -48,6 +48,10 @@ struct Global {
     /// that even a V8 fatal error costs only that plugin a restart), e.g. `--isolation process`.
     #[arg(long, global = true, value_name = "MODE", default_value = "thread", value_parser = ["thread", "process"])]
     isolation: String,
+    /// With `--isolation process` on Linux: once loaded, each plugin's process refuses system
+    /// calls that open files or sockets or run programs, e.g. `--isolation process --seccomp`.
+    #[arg(long, global = true)]
+    seccomp: bool,
 }
 
 #[derive(Subcommand)]
@@ -179,6 +183,7 @@ pub fn main() -> ExitCode {
     };
     let engine = Engine::builder()
         .isolation(isolation)
+        .seccomp(cli.global.seccomp)
         .host(demo_host::demo_host())
         .heap_limit_mb(cli.global.heap_limit)
         .call_timeout(Duration::from_millis(cli.global.timeout))

@@ -257,6 +257,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     let engine = Engine::builder().host(host_api(&link, &plugin)).storage(storage).build();
     let id = plugin.source.id.clone();
     let files = plugin.sources;
+    let seccomp = plugin.seccomp;
     let config = PluginConfig {
         limits: Limits {
             heap_limit: plugin.heap_limit,
@@ -291,7 +292,13 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
             return 0;
         }
     };
-    let loaded = starting.wait();
+    let mut loaded = starting.wait();
+    if loaded.is_ok() && seccomp {
+        // Loaded: everything the plugin needs from the file system is in memory now.
+        if let Err(e) = super::seccomp::install() {
+            loaded = Err(Error::new(ErrorCode::LoadFailed, format!("cannot install the seccomp filter: {e}")));
+        }
+    }
     let failed = loaded.is_err();
     let stats = Box::new(shared.stats.snapshot());
     if link.send(&ToParent::Loaded { result: loaded, stats, sources: sources.files() }).is_err() || failed {

@@ -30,6 +30,7 @@
 
 mod child;
 mod parent;
+mod seccomp;
 mod wire;
 
 pub use parent::GRACE;

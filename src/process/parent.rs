@@ -611,6 +611,7 @@ impl Pump {
             storage_quota: self.config.storage_quota,
             host: decls,
             sources: self.sources.clone(),
+            seccomp: self.engine.seccomp(),
         }
     }
 }

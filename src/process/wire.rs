@@ -60,6 +60,8 @@ pub(crate) struct ChildPlugin {
     /// The files the plugin's first process loaded (as imported, real path, text), so that a
     /// restarted process runs the same version whatever the disk holds now; empty at first.
     pub sources: Vec<(PathBuf, PathBuf, String)>,
+    /// Install the syscall filter once loaded.
+    pub seccomp: bool,
 }
 
 /// From the parent to the child.

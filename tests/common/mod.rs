@@ -93,7 +93,12 @@ pub fn test_host() -> HostApi {
 /// its worker), otherwise on a thread. `.ci/run` runs those suites both ways.
 pub fn builder() -> EngineBuilder {
     let b = Engine::builder();
-    if process_mode() { b.isolation(Isolation::Process).worker_program(env!("CARGO_BIN_EXE_isola")) } else { b }
+    if !process_mode() {
+        return b;
+    }
+    // `ISOLA_TEST_SECCOMP=1` also puts every plugin process under the syscall filter.
+    let seccomp = std::env::var("ISOLA_TEST_SECCOMP").as_deref() == Ok("1");
+    b.isolation(Isolation::Process).worker_program(env!("CARGO_BIN_EXE_isola")).seccomp(seccomp)
 }
 
 /// Whether this run puts plugins in child processes (see [`builder`]).
