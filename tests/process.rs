@@ -495,3 +495,34 @@ fn under_seccomp_a_plugin_process_can_open_nothing() {
         }
     }
 }
+
+#[test]
+fn top_level_code_can_use_the_host_at_load_and_after_an_in_child_restart() {
+    let dir = PluginDir::new();
+    let path = dir.module_with_manifest(
+        "eager",
+        &manifest("eager", json!({"permissions": ["storage"]})),
+        "const sum = host.add(1, 2);
+         const user = (await host.fetchUser(4)).name;
+         const loads = (host.storage.get('loads') ?? 0) + 1;
+         host.storage.set('loads', loads);
+         export default {
+             info() { return [sum, user, loads]; },
+             hog() { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); },
+         };",
+    );
+    let engine = Engine::builder()
+        .host(test_host())
+        .isolation(Isolation::Process)
+        .worker_program(env!("CARGO_BIN_EXE_isola"))
+        .heap_limit_mb(16)
+        .build();
+    let m = Manager::new(engine);
+    let h = m.load(&path).unwrap_or_else(|e| panic!("top-level host calls at load: {e}"));
+    assert_eq!(h.call_blocking::<_, Value>("info", ()).unwrap(), json!([3, "user4", 1]));
+    // HEAP_LIMIT: the child restarts the isolate itself, re-running the top-level code (with
+    // no call of the host's running at that moment).
+    assert_eq!(h.call_blocking::<_, Value>("hog", ()).unwrap_err().code, ErrorCode::HeapLimit);
+    assert_eq!(h.call_blocking::<_, Value>("info", ()).unwrap(), json!([3, "user4", 2]));
+    assert_eq!(h.status(), PluginStatus::Ready);
+}

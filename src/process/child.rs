@@ -115,7 +115,15 @@ impl StorageBackend for RemoteStorage {
     fn get(&self, _: &str, key: &str) -> std::result::Result<Option<String>, StorageError> {
         Ok(self.op(0, key, "")?.as_str().map(str::to_owned))
     }
-    fn set(&self, _: &str, key: &str, value: &str, _: &StorageQuota) -> std::result::Result<(), StorageError> {
+    fn set(&self, _: &str, key: &str, value: &str, quota: &StorageQuota) -> std::result::Result<(), StorageError> {
+        // A value over the quota is refused here, as the host would, without sending it.
+        if value.len() as u64 > quota.value_bytes {
+            return Err(StorageError::Quota(format!(
+                "value quota exceeded: the value is {} bytes, the largest allowed is {} bytes",
+                value.len(),
+                quota.value_bytes
+            )));
+        }
         self.op(1, key, value).map(drop)
     }
     fn delete(&self, _: &str, key: &str) -> std::result::Result<bool, StorageError> {
@@ -251,7 +259,18 @@ pub(crate) fn run(fd: i32, parent: Option<u32>) -> i32 {
 fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     let console = link.clone();
     crate::runtime::ops::set_console(Box::new(move |_plugin, level, msg| {
-        let _ = console.send(&ToParent::Log { level, msg: msg.to_owned() });
+        // Cut like error texts: a log line must fit what the host reads from a worker.
+        let mut msg = msg.to_owned();
+        if msg.len() > crate::engine::MAX_ERROR_TEXT_BYTES {
+            let total = msg.len();
+            let mut cut = crate::engine::MAX_ERROR_TEXT_BYTES;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+            msg.push_str(&format!("… (truncated: {total} bytes)"));
+        }
+        let _ = console.send(&ToParent::Log { level, msg });
     }));
     let storage = Storage::new(RemoteStorage(link.clone())).with_quota(plugin.storage_quota);
     let engine = Engine::builder().host(host_api(&link, &plugin)).storage(storage).build();
@@ -292,6 +311,35 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
             return 0;
         }
     };
+    // Reading starts before the plugin has loaded: its top-level code may already ask the
+    // host for things, and the replies must be read while it waits. It goes on while calls
+    // run (replies to the plugin's own requests arrive then); the plugin's thread writes each
+    // answer itself.
+    let mailbox = starting.tx.clone();
+    let (in_link, in_shared) = (link.clone(), shared.clone());
+    let reading = std::thread::Builder::new().name("isola:reader".into()).spawn(move || {
+        let (link, shared) = (in_link, in_shared);
+        loop {
+            match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
+                Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
+                    let timeout = timeout_ms.map(Duration::from_millis);
+                    let ctx = CallContext { chain, event_depth };
+                    let (out, shared) = (link.clone(), shared.clone());
+                    let reply = Reply::Func(Box::new(move |result| {
+                        let stats = Box::new(shared.stats.snapshot());
+                        let _ = out.send(&ToParent::Answer { id, result, stats, status: shared.status() });
+                    }));
+                    let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply });
+                }
+                Ok(Some(ToChild::Reply { id, result })) => link.complete(id, result),
+                Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => break,
+                Ok(Some(ToChild::Init { .. })) => {}
+            }
+        }
+        link.fail_all();
+        let _ = mailbox.send(Request::Stop);
+    });
+    let Ok(reading) = reading else { return 2 };
     let mut loaded = starting.wait();
     if loaded.is_ok() && seccomp {
         // Loaded: everything the plugin needs from the file system is in memory now.
@@ -304,28 +352,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     if link.send(&ToParent::Loaded { result: loaded, stats, sources: sources.files() }).is_err() || failed {
         return 0;
     }
-    let mailbox = starting.tx.clone();
-    // This thread keeps reading while a call runs (replies to the plugin's own requests arrive
-    // then); the plugin's thread writes each answer itself.
-    loop {
-        match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
-            Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
-                let timeout = timeout_ms.map(Duration::from_millis);
-                let ctx = CallContext { chain, event_depth };
-                let (out, shared) = (link.clone(), shared.clone());
-                let reply = Reply::Func(Box::new(move |result| {
-                    let stats = Box::new(shared.stats.snapshot());
-                    let _ = out.send(&ToParent::Answer { id, result, stats, status: shared.status() });
-                }));
-                let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply });
-            }
-            Ok(Some(ToChild::Reply { id, result })) => link.complete(id, result),
-            Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => break,
-            Ok(Some(ToChild::Init { .. })) => {}
-        }
-    }
-    link.fail_all();
-    let _ = mailbox.send(Request::Stop);
+    let _ = reading.join();
     let _ = starting.thread.join();
     0
 }

@@ -140,7 +140,13 @@ impl ChildProc {
 
     /// Kills the child and waits for it and its threads; returns how it ended.
     fn kill(mut self) -> String {
+        // The whole process group (the child is its leader): nothing it started survives it.
+        // SAFETY: signalling a process group this pump created.
+        unsafe { libc::kill(-(self.process.id() as i32), libc::SIGKILL) };
         let _ = self.process.kill();
+        // Nobody reads answers any more: a reader blocked on a full queue must not keep the
+        // join below waiting.
+        self.answers = crossbeam_channel::never();
         self.reap()
     }
 
@@ -485,7 +491,7 @@ impl Pump {
         };
         drop(theirs);
         let mut child = ChildProc { process, writer, answers, reader: Some(reader), host: Some(host), next_id: 0 };
-        let deadline = Some(Instant::now() + self.config.limits.load_timeout + GRACE);
+        let deadline = Instant::now().checked_add(self.config.limits.load_timeout).and_then(|d| d.checked_add(GRACE));
         let program = self.program.display().to_string();
         let refuse = |child: ChildProc, msg: String| -> Result<(ChildProc, Vec<String>)> {
             let how = child.kill();
@@ -509,7 +515,7 @@ impl Pump {
         }
         // Loading runs the plugin's top-level code, which may ask the host for things.
         *self.in_flight.lock().unwrap() =
-            Some(InFlight { chain: Vec::new(), event_depth: 0, deadline: deadline.map(|d| d - GRACE) });
+            Some(InFlight { chain: Vec::new(), event_depth: 0, deadline: deadline.and_then(|d| d.checked_sub(GRACE)) });
         let init = ToChild::Init { protocol: PROTOCOL_VERSION, plugin: Box::new(self.child_plugin()) };
         let loaded = match child.send(&init) {
             Ok(()) => child.answer(deadline),
@@ -756,9 +762,13 @@ impl HostSide {
     /// Does what the child asked, checking again that its plugin may: the child is not trusted.
     /// Call chains, event depths and deadlines come from the call the host knows is running.
     async fn answer(&self, ask: Ask) -> Result<Value> {
-        let Some(running) = self.in_flight.lock().unwrap().clone() else {
-            return Err(Error::new(ErrorCode::InvalidArgs, "no call of this plugin is running"));
-        };
+        // Between calls (a restart inside the child re-running the plugin's top-level code),
+        // the child asks as a plugin being loaded: no callers, within its load time limit.
+        let running = self.in_flight.lock().unwrap().clone().unwrap_or_else(|| InFlight {
+            chain: Vec::new(),
+            event_depth: 0,
+            deadline: Instant::now().checked_add(self.config.limits.load_timeout),
+        });
         let granted = &self.config.permissions.granted;
         let holds = |p: &str| granted.iter().any(|g| g == p);
         let denied = |what: String| Error::new(ErrorCode::PermissionDenied, what);
