@@ -223,8 +223,10 @@ impl Shared {
     /// Stops the thread serving this plugin, if any, without closing the plugin: later calls
     /// answer with its last error until a new version is opened. Does not wait.
     pub(crate) fn stop_thread(&self) {
-        // Take it first: the send may wait for room, and must not hold the lock meanwhile.
+        // Take it first: the send may wait for room, and must not hold the lock meanwhile. The
+        // stopped version no longer speaks for the plugin (no version has number 0).
         let old = self.mailbox.write().unwrap().take();
+        self.current.store(0, Ordering::Release);
         if let Some(old) = old {
             let _ = old.send(Request::Stop);
         }

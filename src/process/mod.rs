@@ -22,10 +22,12 @@
 //!
 //! What the boundary guarantees: a child that exits or is killed (SIGKILL, abort, a V8 fatal
 //! error, a segfault) answers the call it was running with `PLUGIN_CRASHED`; calls queued
-//! behind it wait and run on the restarted plugin (restarts back off from 50 ms to 5 s while it
-//! keeps crashing); a [`LifecycleEvent::Crashed`](crate::events::LifecycleEvent) says so; other
-//! plugins never notice. A child that does not answer by its call's deadline plus [`GRACE`] is
-//! killed (`TIMEOUT`). A child dies with its host (`PR_SET_PDEATHSIG`), inherits no file
+//! behind it run on the restarted plugin (the first restart is immediate; while a plugin keeps
+//! crashing, calls that arrive during its backoff, 50 ms growing to 5 s, are refused with
+//! `PLUGIN_CRASHED` at once rather than kept waiting); a
+//! [`LifecycleEvent::Crashed`](crate::events::LifecycleEvent) says so; other plugins never
+//! notice. A child that does not answer by its call's deadline plus [`GRACE`] is killed
+//! (`TIMEOUT`). A child dies with its host (`PR_SET_PDEATHSIG`), inherits no file
 //! descriptor but its channel, and writes no core dump. See `wire.rs` for the protocol.
 
 mod child;
