@@ -28,6 +28,21 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 << 20;
 /// Longest message, name or stack of a plugin's error that isola keeps (longer ones are cut,
 /// saying so).
 pub const MAX_ERROR_TEXT_BYTES: usize = 64 << 10;
+/// `text` cut to [`MAX_ERROR_TEXT_BYTES`], saying so: an error's message or stack is the
+/// plugin's to choose, and a host keeps and logs errors.
+pub(crate) fn capped(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let total = text.len();
+        let mut cut = MAX_ERROR_TEXT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!("… (truncated: {total} bytes)"));
+    }
+    text
+}
+
 /// How deep `host.plugins.call` chains may go (A → B → C ... counts the plugins); deeper is
 /// `CALL_DEPTH`.
 pub const MAX_CALL_DEPTH: usize = 8;

@@ -260,17 +260,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     let console = link.clone();
     crate::runtime::ops::set_console(Box::new(move |_plugin, level, msg| {
         // Cut like error texts: a log line must fit what the host reads from a worker.
-        let mut msg = msg.to_owned();
-        if msg.len() > crate::engine::MAX_ERROR_TEXT_BYTES {
-            let total = msg.len();
-            let mut cut = crate::engine::MAX_ERROR_TEXT_BYTES;
-            while !msg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            msg.truncate(cut);
-            msg.push_str(&format!("… (truncated: {total} bytes)"));
-        }
-        let _ = console.send(&ToParent::Log { level, msg });
+        let _ = console.send(&ToParent::Log { level, msg: crate::engine::capped(msg.to_owned()) });
     }));
     let storage = Storage::new(RemoteStorage(link.clone())).with_quota(plugin.storage_quota);
     let engine = Engine::builder().host(host_api(&link, &plugin)).storage(storage).build();

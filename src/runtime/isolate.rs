@@ -27,7 +27,7 @@ use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
 use crate::call::CallContext;
 use crate::config::PluginConfig;
-use crate::engine::MAX_ERROR_TEXT_BYTES;
+use crate::engine::capped;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
 use crate::host::HostApi;
 use crate::source::{PluginSource, SourceKind};
@@ -591,21 +591,6 @@ fn js_error(e: &JsError, root_url: &str) -> Error {
     let mut err = Error::new(ErrorCode::JsError, text);
     err.js = Some(Box::new(info));
     err
-}
-
-/// `text` cut to [`MAX_ERROR_TEXT_BYTES`], saying so: an error's message or stack is the
-/// plugin's to choose, and a host keeps and logs errors.
-fn capped(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT_BYTES {
-        let total = text.len();
-        let mut cut = MAX_ERROR_TEXT_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str(&format!("… (truncated: {total} bytes)"));
-    }
-    text
 }
 
 /// Finds `some/file.js:LINE` at the start of a stack (used for syntax errors).
