@@ -61,6 +61,9 @@ pub(crate) enum Request {
         ctx: CallContext,
         reply: Reply,
     },
+    /// Look at the isolate now: the engine's memory guard stopped it while it ran no JS, and
+    /// its memory is only given back when the thread discards it.
+    Recycle,
     /// Run `onLoad(state)` before anything queued after this, waiting for the state to arrive
     /// (on reload it comes from the old version's `onUnload`, which may still be running). A
     /// failure is reported as a lifecycle event: nobody waits for the answer.
@@ -80,12 +83,23 @@ pub(crate) struct Job {
     pub reply: Option<Reply>,
 }
 
+/// Waits for the next hook to run: `None` once the mailbox is stopped or gone. `Recycle`
+/// requests on the way run `recycle`.
+pub(crate) fn next_job(rx: &Receiver<Request>, mut recycle: impl FnMut()) -> Option<Job> {
+    loop {
+        match rx.recv().ok()? {
+            Request::Recycle => recycle(),
+            req => return req.into_job(),
+        }
+    }
+}
+
 impl Request {
-    /// The hook this request runs, or `None` for `Stop`. For `Init`, waits for the state
-    /// `onLoad` receives.
-    pub(crate) fn into_job(self) -> Option<Job> {
+    /// The hook this request runs, or `None` for `Stop` (and `Recycle`, which
+    /// [`next_job`] handles). For `Init`, waits for the state `onLoad` receives.
+    fn into_job(self) -> Option<Job> {
         match self {
-            Request::Stop => None,
+            Request::Stop | Request::Recycle => None,
             Request::Call { hook, args, timeout, ctx, reply } => {
                 Some(Job { hook, args, timeout, ctx, reply: Some(reply) })
             }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::host::HostApi;
 pub use crate::isolation::Isolation;
+use crate::memory_guard::MemoryGuard;
 use crate::permissions::Policy;
 use crate::storage::Storage;
 
@@ -112,6 +113,7 @@ struct EngineInner {
     isolation: Isolation,
     worker_program: Option<PathBuf>,
     seccomp: bool,
+    guard: Arc<MemoryGuard>,
 }
 
 impl Default for Engine {
@@ -136,6 +138,7 @@ impl Engine {
             isolation: Isolation::Thread,
             worker_program: None,
             seccomp: false,
+            total_memory_limit: None,
         }
     }
 
@@ -174,6 +177,32 @@ impl Engine {
     pub fn worker_program(&self) -> Option<&std::path::Path> {
         self.inner.worker_program.as_deref()
     }
+
+    /// The limit on all this engine's plugins' memory together, in bytes (see
+    /// [`EngineBuilder::total_memory_limit_mb`]).
+    pub fn total_memory_limit(&self) -> Option<usize> {
+        self.inner.guard.limit()
+    }
+
+    /// Bytes this engine's thread-isolated plugins hold together (V8 heap, as of each one's
+    /// last garbage collection, plus ArrayBuffers): what the total limit is checked against.
+    ///
+    /// ```
+    /// let engine = isola::Engine::builder().total_memory_limit_mb(512).build();
+    /// assert_eq!(engine.memory_in_use(), 0); // no plugin loaded yet
+    /// ```
+    pub fn memory_in_use(&self) -> usize {
+        self.inner.guard.total()
+    }
+
+    /// How many times a plugin was stopped because the total limit was reached.
+    pub fn total_memory_stops(&self) -> usize {
+        self.inner.guard.stops()
+    }
+
+    pub(crate) fn memory_guard(&self) -> &Arc<MemoryGuard> {
+        &self.inner.guard
+    }
 }
 
 /// Builds an [`Engine`]; see [`Engine::builder`].
@@ -186,6 +215,7 @@ pub struct EngineBuilder {
     isolation: Isolation,
     worker_program: Option<PathBuf>,
     seccomp: bool,
+    total_memory_limit: Option<usize>,
 }
 
 impl EngineBuilder {
@@ -267,6 +297,24 @@ impl EngineBuilder {
         self
     }
 
+    /// A limit on the memory of all plugins together, in MiB (default: none). Each plugin
+    /// keeps its own budget; when the sum of what the budgets count (V8 heap plus
+    /// ArrayBuffers) passes this limit, the plugin holding the most is stopped with
+    /// `HEAP_LIMIT` and restarted fresh, as if it had broken its own budget, before the
+    /// operating system's OOM killer can end the whole host. Set it below the memory the host
+    /// may use, leaving room for the host itself and for what V8 keeps outside the budgets
+    /// (about 1 MiB per plugin). Counts thread-isolated plugins; a process-isolated plugin is
+    /// bounded by its own budget in its own process.
+    ///
+    /// ```
+    /// let engine = isola::Engine::builder().heap_limit_mb(64).total_memory_limit_mb(1024).build();
+    /// assert_eq!(engine.total_memory_limit(), Some(1 << 30));
+    /// ```
+    pub fn total_memory_limit_mb(mut self, mb: u64) -> Self {
+        self.total_memory_limit = Some((mb as usize).saturating_mul(1 << 20));
+        self
+    }
+
     /// Finishes the engine.
     pub fn build(self) -> Engine {
         let storage = self.storage.unwrap_or_else(Storage::memory);
@@ -279,6 +327,7 @@ impl EngineBuilder {
                 isolation: self.isolation,
                 worker_program: self.worker_program,
                 seccomp: self.seccomp,
+                guard: MemoryGuard::new(self.total_memory_limit),
             }),
         }
     }

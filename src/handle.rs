@@ -232,6 +232,18 @@ impl Shared {
         }
     }
 
+    /// Asks version `generation`'s thread to look at its isolate now (the engine's memory
+    /// guard stopped it while no JS ran). Skipped when the mailbox is full: the thread is busy
+    /// then, and looks at the isolate before its next call anyway.
+    pub(crate) fn nudge(&self, generation: u64) {
+        if !self.is_current(generation) {
+            return;
+        }
+        if let Some(tx) = self.mailbox.read().unwrap().as_ref() {
+            let _ = tx.try_send(Request::Recycle);
+        }
+    }
+
     /// Waits for every thread of this plugin to finish.
     pub(crate) fn join(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap());

@@ -51,6 +51,7 @@ mod isolation;
 mod links;
 pub mod manager;
 pub mod manifest;
+mod memory_guard;
 pub mod permissions;
 pub mod process;
 mod registry;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{Job, ON_LOAD, Reply, Request};
+use crate::call::{Job, ON_LOAD, Reply, Request, next_job};
 use crate::config::PluginConfig;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
@@ -85,7 +85,7 @@ pub(crate) fn spawn_with(
     let thread = std::thread::Builder::new()
         .name(format!("isola:{id}"))
         .stack_size(STACK_SIZE)
-        .spawn(move || Worker { engine, config, shared, peers, sources }.run(rx, ready_tx))
+        .spawn(move || Worker { engine, config, shared, peers, sources, generation }.run(rx, ready_tx))
         .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
     Ok(Starting { tx, thread, generation, ready })
 }
@@ -97,6 +97,8 @@ struct Worker {
     peers: Arc<dyn Peers>,
     /// The files this version loaded, reused when the isolate is restarted.
     sources: Arc<SourceCache>,
+    /// This version's number (see `Shared::next_generation`).
+    generation: u64,
 }
 
 impl Worker {
@@ -130,7 +132,12 @@ impl Worker {
             }
         };
 
-        while let Some(Job { hook, args, timeout, ctx, reply }) = rx.recv().ok().and_then(Request::into_job) {
+        loop {
+            // An isolate the engine's memory guard stopped while idle is discarded before it
+            // runs anything, whether a `Recycle` request or a call comes first.
+            let job = next_job(&rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt));
+            let Some(Job { hook, args, timeout, ctx, reply }) = job else { break };
+            self.recycle_if_poisoned(&mut isolate, &slot, &rt);
             let Some(iso) = isolate.as_mut() else {
                 let last = self.shared.info().last_error;
                 let msg = last.map(|e| e.message).unwrap_or_default();
@@ -154,33 +161,56 @@ impl Worker {
                 let (heap, ab, limit) = iso.memory();
                 self.shared.stats.set_memory(heap, ab, limit);
             }
-            let heap_error = if poisoned { r.as_ref().err().cloned() } else { None };
+            let heap_error = poisoned.then(|| r.as_ref().err().cloned().unwrap_or_else(|| iso.heap_limit_error()));
             self.answer(reply, r);
-            if poisoned {
-                // The isolate broke its memory budget: discard it and start the plugin fresh.
-                // (Drop first: V8 wants isolates on one thread disposed in reverse order.)
-                self.shared.set_status(PluginStatus::Restarting);
-                if let Some(error) = heap_error {
-                    let error = error.in_context(id, Some(&hook));
-                    self.shared.emit(LifecycleEvent::Restarted { plugin: id.to_owned(), error });
-                }
-                drop(isolate.take());
-                self.shared.stats.record_restart();
-                tracing::warn!(plugin = %id, "memory limit exceeded; restarting the plugin");
-                match self.load(&slot, &rt) {
-                    Ok(i) => isolate = Some(i),
-                    Err(e) => {
-                        tracing::error!(plugin = %id, "restart failed: {e}");
-                        self.shared.update_info(|info| info.last_error = Some(e.in_context(id, None)));
-                        self.shared.set_status(PluginStatus::Failed);
-                    }
-                }
+            if let Some(error) = heap_error {
+                self.restart(&mut isolate, error.in_context(id, Some(&hook)), &slot, &rt);
             }
         }
         // Whatever is still queued will not run.
         while let Ok(req) = rx.try_recv() {
             if let Request::Call { reply, .. } = req {
                 reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped")));
+            }
+        }
+    }
+
+    /// Restarts the plugin if its isolate broke its memory budget while no call ran (the
+    /// engine's memory guard stopped it to keep all plugins under the total limit).
+    fn recycle_if_poisoned(
+        &self,
+        isolate: &mut Option<PluginIsolate>,
+        slot: &DeadlineSlot,
+        rt: &tokio::runtime::Runtime,
+    ) {
+        if let Some(iso) = isolate.as_ref().filter(|i| i.poisoned()) {
+            let error = iso.heap_limit_error().in_context(self.config.id(), None);
+            self.restart(isolate, error, slot, rt);
+        }
+    }
+
+    /// Discards an isolate that broke its memory budget and starts the plugin fresh; `error`
+    /// says why, in the `Restarted` event.
+    fn restart(
+        &self,
+        isolate: &mut Option<PluginIsolate>,
+        error: Error,
+        slot: &DeadlineSlot,
+        rt: &tokio::runtime::Runtime,
+    ) {
+        let id = self.config.id();
+        self.shared.set_status(PluginStatus::Restarting);
+        self.shared.emit(LifecycleEvent::Restarted { plugin: id.to_owned(), error });
+        // Drop first: V8 wants isolates on one thread disposed in reverse order.
+        drop(isolate.take());
+        self.shared.stats.record_restart();
+        tracing::warn!(plugin = %id, "memory limit exceeded; restarting the plugin");
+        match self.load(slot, rt) {
+            Ok(i) => *isolate = Some(i),
+            Err(e) => {
+                tracing::error!(plugin = %id, "restart failed: {e}");
+                self.shared.update_info(|info| info.last_error = Some(e.in_context(id, None)));
+                self.shared.set_status(PluginStatus::Failed);
             }
         }
     }
@@ -206,8 +236,16 @@ impl Worker {
             stats: self.shared.stats.clone(),
             peers: self.peers.clone(),
             sources: self.sources.clone(),
+            guard: self.engine.memory_guard(),
         };
         let iso = PluginIsolate::new(&cfg, slot, rt)?;
+        let shared = Arc::downgrade(&self.shared);
+        let generation = self.generation;
+        iso.set_waker(Box::new(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.nudge(generation);
+            }
+        }));
         let (heap, ab, limit) = iso.memory();
         self.shared.stats.set_memory(heap, ab, limit);
         self.shared.set_status(PluginStatus::Ready);

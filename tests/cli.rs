@@ -79,6 +79,19 @@ fn call_enforces_the_heap_limit_option() {
 }
 
 #[test]
+fn call_enforces_the_total_memory_option() {
+    // The plugin's own budget (64 MiB) would allow it; the total of 24 MiB does not.
+    let dir = PluginDir::new();
+    dir.script("bomb", "var plugin = { bomb() { const a = []; while (true) a.push(new ArrayBuffer(1 << 20)); } };");
+    let o = isola(&["--total-memory", "24", "call", dir.path().to_str().unwrap(), "bomb", "bomb", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["error"]["code"], "HEAP_LIMIT");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("total memory limit of 24 MiB"), "{message}");
+}
+
+#[test]
 fn call_only_loads_the_named_plugin() {
     let dir = PluginDir::new();
     dir.script("good", "var plugin = { hi() { return 'hi'; } };");
@@ -152,7 +165,7 @@ fn verbose_shows_plugin_console_output_and_quiet_hides_the_table() {
 fn help_explains_the_options_with_examples() {
     let o = isola(&["--help"]);
     let out = stdout(&o);
-    for needle in ["--heap-limit", "--timeout", "--verbose", "--quiet", "list", "call", "run"] {
+    for needle in ["--heap-limit", "--total-memory", "--timeout", "--verbose", "--quiet", "list", "call", "run"] {
         assert!(out.contains(needle), "missing {needle}: {out}");
     }
     let o = isola(&["call", "--help"]);

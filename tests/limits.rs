@@ -266,3 +266,45 @@ fn a_restart_after_heap_limit_needs_no_file_on_disk() {
     assert_eq!(h.status(), PluginStatus::Ready);
     assert_eq!(h.stats().restarts, 1);
 }
+
+#[test]
+fn garbage_array_buffers_do_not_break_the_budget() {
+    // Many short-lived buffers: far more than the budget in all, never more than a few alive.
+    let (_d, _m, h) = load_module_with(
+        engine_with(10_000, 16),
+        "export default {
+            churn(n) { let sum = 0; for (let i = 0; i < n; i++) sum += new ArrayBuffer(1 << 20).byteLength; return sum; },
+            typed(n) { let sum = 0; for (let i = 0; i < n; i++) sum += new Float64Array(1 << 17).length; return sum; },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, u64>("churn", 400).unwrap(), 400 << 20);
+    assert_eq!(h.call_blocking::<_, u64>("typed", 400).unwrap(), 400 << 17);
+    assert_eq!(h.stats().restarts, 0);
+}
+
+#[test]
+fn heap_and_array_buffers_share_one_budget() {
+    // 20 MiB of strings and 20 MiB of buffers under a 32 MiB budget, in either order, is over;
+    // 10 + 10 is not.
+    let (_d, _m, h) = load_module_with(
+        engine_with(10_000, 32),
+        "const heap = (mb) => { const k = []; for (let i = 0; i < mb; i++) k.push(new Array(1 << 17).fill(i + 0.5)); return k; };
+        const buffers = (mb) => { const k = []; for (let i = 0; i < mb; i++) k.push(new ArrayBuffer(1 << 20)); return k; };
+        let kept = [];
+        export default {
+            heapThenBuffers() { kept = [heap(20), buffers(20)]; return 'kept'; },
+            buffersThenHeap() { kept = [buffers(20), heap(20)]; return 'kept'; },
+            both() { kept = [heap(10), buffers(10)]; return 'kept'; },
+            release() { kept = []; return 'released'; },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, String>("both", ()).unwrap(), "kept");
+    assert_eq!(h.call_blocking::<_, String>("release", ()).unwrap(), "released");
+    for hook in ["heapThenBuffers", "buffersThenHeap"] {
+        let e = h.call_blocking::<_, Value>(hook, ()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::HeapLimit, "{hook}: {e}");
+        assert_eq!(h.call_blocking::<_, String>("both", ()).unwrap(), "kept", "after {hook}");
+        assert_eq!(h.call_blocking::<_, String>("release", ()).unwrap(), "released");
+    }
+    assert_eq!(h.stats().restarts, 2);
+}

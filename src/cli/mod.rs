@@ -30,6 +30,10 @@ struct Global {
     /// Memory budget per plugin in MiB (V8 heap plus ArrayBuffers), e.g. `--heap-limit 32`.
     #[arg(long, global = true, value_name = "MB", default_value_t = isola::engine::DEFAULT_HEAP_LIMIT_MB)]
     heap_limit: u64,
+    /// Limit on all thread-isolated plugins' memory together in MiB: past it, the plugin
+    /// holding the most is stopped (`HEAP_LIMIT`) and restarted, e.g. `--total-memory 2048`.
+    #[arg(long, global = true, value_name = "MB")]
+    total_memory: Option<u64>,
     /// Time limit per hook call in milliseconds, e.g. `--timeout 500`.
     #[arg(long, global = true, value_name = "MS", default_value_t = isola::engine::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
     timeout: u64,
@@ -181,7 +185,11 @@ pub fn main() -> ExitCode {
     } else {
         isola::engine::Isolation::Thread
     };
-    let engine = Engine::builder()
+    let mut builder = Engine::builder();
+    if let Some(mb) = cli.global.total_memory {
+        builder = builder.total_memory_limit_mb(mb);
+    }
+    let engine = builder
         .isolation(isolation)
         .seccomp(cli.global.seccomp)
         .host(demo_host::demo_host())

@@ -34,7 +34,7 @@ use super::wire::{
     Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
 use super::{PARENT_PID_ENV, WORKER_FD_ENV};
-use crate::call::{CallContext, Job, ON_LOAD, Request};
+use crate::call::{CallContext, Job, ON_LOAD, Request, next_job};
 use crate::config::PluginConfig;
 use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
 use crate::error::{Error, ErrorCode, Result};
@@ -221,7 +221,8 @@ impl Pump {
                 return;
             }
         };
-        while let Some(Job { hook, args, timeout, ctx, reply }) = rx.recv().ok().and_then(Request::into_job) {
+        // A child's memory is bounded in the child; the engine's guard never asks it to recycle.
+        while let Some(Job { hook, args, timeout, ctx, reply }) = next_job(&rx, || ()) {
             // A child that died while idle costs no call: notice it before sending, restart.
             if child.as_mut().is_some_and(ChildProc::ended) {
                 let how = child.take().map(ChildProc::kill).unwrap_or_default();

@@ -20,7 +20,7 @@ use deno_core::{JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions
 use serde_json::Value;
 
 use super::loader::{PluginLoader, SourceCache};
-use super::memory::MemoryBudget;
+use super::memory::{Breach, MemoryBudget};
 use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
@@ -30,6 +30,7 @@ use crate::config::PluginConfig;
 use crate::engine::capped;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
 use crate::host::HostApi;
+use crate::memory_guard::MemoryGuard;
 use crate::source::{PluginSource, SourceKind};
 use crate::stats::StatsCell;
 use crate::storage::Storage;
@@ -48,6 +49,8 @@ pub(crate) struct IsolateConfig<'a> {
     pub peers: Arc<dyn Peers>,
     /// This plugin version's files, as first read.
     pub sources: Arc<SourceCache>,
+    /// The engine's limit on all plugins' memory together.
+    pub guard: &'a Arc<MemoryGuard>,
 }
 
 /// A loaded plugin: its runtime, its hooks, and its memory budget.
@@ -100,7 +103,7 @@ impl PluginIsolate {
         let source = &cfg.plugin.source;
         let load_timeout = cfg.plugin.limits.load_timeout;
         let heap_limit = cfg.plugin.limits.heap_limit.max(MIN_HEAP_BYTES);
-        let budget = MemoryBudget::new(heap_limit);
+        let budget = MemoryBudget::new(heap_limit, cfg.guard);
         let current = Rc::new(RefCell::new(Current {
             callers: Vec::new(),
             event_depth: 0,
@@ -129,6 +132,7 @@ impl PluginIsolate {
         slot.set_isolate(handle);
         let b = budget.clone();
         runtime.add_near_heap_limit_callback(move |current, _initial| b.heap_full(current));
+        budget.watch_gc(runtime.v8_isolate());
         let helpers = runtime
             .execute_script("ext:isola/setup.js", format!("{PRELUDE_GLOBAL}({spec})"))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
@@ -180,11 +184,7 @@ impl PluginIsolate {
         timeout_msg: impl FnOnce() -> String,
     ) -> Result<T, Error> {
         if self.budget.exceeded() {
-            let limit_mb = self.budget.limit() >> 20;
-            return Err(Error::new(
-                ErrorCode::HeapLimit,
-                format!("memory limit of {limit_mb} MiB exceeded (V8 heap and ArrayBuffers); the plugin is restarted"),
-            ));
+            return Err(self.heap_limit_error());
         }
         if terminated {
             self.runtime.v8_isolate().cancel_terminate_execution();
@@ -209,6 +209,27 @@ impl PluginIsolate {
         self.budget.exceeded()
     }
 
+    /// The `HEAP_LIMIT` error that says how the budget broke.
+    pub(crate) fn heap_limit_error(&self) -> Error {
+        let message = match self.budget.breach() {
+            Some(Breach::Total { limit, usage }) => format!(
+                "the engine's total memory limit of {} MiB was reached and this plugin held the most ({} MiB); the plugin is restarted",
+                limit >> 20,
+                usage >> 20
+            ),
+            _ => format!(
+                "memory limit of {} MiB exceeded (V8 heap and ArrayBuffers); the plugin is restarted",
+                self.budget.limit() >> 20
+            ),
+        };
+        Error::new(ErrorCode::HeapLimit, message)
+    }
+
+    /// What to run when the engine's memory guard stops this plugin while no JS runs.
+    pub(crate) fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
+        self.budget.set_waker(waker);
+    }
+
     /// The hook names, sorted.
     pub(crate) fn hook_names(&self) -> Vec<String> {
         self.hooks.keys().cloned().collect()
@@ -223,8 +244,27 @@ impl PluginIsolate {
     /// rather than every time.
     pub(crate) fn refresh_heap_used(&mut self) {
         let used = self.runtime.v8_isolate().get_heap_statistics().used_heap_size();
-        self.budget.set_heap_used(used);
+        self.budget.set_heap_used(used, false);
         self.calls_since_heap_check = 0;
+    }
+
+    /// Heap and ArrayBuffers share one budget, but V8 only reports its heap exactly after a
+    /// full GC. When buffers hold a large part of the budget (a quarter or more) and the live
+    /// heap figure says the two together are over it, a full GC runs now, and its count
+    /// breaks the budget if they really are (garbage never does). Plugins with few buffers
+    /// skip this (one atomic load).
+    fn check_shared_budget(&mut self) {
+        let buffers = self.budget.array_buffer_bytes();
+        if buffers < self.budget.limit() / 4 || self.budget.exceeded() {
+            return;
+        }
+        let isolate = self.runtime.v8_isolate();
+        let heap = isolate.get_heap_statistics().used_heap_size();
+        self.budget.set_heap_used(heap, false);
+        if heap.saturating_add(buffers) > self.budget.limit() {
+            // On the isolate's own thread this is a full GC, now; its epilogue decides.
+            isolate.memory_pressure_notification(v8::MemoryPressureLevel::Critical);
+        }
     }
 
     fn evaluate(
@@ -346,6 +386,7 @@ impl PluginIsolate {
             Err(f) => Err(f),
         };
         let terminated = slot.disarm();
+        self.check_shared_budget();
         let r = self.settle(r, terminated, || format!("the call took longer than {} ms", timeout.as_millis()));
         self.calls_since_heap_check += 1;
         if self.calls_since_heap_check >= 64 {

@@ -16,11 +16,12 @@
 //! (measured in `tests/containment.rs`, documented in the README).
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use deno_core::v8;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::memory_guard::{Consumer, MemoryGuard};
 
 /// The largest single object V8 can allocate on its heap: a string is at most 2^29 - 24
 /// characters (1 GiB as two-byte), an array's backing store 2^27 elements of 8 bytes (1 GiB).
@@ -28,34 +29,83 @@ pub(crate) const LARGEST_OBJECT: usize = 1 << 30;
 /// The least the heap limit grows by each further time V8 reports it full after the budget
 /// broke.
 const HEAP_STEP: usize = 16 << 20;
+/// How many times in a row V8 asks for a backing store the budget has no room for before the
+/// budget is broken. V8 answers a refused backing store by collecting garbage and asking again
+/// (after two full GCs, then after a last-resort one: four asks in all), so buffers that are
+/// already garbage are freed before a plugin is stopped for them.
+const AB_ASKS: u32 = 4;
+/// Backing stores at least this large read the live heap figure before they are charged (a
+/// microsecond, small next to allocating and zeroing them); smaller ones use the last GC's.
+const LIVE_HEAP_FROM: usize = 64 << 10;
 
-/// Shared between the isolate's thread, V8's allocator callbacks (any thread) and the
-/// near-heap-limit callback.
+/// The isolate a budget belongs to, and the thread it runs on.
+struct Home {
+    thread: std::thread::ThreadId,
+    isolate: v8::UnsafeRawIsolatePtr,
+}
+
+// SAFETY: the pointer is only dereferenced on `thread`, the isolate's own, while it lives.
+unsafe impl Send for Home {}
+unsafe impl Sync for Home {}
+
+/// Why a budget was broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Breach {
+    /// The plugin went over its own budget.
+    Own,
+    /// The engine's total limit (bytes) was reached and this plugin held the most (bytes).
+    Total { limit: usize, usage: usize },
+}
+
+/// Shared between the isolate's thread, V8's allocator callbacks (any thread), V8's GC and
+/// near-heap-limit callbacks, and the engine's memory guard.
 pub(crate) struct MemoryBudget {
     /// Total budget in bytes.
     limit: usize,
     /// Bytes currently held by ArrayBuffer backing stores.
     array_buffers: AtomicUsize,
-    /// Last known V8 heap use, refreshed by the isolate's thread after calls.
+    /// V8 heap in use as of the last GC (or the last explicit refresh).
     heap_used: AtomicUsize,
     /// Set once the budget was broken; the isolate must then be discarded.
     exceeded: AtomicBool,
+    breach: Mutex<Option<Breach>>,
     /// Times V8 reported the heap full (see [`MemoryBudget::heap_full`]).
     heap_full_calls: AtomicUsize,
+    /// Backing stores refused in a row (see [`AB_ASKS`]).
+    refused: AtomicU32,
+    /// A full GC was asked for and has not happened yet.
+    full_gc_pending: AtomicBool,
     /// How to stop the isolate's running JS from inside an allocation.
     isolate: Mutex<Option<v8::IsolateHandle>>,
+    /// The isolate and its thread, for reading the live heap figure from inside an allocation
+    /// made on that thread.
+    home: OnceLock<Home>,
+    /// Tells the plugin's thread to discard a broken isolate that is not running (set by the
+    /// thread; called when the guard stops an idle plugin).
+    waker: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    guard: Arc<MemoryGuard>,
 }
 
 impl MemoryBudget {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
-        Arc::new(MemoryBudget {
+    /// A budget of `limit` bytes, counted by `guard` with every other plugin's.
+    pub(crate) fn new(limit: usize, guard: &Arc<MemoryGuard>) -> Arc<Self> {
+        let budget = Arc::new(MemoryBudget {
             limit,
             array_buffers: AtomicUsize::new(0),
             heap_used: AtomicUsize::new(0),
             exceeded: AtomicBool::new(false),
+            breach: Mutex::new(None),
             heap_full_calls: AtomicUsize::new(0),
+            refused: AtomicU32::new(0),
+            full_gc_pending: AtomicBool::new(false),
             isolate: Mutex::new(None),
-        })
+            home: OnceLock::new(),
+            waker: Mutex::new(None),
+            guard: guard.clone(),
+        });
+        let weak = Arc::downgrade(&budget);
+        guard.register(weak);
+        budget
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -66,8 +116,26 @@ impl MemoryBudget {
         *self.isolate.lock().unwrap() = Some(handle);
     }
 
-    pub(crate) fn set_heap_used(&self, bytes: usize) {
-        self.heap_used.store(bytes, Ordering::Relaxed);
+    /// What the plugin's thread wants done when the budget breaks while no JS runs.
+    pub(crate) fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
+        *self.waker.lock().unwrap() = Some(waker);
+    }
+
+    /// Records the V8 heap's use, reports the change to the guard and breaks the budget if
+    /// heap and ArrayBuffers together are over it (`checked`: only when the figure is exact
+    /// enough, after a full GC, so that garbage never stops a plugin).
+    pub(crate) fn set_heap_used(&self, bytes: usize, checked: bool) {
+        let old = self.heap_used.swap(bytes, Ordering::Relaxed);
+        if bytes > old {
+            if self.guard.grow(bytes - old) {
+                self.guard.enforce(self.addr());
+            }
+        } else {
+            self.guard.shrink(old - bytes);
+        }
+        if checked && bytes.saturating_add(self.array_buffer_bytes()) > self.limit {
+            self.trip(Breach::Own);
+        }
     }
 
     pub(crate) fn heap_used(&self) -> usize {
@@ -83,8 +151,15 @@ impl MemoryBudget {
         self.exceeded.load(Ordering::SeqCst)
     }
 
-    /// Marks the budget broken and stops the running JS. Called from V8 callbacks.
-    pub(crate) fn trip(&self) {
+    /// How the budget was broken, if it was.
+    pub(crate) fn breach(&self) -> Option<Breach> {
+        *self.breach.lock().unwrap()
+    }
+
+    /// Marks the budget broken and stops the running JS. Called from V8 callbacks and from
+    /// the guard (any thread). The first breach is the one reported.
+    pub(crate) fn trip(&self, why: Breach) {
+        self.breach.lock().unwrap().get_or_insert(why);
         self.exceeded.store(true, Ordering::SeqCst);
         if let Some(h) = self.isolate.lock().unwrap().as_ref() {
             h.terminate_execution();
@@ -97,7 +172,7 @@ impl MemoryBudget {
     /// more while it unwinds (a builtin that does not check for termination). Never the same
     /// limit: V8 would abort the process.
     pub(crate) fn heap_full(&self, current: usize) -> usize {
-        self.trip();
+        self.trip(Breach::Own);
         let room = if self.heap_full_calls.fetch_add(1, Ordering::SeqCst) == 0 {
             LARGEST_OBJECT
         } else {
@@ -106,26 +181,87 @@ impl MemoryBudget {
         current.saturating_add(room)
     }
 
-    /// Reserves `len` bytes for a backing store, or trips the budget.
+    /// After a GC: records the heap's use. A minor GC's figure still counts old garbage, so
+    /// when it says the budget is broken, a full GC is asked for at the next safe point
+    /// (returns true) and only its figure may break the budget.
+    fn after_gc(&self, heap_used: usize, full: bool) -> bool {
+        if full {
+            self.full_gc_pending.store(false, Ordering::Relaxed);
+        }
+        self.set_heap_used(heap_used, full);
+        !full
+            && heap_used.saturating_add(self.array_buffer_bytes()) > self.limit
+            && !self.exceeded()
+            && !self.full_gc_pending.swap(true, Ordering::Relaxed)
+    }
+
+    /// Reserves `len` bytes for a backing store. Refuses when the budget has no room (V8 then
+    /// collects garbage and asks again; the budget breaks after [`AB_ASKS`] refusals in a row,
+    /// or at once for a buffer larger than the whole budget), and when the engine's total
+    /// limit is reached and this plugin is the largest consumer.
     fn reserve(&self, len: usize) -> bool {
-        let heap = self.heap_used.load(Ordering::Relaxed);
+        if len > self.limit {
+            self.trip(Breach::Own);
+            return false;
+        }
+        let heap = self.live_heap(len).unwrap_or_else(|| self.heap_used());
         let room = self.limit.saturating_sub(heap);
         let mut cur = self.array_buffers.load(Ordering::Relaxed);
         loop {
             let next = cur.saturating_add(len);
             if next > room {
-                self.trip();
+                if self.refused.fetch_add(1, Ordering::Relaxed) + 1 >= AB_ASKS {
+                    self.trip(Breach::Own);
+                }
                 return false;
             }
             match self.array_buffers.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(actual) => cur = actual,
             }
         }
+        self.refused.store(0, Ordering::Relaxed);
+        if self.guard.grow(len) && self.guard.enforce(self.addr()) {
+            self.release(len);
+            return false;
+        }
+        true
+    }
+
+    /// The V8 heap's use right now, for a backing store of `len` bytes being made on the
+    /// isolate's own thread; `None` for small ones or from another thread.
+    fn live_heap(&self, len: usize) -> Option<usize> {
+        if len < LIVE_HEAP_FROM {
+            return None;
+        }
+        let home = self.home.get().filter(|h| h.thread == std::thread::current().id())?;
+        let mut ptr = home.isolate;
+        // SAFETY: on the isolate's thread, inside one of its allocations: the isolate lives and
+        // no GC runs (V8 calls the allocator outside GCs).
+        let isolate = unsafe { v8::Isolate::ref_from_raw_isolate_ptr_mut(&mut ptr) };
+        let used = isolate.get_heap_statistics().used_heap_size();
+        self.set_heap_used(used, false);
+        Some(used)
     }
 
     fn release(&self, len: usize) {
         self.array_buffers.fetch_sub(len, Ordering::Relaxed);
+        self.guard.shrink(len);
+    }
+
+    fn addr(&self) -> *const () {
+        self as *const MemoryBudget as *const ()
+    }
+
+    /// Installs the GC callback that keeps [`heap_used`](Self::heap_used) current and checks
+    /// heap and ArrayBuffers together. `self` must outlive the isolate (the isolate is dropped
+    /// before its budget).
+    pub(crate) fn watch_gc(self: &Arc<Self>, isolate: &mut v8::Isolate) {
+        let data = Arc::as_ptr(self) as *mut c_void;
+        isolate.add_gc_epilogue_callback(gc_epilogue, data, v8::GCType::kGCTypeAll);
+        // SAFETY: only read back on this thread while the isolate lives (see `live_heap`).
+        let raw = unsafe { isolate.as_raw_isolate_ptr() };
+        let _ = self.home.set(Home { thread: std::thread::current().id(), isolate: raw });
     }
 
     /// A V8 ArrayBuffer allocator that charges this budget.
@@ -139,6 +275,58 @@ impl MemoryBudget {
         // SAFETY: the raw Arc is owned by the allocator and released in `ab_drop`.
         unsafe { v8::new_rust_allocator(Arc::into_raw(self.clone()), &VTABLE) }
     }
+}
+
+impl Consumer for MemoryBudget {
+    fn usage(&self) -> usize {
+        self.heap_used().saturating_add(self.array_buffer_bytes())
+    }
+
+    fn stopping(&self) -> bool {
+        self.exceeded()
+    }
+
+    fn stop_for_total(&self, limit: usize, usage: usize) {
+        self.trip(Breach::Total { limit, usage });
+        // If no JS runs, nothing notices the termination: have the thread discard it now.
+        if let Some(wake) = self.waker.lock().unwrap().as_ref() {
+            wake();
+        }
+    }
+}
+
+impl Drop for MemoryBudget {
+    fn drop(&mut self) {
+        // The isolate (and with it every backing store) is gone: give back what was reported.
+        self.guard.shrink(self.heap_used().saturating_add(self.array_buffer_bytes()));
+    }
+}
+
+unsafe extern "C" fn gc_epilogue(
+    isolate: v8::UnsafeRawIsolatePtr,
+    kind: v8::GCType,
+    _flags: v8::GCCallbackFlags,
+    data: *mut c_void,
+) {
+    // SAFETY: `data` is the budget `watch_gc` was called on, which outlives the isolate.
+    let budget = unsafe { &*(data as *const MemoryBudget) };
+    let mut ptr = isolate;
+    // SAFETY: V8 calls this on the isolate's own thread with a live isolate.
+    let isolate = unsafe { v8::Isolate::ref_from_raw_isolate_ptr_mut(&mut ptr) };
+    let used = isolate.get_heap_statistics().used_heap_size();
+    let full = kind == v8::GCType::kGCTypeMarkSweepCompact;
+    if budget.after_gc(used, full) {
+        // No GC may start inside a GC callback: ask for one where V8 handles interrupts.
+        isolate.thread_safe_handle().request_interrupt(collect_garbage, data);
+    }
+}
+
+unsafe extern "C" fn collect_garbage(isolate: v8::UnsafeRawIsolatePtr, _data: *mut c_void) {
+    let mut ptr = isolate;
+    // SAFETY: V8 runs interrupts on the isolate's thread with a live isolate.
+    let isolate = unsafe { v8::Isolate::ref_from_raw_isolate_ptr_mut(&mut ptr) };
+    // On the isolate's own thread this collects at once (a full GC), which runs `gc_epilogue`.
+    isolate.memory_pressure_notification(v8::MemoryPressureLevel::Critical);
 }
 
 /// Charges `len` bytes to the budget, then allocates with `alloc`; undoes the charge if the
