@@ -6,12 +6,13 @@
 //! to learn it. Moving a plugin into another process later means carrying these messages over
 //! a pipe instead of a channel.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 
 /// Hook a plugin may export to receive state when it loads (`onLoad(state)`; `state` is what
 /// the previous version's `onUnload()` returned, or `null`).
@@ -27,6 +28,65 @@ pub(crate) struct CallContext {
     pub chain: Vec<String>,
     /// Events emitted by plugins that led here.
     pub event_depth: u32,
+}
+
+/// What can stop the call running on a plugin's thread at once: the thread's deadline slot,
+/// which terminates the JS as if its deadline had passed.
+pub(crate) trait Interrupt: Send + Sync {
+    /// Stops the running call now, to be answered with `code`; false if no call runs.
+    fn interrupt(&self, code: ErrorCode) -> bool;
+}
+
+/// One call's cancellation, shared by its caller (who aborts) and the plugin's thread (which
+/// skips the call if it has not started, or stops it if it runs).
+///
+/// Why a lock and not a flag: aborting must reach the call that is running *now*, never the
+/// next one on the same thread. The thread registers itself under the lock before running the
+/// call and unregisters before it disarms the deadline, so an abort either finds the call
+/// running (and interrupts it) or finds it not started (and it is skipped) or finished.
+#[derive(Default)]
+pub(crate) struct Abort {
+    state: Mutex<AbortState>,
+}
+
+#[derive(Default)]
+struct AbortState {
+    aborted: bool,
+    running: Option<Arc<dyn Interrupt>>,
+}
+
+impl Abort {
+    /// Aborts the call: skipped if queued, stopped if running.
+    pub(crate) fn abort(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.aborted {
+            return;
+        }
+        s.aborted = true;
+        if let Some(running) = s.running.as_ref() {
+            running.interrupt(ErrorCode::Aborted);
+        }
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.state.lock().unwrap().aborted
+    }
+
+    /// The plugin's thread is about to run the call on `on`; false if it was aborted already
+    /// (then it must not run).
+    pub(crate) fn start(&self, on: Arc<dyn Interrupt>) -> bool {
+        let mut s = self.state.lock().unwrap();
+        if s.aborted {
+            return false;
+        }
+        s.running = Some(on);
+        true
+    }
+
+    /// The call stopped running (called before the thread disarms its deadline).
+    pub(crate) fn finish(&self) {
+        self.state.lock().unwrap().running = None;
+    }
 }
 
 /// How an answer travels back to the caller.
@@ -60,6 +120,8 @@ pub(crate) enum Request {
         timeout: Option<Duration>,
         ctx: CallContext,
         reply: Reply,
+        /// How the caller can abort it (`None`: it cannot).
+        abort: Option<Arc<Abort>>,
     },
     /// Look at the isolate now: the engine's memory guard stopped it while it ran no JS, and
     /// its memory is only given back when the thread discards it.
@@ -81,6 +143,28 @@ pub(crate) struct Job {
     pub ctx: CallContext,
     /// `None` for `onLoad`: nobody waits for its answer; a failure becomes a lifecycle event.
     pub reply: Option<Reply>,
+    pub abort: Option<Arc<Abort>>,
+}
+
+impl Job {
+    /// Why this job must not run at all: its caller aborted it, or the plugin was unloaded
+    /// (`closed`) while it waited.
+    pub(crate) fn refusal(&self, closed: bool) -> Option<Error> {
+        if closed {
+            return Some(Error::new(ErrorCode::ShutDown, "the plugin was unloaded or shut down before the call ran"));
+        }
+        if self.abort.as_ref().is_some_and(|a| a.is_aborted()) {
+            return Some(Error::new(ErrorCode::Aborted, "the caller aborted the call before it ran"));
+        }
+        None
+    }
+
+    /// Answers the job without running it (nobody hears about an `onLoad` that never ran).
+    pub(crate) fn refuse(self, error: Error) {
+        if let Some(reply) = self.reply {
+            reply.send(Err(error));
+        }
+    }
 }
 
 /// Waits for the next hook to run: `None` once the mailbox is stopped or gone. `Recycle`
@@ -100,13 +184,14 @@ impl Request {
     fn into_job(self) -> Option<Job> {
         match self {
             Request::Stop | Request::Recycle => None,
-            Request::Call { hook, args, timeout, ctx, reply } => {
-                Some(Job { hook, args, timeout, ctx, reply: Some(reply) })
+            Request::Call { hook, args, timeout, ctx, reply, abort } => {
+                Some(Job { hook, args, timeout, ctx, reply: Some(reply), abort })
             }
             Request::Init { state } => {
                 let state = state.recv().unwrap_or(Value::Null);
                 let args = Value::Array(vec![state]);
-                Some(Job { hook: ON_LOAD.to_owned(), args, timeout: None, ctx: CallContext::default(), reply: None })
+                let ctx = CallContext::default();
+                Some(Job { hook: ON_LOAD.to_owned(), args, timeout: None, ctx, reply: None, abort: None })
             }
         }
     }

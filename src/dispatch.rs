@@ -114,7 +114,7 @@ pub(crate) struct AsyncCaller;
 impl Caller for AsyncCaller {
     type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value>> + Send>>;
     fn call(&self, handle: &PluginHandle, hook: &str, args: Value, ctx: CallContext) -> Self::Answer {
-        Box::pin(handle.call_in(hook, args, None, ctx))
+        Box::pin(handle.call_in(hook, args, None, ctx, None))
     }
 }
 

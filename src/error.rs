@@ -73,6 +73,10 @@ pub enum ErrorCode {
     /// A host function failed (returned an error or panicked), or isola's own host-side code
     /// (a storage backend, say) did.
     HostError,
+    /// The caller aborted the call (a [`CancelToken`](crate::CancelToken), or it dropped the
+    /// call's future): a queued call never ran, a running one was stopped. The plugin stays
+    /// loaded with its state.
+    Aborted,
 }
 
 impl ErrorCode {
@@ -96,6 +100,7 @@ impl ErrorCode {
         ErrorCode::CallDepth,
         ErrorCode::EventDepth,
         ErrorCode::HostError,
+        ErrorCode::Aborted,
     ];
 
     /// The code named `s` (its stable string form), if there is one.
@@ -129,6 +134,7 @@ impl ErrorCode {
             ErrorCode::CallDepth => "CALL_DEPTH",
             ErrorCode::EventDepth => "EVENT_DEPTH",
             ErrorCode::HostError => "HOST_ERROR",
+            ErrorCode::Aborted => "ABORTED",
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::call::{CallContext, Reply, Request};
+use crate::call::{Abort, CallContext, Interrupt, Reply, Request};
+use crate::cancel::CancelToken;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::permissions::Permissions;
@@ -66,20 +67,30 @@ impl PluginStatus {
 ///
 /// ```
 /// use std::time::Duration;
-/// let opts = isola::CallOptions::default().timeout(Duration::from_millis(50));
+/// let token = isola::CancelToken::new();
+/// let opts = isola::CallOptions::default().timeout(Duration::from_millis(50)).cancel(&token);
 /// assert_eq!(opts.timeout, Some(Duration::from_millis(50)));
+/// assert_eq!(opts.cancel, Some(token));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallOptions {
     /// Time limit for this call instead of the plugin's default.
     pub timeout: Option<Duration>,
+    /// Aborts the call when cancelled (see [`CancelToken`]).
+    pub cancel: Option<CancelToken>,
 }
 
 impl CallOptions {
     /// Sets this call's time limit.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+
+    /// Lets `token` abort this call.
+    pub fn cancel(mut self, token: &CancelToken) -> Self {
+        self.cancel = Some(token.clone());
         self
     }
 }
@@ -107,6 +118,9 @@ pub(crate) struct Shared {
     current: AtomicU64,
     /// The child process of each version running in one.
     pids: Mutex<std::collections::BTreeMap<u64, u32>>,
+    /// How to stop the call each running version is in (its thread's deadline slot), for a
+    /// prompt unload.
+    interrupts: Mutex<Vec<Weak<dyn Interrupt>>>,
 }
 
 /// What changes on (re)load.
@@ -132,6 +146,7 @@ impl Shared {
             generations: AtomicU64::new(0),
             current: AtomicU64::new(0),
             pids: Mutex::new(std::collections::BTreeMap::new()),
+            interrupts: Mutex::new(Vec::new()),
         })
     }
 
@@ -200,16 +215,29 @@ impl Shared {
         Ok(mailbox.replace(tx))
     }
 
-    /// Stops the plugin for good: later calls fail with `SHUT_DOWN`. Does not wait.
+    /// A thread serving this plugin can be interrupted through `on` (see [`close`](Self::close)).
+    pub(crate) fn add_interrupt(&self, on: Weak<dyn Interrupt>) {
+        let mut all = self.interrupts.lock().unwrap();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(on);
+    }
+
+    /// Stops the plugin for good, promptly: the running call is interrupted and answered
+    /// `SHUT_DOWN`, queued calls fail at once without running, and later calls fail with
+    /// `SHUT_DOWN` too. Does not wait for the thread.
     pub(crate) fn close(&self) {
         let old = {
             let mut mailbox = self.mailbox.write().unwrap();
             self.closed.store(true, Ordering::Release);
             mailbox.take()
         };
+        for on in self.interrupts.lock().unwrap().iter().filter_map(Weak::upgrade) {
+            on.interrupt(ErrorCode::ShutDown);
+        }
         if let Some(old) = old {
             // Blocking send: if the mailbox is full this waits for the thread to take one
-            // request; the thread is always draining, each call bounded by its time limit.
+            // request, which is quick: once closed, the thread answers queued calls without
+            // running them.
             let _ = old.send(Request::Stop);
         }
         self.set_status(PluginStatus::Stopped);
@@ -253,7 +281,15 @@ impl Shared {
     }
 
     /// Puts a call in the mailbox. Errors carry no plugin or hook yet: [`answer`] adds them.
-    fn submit(&self, hook: &str, args: Value, timeout: Option<Duration>, ctx: CallContext, reply: Reply) -> Result<()> {
+    fn submit(
+        &self,
+        hook: &str,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+        reply: Reply,
+        abort: Option<Arc<Abort>>,
+    ) -> Result<()> {
         let fail = |code: ErrorCode, msg: String| {
             self.stats.record_error(code);
             Err(Error::new(code, msg))
@@ -268,7 +304,10 @@ impl Shared {
             let last = self.info().last_error;
             return Err(last.unwrap_or_else(|| Error::new(ErrorCode::PluginCrashed, "the plugin is not running")));
         };
-        let req = Request::Call { hook: hook.to_owned(), args, timeout, ctx, reply };
+        if abort.as_ref().is_some_and(|a| a.is_aborted()) {
+            return fail(ErrorCode::Aborted, "the call was aborted before it was sent".into());
+        }
+        let req = Request::Call { hook: hook.to_owned(), args, timeout, ctx, reply, abort };
         match tx.try_send(req) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => fail(
@@ -303,6 +342,7 @@ pub(crate) fn call_mailbox(tx: &Sender<Request>, id: &str, hook: &str, args: Val
         timeout: None,
         ctx: CallContext::default(),
         reply: Reply::Blocking(rtx),
+        abort: None,
     };
     let lost = || Error::new(ErrorCode::PluginCrashed, "the plugin stopped before answering");
     let r = match tx.send(req) {
@@ -413,28 +453,36 @@ impl PluginHandle {
         opts: CallOptions,
     ) -> impl Future<Output = Result<R>> + Send + 'static {
         let args = encode_args(args).map_err(|e| e.in_context(&self.shared.id, Some(hook)));
-        let answer = args.map(|args| self.call_in(hook, args, opts.timeout, CallContext::default()));
+        let answer = args.map(|args| self.call_in(hook, args, opts.timeout, CallContext::default(), opts.cancel));
         let (id, hook) = (self.shared.id.clone(), hook.to_owned());
         async move { decode(answer?.await?, &id, &hook) }
     }
 
     /// Queues a call with JSON arguments on behalf of `ctx`; the future waits for the answer.
+    /// Dropping the future before it answers aborts the call, as `cancel` does.
     pub(crate) fn call_in(
         &self,
         hook: &str,
         args: Value,
         timeout: Option<Duration>,
         ctx: CallContext,
+        cancel: Option<CancelToken>,
     ) -> impl Future<Output = Result<Value>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx));
+        let abort = Arc::new(Abort::default());
+        if let Some(token) = &cancel {
+            token.watch(&abort);
+        }
+        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx), Some(abort.clone()));
         let shared = self.shared.clone();
         let hook = hook.to_owned();
+        let on_drop = AbortOnDrop(Some(abort));
         async move {
             let r = match sent {
                 Ok(()) => rx.await.unwrap_or_else(|_| Err(shared.lost())),
                 Err(e) => Err(e),
             };
+            on_drop.disarm();
             answer(r, &shared.id, &hook)
         }
     }
@@ -453,7 +501,12 @@ impl PluginHandle {
         opts: CallOptions,
     ) -> Result<R> {
         let args = encode_args(args).map_err(|e| e.in_context(&self.shared.id, Some(hook)))?;
-        let v = self.call_in_blocking(hook, args, opts.timeout, CallContext::default())()?;
+        let abort = opts.cancel.map(|token| {
+            let abort = Arc::new(Abort::default());
+            token.watch(&abort);
+            abort
+        });
+        let v = self.call_in_blocking_abortable(hook, args, opts.timeout, CallContext::default(), abort)()?;
         decode(v, &self.shared.id, hook)
     }
 
@@ -466,8 +519,19 @@ impl PluginHandle {
         timeout: Option<Duration>,
         ctx: CallContext,
     ) -> impl FnOnce() -> Result<Value> + use<> {
+        self.call_in_blocking_abortable(hook, args, timeout, ctx, None)
+    }
+
+    fn call_in_blocking_abortable(
+        &self,
+        hook: &str,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+        abort: Option<Arc<Abort>>,
+    ) -> impl FnOnce() -> Result<Value> + use<> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx));
+        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx), abort);
         let shared = self.shared.clone();
         let hook = hook.to_owned();
         move || {
@@ -478,6 +542,24 @@ impl PluginHandle {
                 Err(e) => Err(e),
             };
             answer(r, &shared.id, &hook)
+        }
+    }
+}
+
+/// Aborts a call whose future was dropped before it answered.
+struct AbortOnDrop(Option<Arc<Abort>>);
+
+impl AbortOnDrop {
+    /// The call answered: nothing to abort.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(abort) = self.0.take() {
+            abort.abort();
         }
     }
 }

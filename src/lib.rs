@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod call;
+mod cancel;
 mod config;
 pub mod dispatch;
 pub mod engine;
@@ -63,6 +64,7 @@ mod waits;
 mod watch;
 mod worker;
 
+pub use cancel::CancelToken;
 pub use engine::{Engine, EngineBuilder, Limits};
 pub use error::{Error, ErrorCode, Result};
 pub use handle::{CallOptions, PluginHandle, PluginStatus};

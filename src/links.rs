@@ -47,7 +47,7 @@ impl Peers for Links {
                 format!("{from} → {to} would deadlock: {path} is already waiting; re-entrant calls are refused"),
             )
         })?;
-        let answer = handle.call_in(hook, args, Some(timeout), ctx);
+        let answer = handle.call_in(hook, args, Some(timeout), ctx, None);
         Ok(Box::pin(async move {
             let r = answer.await;
             drop(waiting);

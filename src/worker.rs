@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{Job, ON_LOAD, Reply, Request, next_job};
+use crate::call::{Interrupt, Job, ON_LOAD, ON_UNLOAD, Reply, Request, next_job};
 use crate::config::PluginConfig;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
@@ -22,6 +22,10 @@ use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
 use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::Peers;
 use crate::runtime::watchdog::DeadlineSlot;
+
+/// Time limit for `onUnload` when a plugin is unloaded or shut down: enough to flush state to
+/// the host, short enough that unloading stays prompt whatever the plugin does.
+pub(crate) const ON_UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Stack for plugin threads: V8 stops JS recursion at about 1 MiB of stack; the rest is for
 /// Rust frames and host functions.
@@ -121,6 +125,8 @@ impl Worker {
         // deno_core expects to be created and polled inside a tokio context.
         let _guard = rt.enter();
         let slot = DeadlineSlot::new();
+        let interrupt: Arc<dyn Interrupt> = slot.clone();
+        self.shared.add_interrupt(Arc::downgrade(&interrupt));
         let mut isolate = match self.load(&slot, &rt) {
             Ok(i) => {
                 let _ = ready.send(Ok(i.hook_names()));
@@ -136,7 +142,12 @@ impl Worker {
             // An isolate the engine's memory guard stopped while idle is discarded before it
             // runs anything, whether a `Recycle` request or a call comes first.
             let job = next_job(&rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt));
-            let Some(Job { hook, args, timeout, ctx, reply }) = job else { break };
+            let Some(job) = job else { break };
+            if let Some(e) = job.refusal(self.shared.is_closed()) {
+                job.refuse(e);
+                continue;
+            }
+            let Job { hook, args, timeout, ctx, reply, abort } = job;
             self.recycle_if_poisoned(&mut isolate, &slot, &rt);
             let Some(iso) = isolate.as_mut() else {
                 let last = self.shared.info().last_error;
@@ -152,7 +163,7 @@ impl Worker {
                 // never more than this plugin's own limit.
                 timeout = timeout.min(self.config.limits.call_timeout);
             }
-            let r = iso.call(&hook, &args, timeout, ctx, &slot, &rt);
+            let r = iso.call(&hook, &args, timeout, ctx, abort.as_ref(), &slot, &rt);
             // An error isola threw into the plugin was counted when it was thrown.
             let code = r.as_ref().err().filter(|e| !e.issued).map(|e| e.code);
             self.shared.stats.record_call(code, started.elapsed());
@@ -165,6 +176,16 @@ impl Worker {
             self.answer(reply, r);
             if let Some(error) = heap_error {
                 self.restart(&mut isolate, error.in_context(id, Some(&hook)), &slot, &rt);
+            }
+        }
+        if self.shared.is_closed() {
+            // Unloaded or shut down: `onUnload` may flush state, briefly.
+            if let Some(iso) = isolate.as_mut().filter(|i| i.has_hook(ON_UNLOAD)) {
+                let r = iso.call(ON_UNLOAD, &Value::Null, ON_UNLOAD_TIMEOUT, Default::default(), None, &slot, &rt);
+                if let Err(error) = r {
+                    let error = error.in_context(id, Some(ON_UNLOAD));
+                    self.shared.emit(LifecycleEvent::HookFailed { plugin: id.to_owned(), error });
+                }
             }
         }
         // Whatever is still queued will not run.

@@ -85,11 +85,12 @@ fn a_running_plugin_that_takes_the_total_over_gets_heap_limit_and_neighbours_are
     assert_eq!(e.code, ErrorCode::HeapLimit, "{e}");
     assert!(e.message.contains("total memory limit of 48 MiB"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    assert!(engine.memory_in_use() < 48 * MIB, "in use: {} MiB", engine.memory_in_use() / MIB);
 
     assert_eq!(calm.call_blocking::<_, u64>("count", ()).unwrap(), 2);
     assert_eq!(calm.stats().restarts, 0);
+    // The answer goes out before the isolate is replaced; the next call waits for the new one.
     assert_eq!(hog.call_blocking::<_, usize>("hold", (1,)).unwrap(), 1);
+    assert!(engine.memory_in_use() < 48 * MIB, "in use: {} MiB", engine.memory_in_use() / MIB);
     m.shutdown();
 }
 

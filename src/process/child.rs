@@ -319,7 +319,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
                         let stats = Box::new(shared.stats.snapshot());
                         let _ = out.send(&ToParent::Answer { id, result, stats, status: shared.status() });
                     }));
-                    let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply });
+                    let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply, abort: None });
                 }
                 Ok(Some(ToChild::Reply { id, result })) => link.complete(id, result),
                 Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => break,

@@ -222,7 +222,14 @@ impl Pump {
             }
         };
         // A child's memory is bounded in the child; the engine's guard never asks it to recycle.
-        while let Some(Job { hook, args, timeout, ctx, reply }) = next_job(&rx, || ()) {
+        // (A call that runs in the child is not interrupted by an abort or an unload: the child
+        // answers it within its deadline plus `GRACE`.)
+        while let Some(job) = next_job(&rx, || ()) {
+            if let Some(e) = job.refusal(self.shared.is_closed()) {
+                job.refuse(e);
+                continue;
+            }
+            let Job { hook, args, timeout, ctx, reply, .. } = job;
             // A child that died while idle costs no call: notice it before sending, restart.
             if child.as_mut().is_some_and(ChildProc::ended) {
                 let how = child.take().map(ChildProc::kill).unwrap_or_default();

@@ -25,7 +25,7 @@ use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
-use crate::call::CallContext;
+use crate::call::{Abort, CallContext};
 use crate::config::PluginConfig;
 use crate::engine::capped;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
@@ -230,6 +230,11 @@ impl PluginIsolate {
         self.budget.set_waker(waker);
     }
 
+    /// Whether the plugin exports `hook`.
+    pub(crate) fn has_hook(&self, hook: &str) -> bool {
+        self.hooks.contains_key(hook)
+    }
+
     /// The hook names, sorted.
     pub(crate) fn hook_names(&self) -> Vec<String> {
         self.hooks.keys().cloned().collect()
@@ -360,14 +365,16 @@ impl PluginIsolate {
     }
 
     /// Calls `hook` with positional `args` (a JSON array; `null` means none), stopping it
-    /// `timeout` from now.
+    /// `timeout` from now, or as soon as `abort` says so (or the slot is interrupted).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn call(
         &mut self,
         hook: &str,
         args: &Value,
         timeout: Duration,
         ctx: CallContext,
-        slot: &DeadlineSlot,
+        abort: Option<&Arc<Abort>>,
+        slot: &Arc<DeadlineSlot>,
         rt: &tokio::runtime::Runtime,
     ) -> Result<Value, Error> {
         let Some(func) = self.hooks.get(hook) else {
@@ -380,11 +387,20 @@ impl PluginIsolate {
         let deadline = deadline_after(timeout);
         *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
         slot.arm(deadline);
+        if let Some(a) = abort
+            && !a.start(slot.clone())
+        {
+            slot.disarm();
+            return Err(aborted());
+        }
         let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.conv) {
             Ok(Step::Done(v)) => Ok(v),
-            Ok(Step::Pending(p)) => self.await_promise(p, deadline, rt),
+            Ok(Step::Pending(p)) => self.await_promise(p, deadline, slot, rt),
             Err(f) => Err(f),
         };
+        if let Some(a) = abort {
+            a.finish();
+        }
         let terminated = slot.disarm();
         self.check_shared_budget();
         let r = self.settle(r, terminated, || format!("the call took longer than {} ms", timeout.as_millis()));
@@ -392,7 +408,11 @@ impl PluginIsolate {
         if self.calls_since_heap_check >= 64 {
             self.refresh_heap_used();
         }
-        r
+        match (r, slot.reason()) {
+            // Stopped early, by the caller or by an unload: say so rather than `TIMEOUT`.
+            (Err(e), Some(code)) if e.code == ErrorCode::Timeout => Err(stopped_early(code)),
+            (r, _) => r,
+        }
     }
 
     /// Drives the event loop until the hook's promise settles or the deadline passes.
@@ -400,6 +420,7 @@ impl PluginIsolate {
         &mut self,
         promise: v8::Global<v8::Value>,
         deadline: Instant,
+        slot: &DeadlineSlot,
         rt: &tokio::runtime::Runtime,
     ) -> Result<Value, Failure> {
         // Wait on `settle(promise)`, which always fulfils with [ok, value]: a rejection then
@@ -418,14 +439,22 @@ impl PluginIsolate {
         let resolved = self.runtime.resolve(settled);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let runtime = &mut self.runtime;
-        let r = rt.block_on(tokio::time::timeout(
-            remaining,
-            runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()),
-        ));
+        // An abort or unload while the hook awaits: no JS runs to terminate, so stop waiting.
+        let interrupted = slot.interrupted();
+        let r = rt.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(
+                    remaining,
+                    runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()),
+                ) => r.ok(),
+                // What the hook awaits is left where it is: no JS runs until the next call.
+                () = interrupted => None,
+            }
+        });
         let pair = match r {
-            Err(_) => return Err(Failure::Terminated),
-            Ok(Err(e)) => return Err(self.core_failure(e)),
-            Ok(Ok(v)) => v,
+            None => return Err(Failure::Terminated),
+            Some(Err(e)) => return Err(self.core_failure(e)),
+            Some(Ok(v)) => v,
         };
         deno_core::scope!(scope, &mut self.runtime);
         v8::tc_scope!(let tc, scope);
@@ -456,6 +485,21 @@ impl PluginIsolate {
     fn js_failure(&self, e: &JsError) -> Failure {
         Failure::Error(js_error(e, &self.conv.root_url))
     }
+}
+
+/// The answer to a call its caller aborted before it ran.
+fn aborted() -> Error {
+    stopped_early(ErrorCode::Aborted)
+}
+
+/// The answer to a call stopped before its deadline, by its caller or by an unload.
+fn stopped_early(code: ErrorCode) -> Error {
+    let message = match code {
+        ErrorCode::Aborted => "the caller aborted the call",
+        ErrorCode::ShutDown => "the plugin was unloaded or shut down during the call",
+        _ => "the call was stopped",
+    };
+    Error::new(code, message)
 }
 
 /// The synchronous part of a call.

@@ -19,11 +19,14 @@
 //! [`REFIRE`]: whatever plugin code runs past its deadline, however it was entered, is stopped
 //! within that.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use deno_core::v8;
+
+use crate::call::Interrupt;
+use crate::error::ErrorCode;
 
 /// How often termination is requested again while a call is past its deadline.
 pub(crate) const REFIRE: Duration = Duration::from_millis(5);
@@ -43,16 +46,29 @@ fn ticks(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).clamp(1, TERMINATING - 1)
 }
 
+/// No early stop: the call ends at its deadline, as `TIMEOUT`.
+const NO_REASON: u8 = u8::MAX;
+
 /// The deadline of whatever an isolate is running now, and how to stop it.
 pub(crate) struct DeadlineSlot {
     state: AtomicU64,
     isolate: Mutex<Option<v8::IsolateHandle>>,
+    /// Why the running call was stopped before its deadline (an [`ErrorCode`] index), or
+    /// [`NO_REASON`].
+    reason: AtomicU8,
+    /// Wakes a call that awaits something when it is interrupted (no JS runs to terminate).
+    woken: tokio::sync::Notify,
 }
 
 impl DeadlineSlot {
     /// A slot registered with the process-wide watchdog.
     pub(crate) fn new() -> Arc<Self> {
-        let slot = Arc::new(DeadlineSlot { state: AtomicU64::new(IDLE), isolate: Mutex::new(None) });
+        let slot = Arc::new(DeadlineSlot {
+            state: AtomicU64::new(IDLE),
+            isolate: Mutex::new(None),
+            reason: AtomicU8::new(NO_REASON),
+            woken: tokio::sync::Notify::new(),
+        });
         watchdog().register(&slot);
         slot
     }
@@ -64,13 +80,34 @@ impl DeadlineSlot {
 
     /// Starts enforcing `deadline`.
     pub(crate) fn arm(&self, deadline: Instant) {
+        self.reason.store(NO_REASON, Ordering::SeqCst);
         let t = ticks(deadline);
         self.state.store(t, Ordering::SeqCst);
+        Self::wake_for(t);
+    }
+
+    /// Makes sure the watchdog looks no later than `t`.
+    fn wake_for(t: u64) {
         let w = watchdog();
         if t < w.next_wake.load(Ordering::SeqCst) {
             // Taking the lock orders us after a scan in progress; the watchdog re-scans.
             let _guard = w.state.lock().unwrap();
             w.wake.notify_one();
+        }
+    }
+
+    /// Why the call that ran last was stopped early (`None`: it was not, or by its deadline).
+    /// Read it after [`disarm`](Self::disarm).
+    pub(crate) fn reason(&self) -> Option<ErrorCode> {
+        let r = self.reason.load(Ordering::SeqCst);
+        ErrorCode::ALL.get(r as usize).copied()
+    }
+
+    /// Completes once the running call is interrupted (see [`Interrupt`]).
+    pub(crate) async fn interrupted(&self) {
+        // A wake-up left from an earlier call finds no reason set and waits again.
+        while self.reason().is_none() {
+            self.woken.notified().await;
         }
     }
 
@@ -107,6 +144,26 @@ impl DeadlineSlot {
             return Some(now.saturating_add(REFIRE.as_nanos() as u64));
         }
         None
+    }
+}
+
+impl Interrupt for DeadlineSlot {
+    /// Moves the running call's deadline to now: the watchdog terminates it at once, by the
+    /// same path as a deadline (so a late termination can never hit the next call), and the
+    /// call is answered with `code`. Only an armed deadline moves.
+    fn interrupt(&self, code: ErrorCode) -> bool {
+        loop {
+            let cur = self.state.load(Ordering::SeqCst);
+            if cur == IDLE || cur == TERMINATING || cur == TERMINATED {
+                return false;
+            }
+            self.reason.store(code as u8, Ordering::SeqCst);
+            if self.state.compare_exchange(cur, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                Self::wake_for(1);
+                self.woken.notify_one();
+                return true;
+            }
+        }
     }
 }
 

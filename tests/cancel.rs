@@ -1,0 +1,184 @@
+//! Cancellation and prompt unloading: aborted calls never run or stop at once, unload and
+//! shutdown interrupt whatever a plugin does, and `onUnload` still gets a bounded chance to
+//! flush. (Thread mode: a call already sent to a child process runs to its deadline.)
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{PluginDir, load_module_with, test_host};
+use isola::{CallOptions, CancelToken, Engine, ErrorCode, HostApi, Manager};
+use serde_json::Value;
+
+const PLUGIN: &str = "let calls = 0;
+export default {
+    spin() { calls++; while (true) {} },
+    count() { return ++calls; },
+    peek() { return calls; },
+    async awaitHost(ms) { calls++; await host.sleep(ms); calls += 1000; return 'slept'; },
+};";
+
+fn engine() -> Engine {
+    Engine::builder().host(test_host()).call_timeout(Duration::from_secs(10)).build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_future_of_a_running_call_stops_it_and_keeps_the_state() {
+    let (_d, _m, h) = load_module_with(engine(), PLUGIN);
+    let spin = h.call::<_, Value>("spin", ());
+    assert!(tokio::time::timeout(Duration::from_millis(100), spin).await.is_err(), "spin answered");
+    // The spin is stopped at once, not at its 10 s deadline; the state it changed is kept.
+    let started = Instant::now();
+    assert_eq!(h.call::<_, u64>("count", ()).await.unwrap(), 2);
+    assert!(started.elapsed() < Duration::from_secs(2), "next call waited {:?}", started.elapsed());
+    assert_eq!(h.stats().restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_whose_future_was_dropped_never_runs() {
+    let (_d, _m, h) = load_module_with(engine(), PLUGIN);
+    let busy = h.call_with::<_, Value>("spin", (), CallOptions::default().timeout(Duration::from_millis(300)));
+    // Queued behind the spin, then given up on: `count` must never run.
+    drop(h.call::<_, u64>("count", ()));
+    assert_eq!(busy.await.unwrap_err().code, ErrorCode::Timeout);
+    assert_eq!(h.call::<_, u64>("peek", ()).await.unwrap(), 1, "the dropped call ran");
+}
+
+#[test]
+fn a_cancelled_token_aborts_before_and_during_a_call() {
+    let (_d, _m, h) = load_module_with(engine(), PLUGIN);
+    let before = CancelToken::new();
+    before.cancel();
+    let e = h.call_blocking_with::<_, u64>("count", (), CallOptions::default().cancel(&before)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted, "{e}");
+    assert_eq!(h.call_blocking::<_, u64>("peek", ()).unwrap(), 0, "an aborted call ran");
+
+    let during = CancelToken::new();
+    let t = during.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        t.cancel();
+    });
+    let started = Instant::now();
+    let e = h.call_blocking_with::<_, Value>("spin", (), CallOptions::default().cancel(&during)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted, "{e}");
+    assert_eq!(e.hook.as_deref(), Some("spin"));
+    assert!(started.elapsed() < Duration::from_secs(2), "abort took {:?}", started.elapsed());
+    // Stopped like a timeout: the isolate stays, with its state.
+    assert_eq!(h.call_blocking::<_, u64>("count", ()).unwrap(), 2);
+    assert_eq!(h.stats().restarts, 0);
+}
+
+#[test]
+fn one_token_aborts_every_call_made_with_it() {
+    let (_d, _m, h) = load_module_with(engine(), PLUGIN);
+    let token = CancelToken::new();
+    let opts = CallOptions::default().cancel(&token);
+    let running = {
+        let (h, opts) = (h.clone(), opts.clone());
+        std::thread::spawn(move || h.call_blocking_with::<_, Value>("spin", (), opts))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let queued = {
+        let h = h.clone();
+        std::thread::spawn(move || h.call_blocking_with::<_, u64>("count", (), opts))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    token.cancel();
+    assert_eq!(running.join().unwrap().unwrap_err().code, ErrorCode::Aborted);
+    assert_eq!(queued.join().unwrap().unwrap_err().code, ErrorCode::Aborted);
+    assert_eq!(h.call_blocking::<_, u64>("peek", ()).unwrap(), 1, "only the spin ran");
+}
+
+#[test]
+fn aborting_an_async_hook_that_awaits_the_host_answers_at_once() {
+    let (_d, _m, h) = load_module_with(engine(), PLUGIN);
+    let token = CancelToken::new();
+    let t = token.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        t.cancel();
+    });
+    let started = Instant::now();
+    let e = h.call_blocking_with::<_, Value>("awaitHost", (5_000,), CallOptions::default().cancel(&token)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2), "abort took {:?}", started.elapsed());
+    assert_eq!(h.call_blocking::<_, u64>("count", ()).unwrap(), 2);
+}
+
+/// A host that counts `flushed()` calls, made by plugins' `onUnload`.
+fn counting_host(flushed: &Arc<AtomicUsize>) -> HostApi {
+    let f = flushed.clone();
+    test_host().func("flushed", move |(): ()| {
+        f.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
+}
+
+const SPINNER_WITH_UNLOAD: &str = "export default {
+    spin() { while (true) {} },
+    onUnload() { host.flushed(); },
+};";
+
+#[test]
+fn unload_interrupts_the_running_call_fails_the_queue_and_runs_on_unload() {
+    let flushed = Arc::new(AtomicUsize::new(0));
+    let engine = Engine::builder()
+        .host(counting_host(&flushed))
+        .call_timeout(Duration::from_secs(10))
+        .mailbox_capacity(8)
+        .build();
+    let dir = PluginDir::new();
+    let m = Manager::new(engine);
+    let h = m.load(dir.module("p", SPINNER_WITH_UNLOAD)).unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || h.call_blocking::<_, Value>("spin", ()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    m.unload("p").unwrap();
+    let took = started.elapsed();
+    for c in calls {
+        let e = c.join().unwrap().unwrap_err();
+        assert!(matches!(e.code, ErrorCode::ShutDown | ErrorCode::Busy), "{e}");
+    }
+    assert!(took < Duration::from_secs(1), "unload took {took:?}");
+    assert_eq!(flushed.load(Ordering::SeqCst), 1, "onUnload did not run");
+    assert_eq!(h.call_blocking::<_, Value>("spin", ()).unwrap_err().code, ErrorCode::ShutDown);
+}
+
+#[test]
+fn shutdown_of_many_busy_plugins_is_prompt_and_each_flushes() {
+    let flushed = Arc::new(AtomicUsize::new(0));
+    let engine = Engine::builder()
+        .host(counting_host(&flushed))
+        .call_timeout(Duration::from_secs(10))
+        .mailbox_capacity(4)
+        .build();
+    let dir = PluginDir::new();
+    let m = Manager::new(engine);
+    let n = 40;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let h = m.load(dir.module(&format!("p{i}"), SPINNER_WITH_UNLOAD)).unwrap();
+        for _ in 0..4 {
+            pending.push(h.call::<_, Value>("spin", ()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    m.shutdown();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown of {n} busy plugins took {took:?}");
+    assert_eq!(flushed.load(Ordering::SeqCst), n, "not every onUnload ran");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for p in pending {
+        let e = rt.block_on(p).unwrap_err();
+        assert!(matches!(e.code, ErrorCode::ShutDown | ErrorCode::Busy), "{e}");
+    }
+}
