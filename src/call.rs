@@ -6,12 +6,13 @@
 //! to learn it. Moving a plugin into another process later means carrying these messages over
 //! a pipe instead of a channel.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use serde_json::Value;
 
+use crate::cancel::{Abort, CancelToken};
 use crate::error::{Error, ErrorCode, Result};
 
 /// Hook a plugin may export to receive state when it loads (`onLoad(state)`; `state` is what
@@ -28,65 +29,11 @@ pub(crate) struct CallContext {
     pub chain: Vec<String>,
     /// Events emitted by plugins that led here.
     pub event_depth: u32,
-}
-
-/// What can stop the call running on a plugin's thread at once: the thread's deadline slot,
-/// which terminates the JS as if its deadline had passed.
-pub(crate) trait Interrupt: Send + Sync {
-    /// Stops the running call now, to be answered with `code`; false if no call runs.
-    fn interrupt(&self, code: ErrorCode) -> bool;
-}
-
-/// One call's cancellation, shared by its caller (who aborts) and the plugin's thread (which
-/// skips the call if it has not started, or stops it if it runs).
-///
-/// Why a lock and not a flag: aborting must reach the call that is running *now*, never the
-/// next one on the same thread. The thread registers itself under the lock before running the
-/// call and unregisters before it disarms the deadline, so an abort either finds the call
-/// running (and interrupts it) or finds it not started (and it is skipped) or finished.
-#[derive(Default)]
-pub(crate) struct Abort {
-    state: Mutex<AbortState>,
-}
-
-#[derive(Default)]
-struct AbortState {
-    aborted: bool,
-    running: Option<Arc<dyn Interrupt>>,
-}
-
-impl Abort {
-    /// Aborts the call: skipped if queued, stopped if running.
-    pub(crate) fn abort(&self) {
-        let mut s = self.state.lock().unwrap();
-        if s.aborted {
-            return;
-        }
-        s.aborted = true;
-        if let Some(running) = s.running.as_ref() {
-            running.interrupt(ErrorCode::Aborted);
-        }
-    }
-
-    pub(crate) fn is_aborted(&self) -> bool {
-        self.state.lock().unwrap().aborted
-    }
-
-    /// The plugin's thread is about to run the call on `on`; false if it was aborted already
-    /// (then it must not run).
-    pub(crate) fn start(&self, on: Arc<dyn Interrupt>) -> bool {
-        let mut s = self.state.lock().unwrap();
-        if s.aborted {
-            return false;
-        }
-        s.running = Some(on);
-        true
-    }
-
-    /// The call stopped running (called before the thread disarms its deadline).
-    pub(crate) fn finish(&self) {
-        self.state.lock().unwrap().running = None;
-    }
+    /// Cancelled when the caller's own call ends early (timeout, abort, unload): this call is
+    /// then aborted too, transitively along a chain of plugin calls.
+    pub cancel: Option<CancelToken>,
+    /// When the caller stops waiting: a call still queued then is skipped.
+    pub deadline: Option<Instant>,
 }
 
 /// How an answer travels back to the caller.
@@ -155,6 +102,9 @@ impl Job {
         }
         if self.abort.as_ref().is_some_and(|a| a.is_aborted()) {
             return Some(Error::new(ErrorCode::Aborted, "the caller aborted the call before it ran"));
+        }
+        if self.ctx.deadline.is_some_and(|d| d <= Instant::now()) {
+            return Some(Error::new(ErrorCode::Timeout, "the caller's deadline passed while the call waited its turn"));
         }
         None
     }

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::call::Abort;
+use crate::error::ErrorCode;
 
 /// Aborts every call made with it, now and later: a queued call is skipped without running, a
 /// running one is stopped like a timeout (the plugin keeps its state), and both answer
@@ -34,6 +34,8 @@ pub struct CancelToken {
 #[derive(Default)]
 struct Inner {
     state: Mutex<State>,
+    /// Wakes what awaits [`CancelToken::cancelled`].
+    woken: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -58,6 +60,18 @@ impl CancelToken {
         };
         for call in calls.iter().filter_map(Weak::upgrade) {
             call.abort();
+        }
+        self.inner.woken.notify_waiters();
+    }
+
+    /// Completes once the token is cancelled.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let woken = self.inner.woken.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            woken.await;
         }
     }
 
@@ -96,3 +110,62 @@ impl PartialEq for CancelToken {
 }
 
 impl Eq for CancelToken {}
+
+/// What can stop the call running on a plugin's thread at once: the thread's deadline slot,
+/// which terminates the JS as if its deadline had passed.
+pub(crate) trait Interrupt: Send + Sync {
+    /// Stops the running call now, to be answered with `code`; false if no call runs.
+    fn interrupt(&self, code: ErrorCode) -> bool;
+}
+
+/// One call's cancellation, shared by its caller (who aborts) and the plugin's thread (which
+/// skips the call if it has not started, or stops it if it runs).
+///
+/// Why a lock and not a flag: aborting must reach the call that is running *now*, never the
+/// next one on the same thread. The thread registers itself under the lock before running the
+/// call and unregisters before it disarms the deadline, so an abort either finds the call
+/// running (and interrupts it) or finds it not started (and it is skipped) or finished.
+#[derive(Default)]
+pub(crate) struct Abort {
+    state: Mutex<AbortState>,
+}
+
+#[derive(Default)]
+struct AbortState {
+    aborted: bool,
+    running: Option<Arc<dyn Interrupt>>,
+}
+
+impl Abort {
+    /// Aborts the call: skipped if queued, stopped if running.
+    pub(crate) fn abort(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.aborted {
+            return;
+        }
+        s.aborted = true;
+        if let Some(running) = s.running.as_ref() {
+            running.interrupt(ErrorCode::Aborted);
+        }
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.state.lock().unwrap().aborted
+    }
+
+    /// The plugin's thread is about to run the call on `on`; false if it was aborted already
+    /// (then it must not run).
+    pub(crate) fn start(&self, on: Arc<dyn Interrupt>) -> bool {
+        let mut s = self.state.lock().unwrap();
+        if s.aborted {
+            return false;
+        }
+        s.running = Some(on);
+        true
+    }
+
+    /// The call stopped running (called before the thread disarms its deadline).
+    pub(crate) fn finish(&self) {
+        self.state.lock().unwrap().running = None;
+    }
+}

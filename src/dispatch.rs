@@ -160,7 +160,7 @@ pub(crate) async fn notify<C: Caller>(
     let pending: Vec<_> = subs
         .iter()
         .map(|s| {
-            let ctx = CallContext { chain: Vec::new(), event_depth: depth };
+            let ctx = CallContext { event_depth: depth, ..Default::default() };
             call.call(&s.handle, &s.hook, json!([payload, { "event": event }]), ctx)
         })
         .collect();

@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::call::{Abort, CallContext, Interrupt, Reply, Request};
+use crate::call::{CallContext, Reply, Request};
 use crate::cancel::CancelToken;
+use crate::cancel::{Abort, Interrupt};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::permissions::Permissions;

@@ -47,7 +47,8 @@ impl Peers for Links {
                 format!("{from} → {to} would deadlock: {path} is already waiting; re-entrant calls are refused"),
             )
         })?;
-        let answer = handle.call_in(hook, args, Some(timeout), ctx, None);
+        let cancel = ctx.cancel.clone();
+        let answer = handle.call_in(hook, args, Some(timeout), ctx, cancel);
         Ok(Box::pin(async move {
             let r = answer.await;
             drop(waiting);

@@ -12,7 +12,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{Interrupt, Job, ON_LOAD, ON_UNLOAD, Reply, Request, next_job};
+use crate::call::{Job, ON_LOAD, ON_UNLOAD, Reply, Request, next_job};
+use crate::cancel::Interrupt;
 use crate::config::PluginConfig;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
@@ -162,6 +163,9 @@ impl Worker {
                 // A call from another plugin gets what is left of the caller's deadline, but
                 // never more than this plugin's own limit.
                 timeout = timeout.min(self.config.limits.call_timeout);
+            }
+            if let Some(d) = ctx.deadline {
+                timeout = timeout.min(d.saturating_duration_since(started));
             }
             let r = iso.call(&hook, &args, timeout, ctx, abort.as_ref(), &slot, &rt);
             // An error isola threw into the plugin was counted when it was thrown.

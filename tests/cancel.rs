@@ -182,3 +182,95 @@ fn shutdown_of_many_busy_plugins_is_prompt_and_each_flushes() {
         assert!(matches!(e.code, ErrorCode::ShutDown | ErrorCode::Busy), "{e}");
     }
 }
+
+fn manifest(id: &str, extra: serde_json::Value) -> String {
+    let mut m = serde_json::json!({"id": id, "name": id, "version": "1.0.0", "apiVersion": 1});
+    m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    m.to_string()
+}
+
+const CALLEE: &str = "let marks = 0;
+export default {
+    spin() { while (true) {} },
+    mark() { return ++marks; },
+    marks() { return marks; },
+};";
+
+const CALLER: &str = "export default {
+    async spinB() { return await host.plugins.call('b', 'spin'); },
+    async markB() { return await host.plugins.call('b', 'mark'); },
+};";
+
+#[test]
+fn aborting_a_call_aborts_the_plugin_calls_it_made() {
+    let dir = PluginDir::new();
+    let m = Manager::new(engine());
+    let a =
+        m.load(dir.module_with_manifest("a", &manifest("a", serde_json::json!({"permissions": ["call:b"]})), CALLER));
+    let a = a.unwrap();
+    let b = m.load(dir.module("b", CALLEE)).unwrap();
+    let token = CancelToken::new();
+    let t = token.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        t.cancel();
+    });
+    let e = a.call_blocking_with::<_, Value>("spinB", (), CallOptions::default().cancel(&token)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted, "{e}");
+    // `b` was spinning for `a` (10 s limit); it is free again at once.
+    let started = Instant::now();
+    assert_eq!(b.call_blocking::<_, u64>("mark", ()).unwrap(), 1);
+    assert!(started.elapsed() < Duration::from_secs(2), "b stayed busy {:?}", started.elapsed());
+}
+
+#[test]
+fn a_plugin_call_still_queued_when_its_caller_gives_up_never_runs() {
+    let dir = PluginDir::new();
+    let m = Manager::new(engine());
+    let extra = serde_json::json!({"permissions": ["call:b"], "limits": {"callTimeoutMs": 200}});
+    let a = m.load(dir.module_with_manifest("a", &manifest("a", extra), CALLER)).unwrap();
+    let b = m.load(dir.module("b", CALLEE)).unwrap();
+    // `b` is busy for 600 ms; `a` waits 200 ms for its `mark`, then gives up.
+    let busy = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            b.call_blocking_with::<_, Value>("spin", (), CallOptions::default().timeout(Duration::from_millis(600)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let e = a.call_blocking::<_, Value>("markB", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert_eq!(busy.join().unwrap().unwrap_err().code, ErrorCode::Timeout);
+    assert_eq!(b.call_blocking::<_, u64>("marks", ()).unwrap(), 0, "the abandoned call ran");
+}
+
+#[test]
+fn the_async_host_function_an_aborted_call_awaited_is_dropped() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let host = test_host().async_func("forever", move |(): ()| {
+        let guard = Dropped(d.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    let engine = Engine::builder().host(host).call_timeout(Duration::from_secs(10)).build();
+    let (_d, _m, h) = load_module_with(engine, "export default { async wait() { await host.forever(); } };");
+    let token = CancelToken::new();
+    let t = token.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        t.cancel();
+    });
+    let e = h.call_blocking_with::<_, Value>("wait", (), CallOptions::default().cancel(&token)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted, "{e}");
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the host function's future is still alive");
+}

@@ -313,7 +313,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
             match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
                 Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
                     let timeout = timeout_ms.map(Duration::from_millis);
-                    let ctx = CallContext { chain, event_depth };
+                    let ctx = CallContext { chain, event_depth, ..Default::default() };
                     let (out, shared) = (link.clone(), shared.clone());
                     let reply = Reply::Func(Box::new(move |result| {
                         let stats = Box::new(shared.stats.snapshot());

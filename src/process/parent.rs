@@ -838,7 +838,7 @@ impl HostSide {
                 check_size("the argument list", &args)?;
                 let left = running.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
                 let timeout = Duration::from_millis(timeout_ms).min(left);
-                let ctx = CallContext { chain, event_depth: running.event_depth };
+                let ctx = CallContext { chain, event_depth: running.event_depth, ..Default::default() };
                 self.peers.call(plugin, &to, &hook, args, timeout, ctx)?.await
             }
             Ask::Emit { event, payload, .. } => {

@@ -25,7 +25,8 @@ use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
-use crate::call::{Abort, CallContext};
+use crate::call::CallContext;
+use crate::cancel::{Abort, CancelToken};
 use crate::config::PluginConfig;
 use crate::engine::capped;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
@@ -38,6 +39,9 @@ use crate::storage::Storage;
 /// The smallest memory budget an isolate can start in: deno_core's own bootstrap needs a few
 /// MiB of heap, and V8 aborts the process (rather than failing) if it cannot even start.
 pub(crate) const MIN_HEAP_BYTES: usize = 8 << 20;
+
+/// How long plugin code may run while an abandoned call's promises settle.
+const ABANDON_LIMIT: Duration = Duration::from_millis(20);
 
 /// What a caller needs to create an isolate.
 pub(crate) struct IsolateConfig<'a> {
@@ -108,6 +112,7 @@ impl PluginIsolate {
             callers: Vec::new(),
             event_depth: 0,
             deadline: Instant::now() + load_timeout,
+            scope: CancelToken::new(),
         }));
         let (table, spec) = HostTable::build(Grant {
             plugin: &source.id,
@@ -253,6 +258,29 @@ impl PluginIsolate {
         self.calls_since_heap_check = 0;
     }
 
+    /// Polls the event loop once so that the async host functions an abandoned call was
+    /// awaiting see their scope cancelled and are dropped now, not at some later call. The
+    /// plugin code that runs as their promises settle is held to [`ABANDON_LIMIT`].
+    fn drop_abandoned(&mut self, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) {
+        if self.budget.exceeded() {
+            return; // the isolate is discarded anyway
+        }
+        slot.arm(Instant::now() + ABANDON_LIMIT);
+        let runtime = &mut self.runtime;
+        rt.block_on(async {
+            // Ops run as tasks on this thread's runtime: let the woken ones finish first.
+            tokio::task::yield_now().await;
+            std::future::poll_fn(|cx| {
+                let _ = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+                std::task::Poll::Ready(())
+            })
+            .await;
+        });
+        if slot.disarm() {
+            self.runtime.v8_isolate().cancel_terminate_execution();
+        }
+    }
+
     /// Heap and ArrayBuffers share one budget, but V8 only reports its heap exactly after a
     /// full GC. When buffers hold a large part of the budget (a quarter or more) and the live
     /// heap figure says the two together are over it, a full GC runs now, and its count
@@ -385,7 +413,10 @@ impl PluginIsolate {
             ));
         };
         let deadline = deadline_after(timeout);
-        *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline };
+        // Each call gets its own scope: what it starts is abandoned if it ends early, while
+        // work an earlier call left running is not.
+        let scope = CancelToken::new();
+        *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope };
         slot.arm(deadline);
         if let Some(a) = abort
             && !a.start(slot.clone())
@@ -408,11 +439,20 @@ impl PluginIsolate {
         if self.calls_since_heap_check >= 64 {
             self.refresh_heap_used();
         }
-        match (r, slot.reason()) {
+        let r = match (r, slot.reason()) {
             // Stopped early, by the caller or by an unload: say so rather than `TIMEOUT`.
             (Err(e), Some(code)) if e.code == ErrorCode::Timeout => Err(stopped_early(code)),
             (r, _) => r,
+        };
+        if let Err(e) = &r
+            && matches!(e.code, ErrorCode::Timeout | ErrorCode::Aborted | ErrorCode::ShutDown | ErrorCode::HeapLimit)
+        {
+            // Nobody waits for what this call started: the plugin calls it made are aborted
+            // (and theirs, down the chain), its async host functions dropped.
+            self.current.borrow().scope.cancel();
+            self.drop_abandoned(slot, rt);
         }
+        r
     }
 
     /// Drives the event loop until the hook's promise settles or the deadline passes.

@@ -19,6 +19,7 @@ use deno_error::{JsErrorClass, PropertyValue};
 
 use super::peers::{NoPeers, Peers};
 use crate::call::CallContext;
+use crate::cancel::CancelToken;
 use crate::engine::{MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
 use crate::error::ErrorCode;
 use crate::host::{AsyncFn, CatchUnwind, HostFnError, HostItem, SyncFn, panicked};
@@ -49,6 +50,9 @@ pub(crate) struct Current {
     pub callers: Vec<String>,
     pub event_depth: u32,
     pub deadline: Instant,
+    /// Cancelled when this call ends early (timeout, abort, unload): the plugin calls and
+    /// async host functions it started are abandoned with it.
+    pub scope: CancelToken,
 }
 
 /// Per-isolate op state: the host functions by index, who is calling, what it may do.
@@ -91,7 +95,12 @@ impl HostTable {
             stats: Arc::default(),
             storage: None,
             granted: Vec::new(),
-            current: Rc::new(RefCell::new(Current { callers: Vec::new(), event_depth: 0, deadline: Instant::now() })),
+            current: Rc::new(RefCell::new(Current {
+                callers: Vec::new(),
+                event_depth: 0,
+                deadline: Instant::now(),
+                scope: CancelToken::new(),
+            })),
             peers: Arc::new(NoPeers),
             max_args: 0,
         }
@@ -224,6 +233,11 @@ fn parse_args(args: &str) -> Result<serde_json::Value, HostOpError> {
     serde_json::from_str(args).map_err(|e| HostOpError::new(ErrorCode::InvalidArgs, format!("invalid arguments: {e}")))
 }
 
+/// What an abandoned async host function or plugin call settles with (nobody waits for it).
+fn abandoned() -> HostOpError {
+    HostOpError::new(ErrorCode::Aborted, "the call that started this ended early (timeout, abort or unload)")
+}
+
 fn unknown(id: u32) -> HostOpError {
     HostOpError::new(ErrorCode::HostError, format!("no host function #{id}"))
 }
@@ -282,15 +296,19 @@ async fn op_isola_host_async(
     #[string] args: String,
 ) -> Result<String, HostOpError> {
     guarded_async(async move {
-        let f = {
+        let (f, scope) = {
             let state = state.borrow();
             let table = state.borrow::<HostTable>();
             let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
             table.check(g)?;
             check_size(&format!("the argument list of host.{}", g.name), &args, table.max_args)?;
-            g.f.clone()
+            (g.f.clone(), table.current.borrow().scope.clone())
         };
-        let out = f(parse_args(&args)?).await.map_err(HostOpError)?;
+        let out = tokio::select! {
+            out = f(parse_args(&args)?) => out.map_err(HostOpError)?,
+            // The call that started it ended early: drop the host's future.
+            () = scope.cancelled() => return Err(abandoned()),
+        };
         Ok(out.to_string())
     })
     .await
@@ -364,7 +382,8 @@ async fn op_isola_call(
             }
             check_size("the argument list", &args, MAX_MESSAGE_BYTES)?;
             let remaining = current.deadline.saturating_duration_since(Instant::now());
-            let ctx = CallContext { chain, event_depth: current.event_depth };
+            let deadline = Some(current.deadline);
+            let ctx = CallContext { chain, event_depth: current.event_depth, cancel: Some(current.scope.clone()), deadline };
             table
                 .peers
                 .call(&table.plugin, &plugin, &hook, parse_args(&args)?, remaining, ctx)

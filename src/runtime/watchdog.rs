@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use deno_core::v8;
 
-use crate::call::Interrupt;
+use crate::cancel::Interrupt;
 use crate::error::ErrorCode;
 
 /// How often termination is requested again while a call is past its deadline.
