@@ -26,7 +26,7 @@ use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
 use crate::call::CallContext;
-use crate::cancel::{Abort, CancelToken};
+use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::capped;
 use crate::error::{Error, ErrorCode, JsErrorInfo};
@@ -112,7 +112,7 @@ impl PluginIsolate {
             callers: Vec::new(),
             event_depth: 0,
             deadline: Instant::now() + load_timeout,
-            scope: CancelToken::new(),
+            scope: None,
         }));
         let (table, spec) = HostTable::build(Grant {
             plugin: &source.id,
@@ -415,8 +415,7 @@ impl PluginIsolate {
         let deadline = deadline_after(timeout);
         // Each call gets its own scope: what it starts is abandoned if it ends early, while
         // work an earlier call left running is not.
-        let scope = CancelToken::new();
-        *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope };
+        *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope: None };
         slot.arm(deadline);
         if let Some(a) = abort
             && !a.start(slot.clone())
@@ -449,8 +448,11 @@ impl PluginIsolate {
         {
             // Nobody waits for what this call started: the plugin calls it made are aborted
             // (and theirs, down the chain), its async host functions dropped.
-            self.current.borrow().scope.cancel();
-            self.drop_abandoned(slot, rt);
+            let scope = self.current.borrow_mut().scope.take();
+            if let Some(scope) = scope {
+                scope.cancel();
+                self.drop_abandoned(slot, rt);
+            }
         }
         r
     }

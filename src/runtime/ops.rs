@@ -52,7 +52,15 @@ pub(crate) struct Current {
     pub deadline: Instant,
     /// Cancelled when this call ends early (timeout, abort, unload): the plugin calls and
     /// async host functions it started are abandoned with it.
-    pub scope: CancelToken,
+    /// Made when the call first starts something (most calls never do).
+    pub scope: Option<CancelToken>,
+}
+
+impl Current {
+    /// This call's scope, made on first use.
+    fn scope(&mut self) -> CancelToken {
+        self.scope.get_or_insert_with(CancelToken::new).clone()
+    }
 }
 
 /// Per-isolate op state: the host functions by index, who is calling, what it may do.
@@ -99,7 +107,7 @@ impl HostTable {
                 callers: Vec::new(),
                 event_depth: 0,
                 deadline: Instant::now(),
-                scope: CancelToken::new(),
+                scope: None,
             })),
             peers: Arc::new(NoPeers),
             max_args: 0,
@@ -302,7 +310,7 @@ async fn op_isola_host_async(
             let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
             table.check(g)?;
             check_size(&format!("the argument list of host.{}", g.name), &args, table.max_args)?;
-            (g.f.clone(), table.current.borrow().scope.clone())
+            (g.f.clone(), table.current.borrow_mut().scope())
         };
         let out = tokio::select! {
             out = f(parse_args(&args)?) => out.map_err(HostOpError)?,
@@ -362,7 +370,7 @@ async fn op_isola_call(
                     ),
                 ));
             }
-            let current = table.current.borrow();
+            let mut current = table.current.borrow_mut();
             let mut chain = current.callers.clone();
             chain.push(table.plugin.to_string());
             if chain.contains(&plugin) {
@@ -383,7 +391,7 @@ async fn op_isola_call(
             check_size("the argument list", &args, MAX_MESSAGE_BYTES)?;
             let remaining = current.deadline.saturating_duration_since(Instant::now());
             let deadline = Some(current.deadline);
-            let ctx = CallContext { chain, event_depth: current.event_depth, cancel: Some(current.scope.clone()), deadline };
+            let ctx = CallContext { chain, event_depth: current.event_depth, cancel: Some(current.scope()), deadline };
             table
                 .peers
                 .call(&table.plugin, &plugin, &hook, parse_args(&args)?, remaining, ctx)
