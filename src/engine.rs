@@ -15,6 +15,11 @@ use crate::memory_guard::MemoryGuard;
 use crate::permissions::Policy;
 use crate::storage::Storage;
 
+/// How long past a call's deadline its plugin's thread may stay busy before the plugin is
+/// `unresponsive` (stuck where termination cannot reach, such as a host function that never
+/// returns): its callers get `TIMEOUT` then, and unload and shutdown stop waiting for it.
+pub const STUCK_GRACE: Duration = Duration::from_secs(1);
+
 /// Default memory budget per plugin: V8 heap plus ArrayBuffer bytes.
 pub const DEFAULT_HEAP_LIMIT_MB: u64 = 64;
 /// Default time limit for one hook call.

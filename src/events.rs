@@ -87,6 +87,26 @@ pub enum LifecycleEvent {
         /// What the hook threw.
         error: Error,
     },
+    /// A plugin could not come back after a restart (its isolate broke its memory limit and
+    /// the fresh one failed to load); it is `failed` now.
+    RestartFailed {
+        /// Plugin id.
+        plugin: String,
+        /// Why the fresh isolate failed.
+        error: Error,
+    },
+    /// A plugin's thread has been busy past its call's deadline plus a grace period: it is
+    /// stuck where termination cannot reach (a host function that does not return). Callers
+    /// got `TIMEOUT`; later calls fail at once with `BUSY` until the thread comes back.
+    Unresponsive {
+        /// Plugin id.
+        plugin: String,
+    },
+    /// An unresponsive plugin's thread came back; it answers calls again.
+    Responsive {
+        /// Plugin id.
+        plugin: String,
+    },
 }
 
 impl LifecycleEvent {
@@ -100,7 +120,10 @@ impl LifecycleEvent {
             | LifecycleEvent::Unloaded { plugin }
             | LifecycleEvent::Restarted { plugin, .. }
             | LifecycleEvent::Crashed { plugin, .. }
-            | LifecycleEvent::HookFailed { plugin, .. } => plugin,
+            | LifecycleEvent::HookFailed { plugin, .. }
+            | LifecycleEvent::RestartFailed { plugin, .. }
+            | LifecycleEvent::Unresponsive { plugin }
+            | LifecycleEvent::Responsive { plugin } => plugin,
         }
     }
 }

@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::call::{CallContext, Reply, Request};
 use crate::cancel::CancelToken;
 use crate::cancel::{Abort, Interrupt};
+use crate::engine::STUCK_GRACE;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::permissions::Permissions;
@@ -39,6 +40,9 @@ pub enum PluginStatus {
     Failed,
     /// Unloaded or shut down.
     Stopped,
+    /// Its thread is stuck past a call's deadline where termination cannot reach (a host
+    /// function that does not return); calls fail at once with `BUSY` until it comes back.
+    Unresponsive,
 }
 
 impl PluginStatus {
@@ -48,6 +52,7 @@ impl PluginStatus {
             1 => PluginStatus::Ready,
             2 => PluginStatus::Restarting,
             3 => PluginStatus::Failed,
+            5 => PluginStatus::Unresponsive,
             _ => PluginStatus::Stopped,
         }
     }
@@ -60,6 +65,7 @@ impl PluginStatus {
             PluginStatus::Restarting => "restarting",
             PluginStatus::Failed => "failed",
             PluginStatus::Stopped => "stopped",
+            PluginStatus::Unresponsive => "unresponsive",
         }
     }
 }
@@ -96,6 +102,11 @@ impl CallOptions {
     }
 }
 
+/// How often a waiting caller looks whether the plugin's thread is stuck.
+const STUCK_CHECK: Duration = Duration::from_millis(100);
+/// Status changes kept for a subscriber that has not read them yet.
+const STATUS_BACKLOG: usize = 64;
+
 /// A started plugin thread that [`Shared::open`] refused: the caller must stop and join it.
 pub(crate) type Refused = (Sender<Request>, JoinHandle<()>);
 
@@ -122,6 +133,13 @@ pub(crate) struct Shared {
     /// How to stop the call each running version is in (its thread's deadline slot), for a
     /// prompt unload.
     interrupts: Mutex<Vec<Weak<dyn Interrupt>>>,
+    /// The plugin's thread is stuck past a call's deadline and [`STUCK_GRACE`] (the watchdog
+    /// says so); waiting callers give up.
+    stuck: AtomicBool,
+    /// Wakes async callers when the thread gets stuck.
+    stuck_wake: tokio::sync::Notify,
+    /// Every status change, for [`PluginHandle::status_changes`].
+    changes: tokio::sync::broadcast::Sender<PluginStatus>,
 }
 
 /// What changes on (re)load.
@@ -148,6 +166,9 @@ impl Shared {
             current: AtomicU64::new(0),
             pids: Mutex::new(std::collections::BTreeMap::new()),
             interrupts: Mutex::new(Vec::new()),
+            stuck: AtomicBool::new(false),
+            stuck_wake: tokio::sync::Notify::new(),
+            changes: tokio::sync::broadcast::channel(STATUS_BACKLOG).0,
         })
     }
 
@@ -182,7 +203,52 @@ impl Shared {
     pub(crate) fn set_status(&self, s: PluginStatus) {
         // Once stopped, always stopped (a thread finishing its load late must not revive it).
         let s = if self.closed.load(Ordering::Acquire) { PluginStatus::Stopped } else { s };
-        self.status.store(s as u8, Ordering::Release);
+        let old = self.status.swap(s as u8, Ordering::AcqRel);
+        if old != s as u8 {
+            let _ = self.changes.send(s);
+        }
+    }
+
+    /// The plugin's thread is stuck past its call's deadline and [`STUCK_GRACE`] (called by
+    /// the watchdog): the plugin becomes unresponsive and waiting callers give up.
+    pub(crate) fn set_stuck(&self) {
+        if self.stuck.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ready = PluginStatus::Ready as u8;
+        let unresponsive = PluginStatus::Unresponsive as u8;
+        if self.status.compare_exchange(ready, unresponsive, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let _ = self.changes.send(PluginStatus::Unresponsive);
+        }
+        tracing::warn!(plugin = %self.id, "the plugin's thread is stuck past its deadline (in a host function?)");
+        self.emit(LifecycleEvent::Unresponsive { plugin: self.id.clone() });
+        self.stuck_wake.notify_waiters();
+    }
+
+    /// The plugin's thread finished its call: an unresponsive plugin is back.
+    pub(crate) fn set_unstuck(&self) {
+        if !self.stuck.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        if self.status() == PluginStatus::Unresponsive {
+            self.set_status(PluginStatus::Ready);
+        }
+        self.emit(LifecycleEvent::Responsive { plugin: self.id.clone() });
+    }
+
+    fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Acquire)
+    }
+
+    /// The answer for a caller that stopped waiting on a stuck thread.
+    fn stuck_error(&self) -> Error {
+        Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "the plugin's thread is stuck past the call's deadline (plus {} ms) where it cannot be stopped, such as in a host function that does not return",
+                STUCK_GRACE.as_millis()
+            ),
+        )
     }
 
     pub(crate) fn status(&self) -> PluginStatus {
@@ -236,10 +302,10 @@ impl Shared {
             on.interrupt(ErrorCode::ShutDown);
         }
         if let Some(old) = old {
-            // Blocking send: if the mailbox is full this waits for the thread to take one
-            // request, which is quick: once closed, the thread answers queued calls without
-            // running them.
-            let _ = old.send(Request::Stop);
+            // If the mailbox is full, dropping `old` (the last sender) is enough: once closed,
+            // the thread answers what is queued without running it and then finds the mailbox
+            // gone. A blocking send could wait forever on a stuck thread.
+            let _ = old.try_send(Request::Stop);
         }
         self.set_status(PluginStatus::Stopped);
     }
@@ -273,11 +339,22 @@ impl Shared {
         }
     }
 
-    /// Waits for every thread of this plugin to finish.
+    /// Waits for every thread of this plugin to finish, but not for a thread that is stuck
+    /// where it cannot be stopped: one still busy past its deadline and [`STUCK_GRACE`] is
+    /// left behind (it ends on its own if it ever comes back).
     pub(crate) fn join(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap());
         for t in threads {
-            let _ = t.join();
+            while !t.is_finished() {
+                if self.is_stuck() {
+                    tracing::warn!(plugin = %self.id, "not waiting for the plugin's stuck thread");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 
@@ -308,6 +385,13 @@ impl Shared {
         if abort.as_ref().is_some_and(|a| a.is_aborted()) {
             return fail(ErrorCode::Aborted, "the call was aborted before it was sent".into());
         }
+        if self.status() == PluginStatus::Unresponsive {
+            return fail(
+                ErrorCode::Busy,
+                "the plugin is unresponsive: its thread is stuck in a call it cannot be stopped in; try again later"
+                    .into(),
+            );
+        }
         let req = Request::Call { hook: hook.to_owned(), args, timeout, ctx, reply, abort };
         match tx.try_send(req) {
             Ok(()) => Ok(()),
@@ -317,6 +401,35 @@ impl Shared {
             ),
             Err(TrySendError::Disconnected(_)) => {
                 fail(ErrorCode::PluginCrashed, "the plugin's thread has stopped".into())
+            }
+        }
+    }
+
+    /// Waits for an answer, giving up with `TIMEOUT` if the plugin's thread gets stuck.
+    fn wait_blocking(&self, rx: &crossbeam_channel::Receiver<Result<Value>>) -> Result<Value> {
+        // crossbeam spins briefly before parking, which keeps a fast answer from paying a full
+        // thread wake-up.
+        loop {
+            match rx.recv_timeout(STUCK_CHECK) {
+                Ok(r) => return r,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(self.lost()),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if self.is_stuck() => return Err(self.stuck_error()),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// [`wait_blocking`](Self::wait_blocking) for async callers.
+    /// (No timer: the watchdog wakes it, so any async runtime will do.)
+    async fn wait_async(&self, mut rx: tokio::sync::oneshot::Receiver<Result<Value>>) -> Result<Value> {
+        loop {
+            let stuck = self.stuck_wake.notified();
+            if self.is_stuck() {
+                return Err(self.stuck_error());
+            }
+            tokio::select! {
+                r = &mut rx => return r.unwrap_or_else(|_| Err(self.lost())),
+                () = stuck => {}
             }
         }
     }
@@ -429,6 +542,22 @@ impl PluginHandle {
         self.shared.info().last_error
     }
 
+    /// Every status change from now on, as it happens: `loading`, `ready`, `restarting`,
+    /// `failed`, `unresponsive`, `stopped`. For hosts that react to a plugin's life instead of
+    /// polling [`status`](Self::status).
+    ///
+    /// ```no_run
+    /// # async fn demo(plugin: isola::PluginHandle) {
+    /// let mut changes = plugin.status_changes();
+    /// while let Some(status) = changes.next().await {
+    ///     println!("{} is {}", plugin.id(), status.as_str());
+    /// }
+    /// # }
+    /// ```
+    pub fn status_changes(&self) -> StatusChanges {
+        StatusChanges { rx: self.shared.changes.subscribe(), done: self.status() == PluginStatus::Stopped }
+    }
+
     /// A snapshot of the plugin's counters.
     pub fn stats(&self) -> PluginStats {
         self.shared.stats.snapshot()
@@ -480,7 +609,7 @@ impl PluginHandle {
         let on_drop = AbortOnDrop(Some(abort));
         async move {
             let r = match sent {
-                Ok(()) => rx.await.unwrap_or_else(|_| Err(shared.lost())),
+                Ok(()) => shared.wait_async(rx).await,
                 Err(e) => Err(e),
             };
             on_drop.disarm();
@@ -539,7 +668,7 @@ impl PluginHandle {
             // crossbeam spins briefly before parking, which keeps a fast answer from paying a
             // full thread wake-up.
             let r = match sent {
-                Ok(()) => rx.recv().unwrap_or_else(|_| Err(shared.lost())),
+                Ok(()) => shared.wait_blocking(&rx),
                 Err(e) => Err(e),
             };
             answer(r, &shared.id, &hook)
@@ -562,5 +691,51 @@ impl Drop for AbortOnDrop {
         if let Some(abort) = self.0.take() {
             abort.abort();
         }
+    }
+}
+
+/// A plugin's status changes, in order (see [`PluginHandle::status_changes`]). Ends after
+/// `stopped`, the last status a plugin has.
+#[derive(Debug)]
+pub struct StatusChanges {
+    rx: tokio::sync::broadcast::Receiver<PluginStatus>,
+    done: bool,
+}
+
+impl StatusChanges {
+    /// Waits for the next change; `None` once the plugin has stopped.
+    pub async fn next(&mut self) -> Option<PluginStatus> {
+        use tokio::sync::broadcast::error::RecvError;
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(s) => return Some(self.seen(s)),
+                // A subscriber that fell more than 64 changes behind misses the oldest.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next change if one happened, without waiting.
+    pub fn try_next(&mut self) -> Option<PluginStatus> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(s) => return Some(self.seen(s)),
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn seen(&mut self, s: PluginStatus) -> PluginStatus {
+        self.done = s == PluginStatus::Stopped;
+        s
     }
 }

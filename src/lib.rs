@@ -67,6 +67,6 @@ mod worker;
 pub use cancel::CancelToken;
 pub use engine::{Engine, EngineBuilder, Limits};
 pub use error::{Error, ErrorCode, Result};
-pub use handle::{CallOptions, PluginHandle, PluginStatus};
+pub use handle::{CallOptions, PluginHandle, PluginStatus, StatusChanges};
 pub use host::{HostApi, current_plugin};
 pub use manager::Manager;

@@ -128,6 +128,12 @@ impl Worker {
         let slot = DeadlineSlot::new();
         let interrupt: Arc<dyn Interrupt> = slot.clone();
         self.shared.add_interrupt(Arc::downgrade(&interrupt));
+        let shared = Arc::downgrade(&self.shared);
+        slot.on_stuck(Box::new(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.set_stuck();
+            }
+        }));
         let mut isolate = match self.load(&slot, &rt) {
             Ok(i) => {
                 let _ = ready.send(Ok(i.hook_names()));
@@ -168,6 +174,7 @@ impl Worker {
                 timeout = timeout.min(d.saturating_duration_since(started));
             }
             let r = iso.call(&hook, &args, timeout, ctx, abort.as_ref(), &slot, &rt);
+            self.shared.set_unstuck();
             // An error isola threw into the plugin was counted when it was thrown.
             let code = r.as_ref().err().filter(|e| !e.issued).map(|e| e.code);
             self.shared.stats.record_call(code, started.elapsed());
@@ -234,8 +241,10 @@ impl Worker {
             Ok(i) => *isolate = Some(i),
             Err(e) => {
                 tracing::error!(plugin = %id, "restart failed: {e}");
-                self.shared.update_info(|info| info.last_error = Some(e.in_context(id, None)));
+                let error = e.in_context(id, None);
+                self.shared.update_info(|info| info.last_error = Some(error.clone()));
                 self.shared.set_status(PluginStatus::Failed);
+                self.shared.emit(LifecycleEvent::RestartFailed { plugin: id.to_owned(), error });
             }
         }
     }
@@ -263,7 +272,9 @@ impl Worker {
             sources: self.sources.clone(),
             guard: self.engine.memory_guard(),
         };
-        let iso = PluginIsolate::new(&cfg, slot, rt)?;
+        let loaded = PluginIsolate::new(&cfg, slot, rt);
+        self.shared.set_unstuck();
+        let iso = loaded?;
         let shared = Arc::downgrade(&self.shared);
         let generation = self.generation;
         iso.set_waker(Box::new(move || {

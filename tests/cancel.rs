@@ -274,3 +274,85 @@ fn the_async_host_function_an_aborted_call_awaited_is_dropped() {
     assert_eq!(e.code, ErrorCode::Aborted, "{e}");
     assert_eq!(dropped.load(Ordering::SeqCst), 1, "the host function's future is still alive");
 }
+
+#[test]
+fn a_host_function_that_never_returns_costs_its_caller_a_timeout_not_a_hang() {
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let host = test_host().func("block", move |(): ()| {
+        // Termination cannot reach Rust code: this holds the plugin's thread until released.
+        let _ = release_rx.lock().unwrap().recv();
+        Ok(())
+    });
+    let engine = Engine::builder().host(host).call_timeout(Duration::from_millis(200)).build();
+    let dir = PluginDir::new();
+    let m = Manager::new(engine);
+    let h = m.load(dir.module("p", "export default { block() { host.block(); }, ok() { return 1; } };")).unwrap();
+    let events = m.events();
+    let mut changes = h.status_changes();
+
+    let started = Instant::now();
+    let e = h.call_blocking::<_, Value>("block", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(e.message.contains("stuck"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the caller waited {:?}", started.elapsed());
+    assert_eq!(h.status(), isola::PluginStatus::Unresponsive);
+    assert_eq!(changes.try_next(), Some(isola::PluginStatus::Unresponsive));
+    let unresponsive = events.try_iter().any(|e| matches!(e, isola::events::LifecycleEvent::Unresponsive { .. }));
+    assert!(unresponsive, "no Unresponsive event");
+    // Later calls fail at once instead of queueing behind the stuck thread.
+    let started = Instant::now();
+    assert_eq!(h.call_blocking::<_, u64>("ok", ()).unwrap_err().code, ErrorCode::Busy);
+    assert!(started.elapsed() < Duration::from_millis(100));
+
+    // Once the host function returns, the plugin is back.
+    release_tx.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.status() != isola::PluginStatus::Ready && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.call_blocking::<_, u64>("ok", ()).unwrap(), 1);
+    assert_eq!(changes.try_next(), Some(isola::PluginStatus::Ready));
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_thread_stuck_in_a_host_function() {
+    let (_release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let host = test_host().func("block", move |(): ()| {
+        let _ = release_rx.lock().unwrap().recv();
+        Ok(())
+    });
+    let engine = Engine::builder().host(host).call_timeout(Duration::from_millis(100)).build();
+    let (_d, m, h) = load_module_with(engine, "export default { block() { host.block(); } };");
+    let caller = std::thread::spawn(move || h.call_blocking::<_, Value>("block", ()));
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    m.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
+    let e = caller.join().unwrap().unwrap_err();
+    assert!(matches!(e.code, ErrorCode::Timeout | ErrorCode::ShutDown), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_stream_sees_a_restart_a_reload_and_the_unload() {
+    use isola::PluginStatus::*;
+    let engine = Engine::builder().host(test_host()).heap_limit_mb(16).build();
+    let dir = PluginDir::new();
+    let m = Manager::new(engine);
+    let path =
+        dir.module("p", "export default { hog() { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)); } };");
+    let h = m.load(&path).unwrap();
+    let mut changes = h.status_changes();
+    assert_eq!(h.call::<_, Value>("hog", ()).await.unwrap_err().code, ErrorCode::HeapLimit);
+    assert_eq!(changes.next().await, Some(Restarting));
+    assert_eq!(changes.next().await, Some(Ready));
+    m.reload("p").unwrap();
+    m.unload("p").unwrap();
+    let mut rest = Vec::new();
+    while let Some(s) = changes.next().await {
+        rest.push(s);
+    }
+    assert_eq!(rest.last(), Some(&Stopped), "{rest:?}");
+    assert_eq!(changes.next().await, None);
+}

@@ -415,7 +415,8 @@ impl PluginIsolate {
         let deadline = deadline_after(timeout);
         // Each call gets its own scope: what it starts is abandoned if it ends early, while
         // work an earlier call left running is not.
-        *self.current.borrow_mut() = Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope: None };
+        *self.current.borrow_mut() =
+            Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope: None };
         slot.arm(deadline);
         if let Some(a) = abort
             && !a.start(slot.clone())

@@ -19,13 +19,14 @@
 //! [`REFIRE`]: whatever plugin code runs past its deadline, however it was entered, is stopped
 //! within that.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use deno_core::v8;
 
 use crate::cancel::Interrupt;
+use crate::engine::STUCK_GRACE;
 use crate::error::ErrorCode;
 
 /// How often termination is requested again while a call is past its deadline.
@@ -58,6 +59,13 @@ pub(crate) struct DeadlineSlot {
     reason: AtomicU8,
     /// Wakes a call that awaits something when it is interrupted (no JS runs to terminate).
     woken: tokio::sync::Notify,
+    /// When the running call was first terminated (ticks), to tell a thread that cannot be
+    /// stopped (stuck in a host function) from one that is unwinding.
+    terminated_at: AtomicU64,
+    /// `on_stuck` was called for the running call.
+    stuck: AtomicBool,
+    /// What to do when the thread stays busy [`STUCK_GRACE`] past a termination.
+    on_stuck: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl DeadlineSlot {
@@ -68,9 +76,18 @@ impl DeadlineSlot {
             isolate: Mutex::new(None),
             reason: AtomicU8::new(NO_REASON),
             woken: tokio::sync::Notify::new(),
+            terminated_at: AtomicU64::new(0),
+            stuck: AtomicBool::new(false),
+            on_stuck: OnceLock::new(),
         });
         watchdog().register(&slot);
         slot
+    }
+
+    /// What to run (on the watchdog's thread) when a call stays busy [`STUCK_GRACE`] past its
+    /// termination: its thread is somewhere termination cannot reach.
+    pub(crate) fn on_stuck(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_stuck.set(f);
     }
 
     /// Which isolate to terminate (changes when a plugin restarts).
@@ -137,6 +154,17 @@ impl DeadlineSlot {
             return Some(d);
         }
         if self.state.compare_exchange(d, TERMINATING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            // Holding TERMINATING keeps the isolate's thread in `disarm` until we are done, so
+            // "stuck" is only ever reported while the call is really still running.
+            if d != TERMINATED {
+                self.terminated_at.store(now, Ordering::SeqCst);
+                self.stuck.store(false, Ordering::SeqCst);
+            } else if now.saturating_sub(self.terminated_at.load(Ordering::SeqCst)) > STUCK_GRACE.as_nanos() as u64
+                && !self.stuck.swap(true, Ordering::SeqCst)
+                && let Some(f) = self.on_stuck.get()
+            {
+                f();
+            }
             if let Some(h) = self.isolate.lock().unwrap().as_ref() {
                 h.terminate_execution();
             }
