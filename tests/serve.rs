@@ -221,3 +221,32 @@ fn the_python_example_client_works() {
     assert!(stdout.contains("error: HOOK_NOT_FOUND"), "{stdout}");
     assert!(stdout.contains("'event': 'loaded'"), "{stdout}");
 }
+
+#[test]
+fn cancel_aborts_an_in_flight_call_and_unload_is_a_method() {
+    let dir = plugins();
+    let mut s = Server::start(dir.path(), &[]);
+    s.request(1, "call", json!({"plugin": "slow", "hook": "nap", "args": [10_000]}));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    // A notification (no id) naming the request to abort.
+    s.send(&json!({"jsonrpc": "2.0", "method": "cancel", "params": {"id": 1}}).to_string());
+    let r = s.reply();
+    assert_eq!(r["id"], 1);
+    assert_eq!(r["error"]["data"]["code"], "ABORTED", "{r}");
+    assert!(started.elapsed() < Duration::from_secs(3), "cancel took {:?}", started.elapsed());
+    // The plugin kept its isolate and answers again.
+    s.request(2, "call", json!({"plugin": "slow", "hook": "nap", "args": [1]}));
+    assert_eq!(s.reply()["result"], 1);
+    // Cancelling something that is not in flight says so.
+    s.request(3, "cancel", json!({"id": 99}));
+    assert_eq!(s.reply()["result"], false);
+
+    s.request(4, "unload", json!({"plugin": "fast"}));
+    assert_eq!(s.reply()["result"], true);
+    s.request(5, "call", json!({"plugin": "fast", "hook": "echo", "args": [1]}));
+    let r = s.reply();
+    assert_eq!(r["error"]["data"]["code"], "PLUGIN_NOT_FOUND", "{r}");
+    let (_, status) = s.close_stdin_and_wait();
+    assert!(status.success());
+}

@@ -5,10 +5,11 @@
 //! in parallel. Only protocol messages go to stdout (logs go to stderr); one writer thread
 //! owns stdout so that every message is exactly one line.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isola::{CallOptions, Error, Manager};
+use isola::{CallOptions, CancelToken, Error, Manager};
 use serde_json::{Value, json};
 
 const PARSE_ERROR: i64 = -32700;
@@ -64,7 +65,7 @@ pub fn serve(manager: Manager, dir: &std::path::Path, watch: bool) -> bool {
     if ok {
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-        let manager = Arc::new(manager);
+        let manager = Arc::new(Session { manager, calls: Mutex::default() });
         let mut in_flight = tokio::task::JoinSet::new();
         for line in super::dev::stdin_lines() {
             while in_flight.try_join_next().is_some() {}
@@ -84,8 +85,8 @@ pub fn serve(manager: Manager, dir: &std::path::Path, watch: bool) -> bool {
         }
         // End of input: answer what is in flight, then stop.
         rt.block_on(async { while in_flight.join_next().await.is_some() {} });
-        if let Ok(m) = Arc::try_unwrap(manager) {
-            m.shutdown();
+        if let Ok(s) = Arc::try_unwrap(manager) {
+            s.manager.shutdown();
         }
     }
     drop(out);
@@ -105,8 +106,19 @@ fn isola_error(id: Value, e: &Error) -> Value {
     error(id, ISOLA_ERROR, e.to_string(), Some(e.to_json()))
 }
 
+/// The manager, and the calls in flight by request id so that `cancel` can reach them.
+struct Session {
+    manager: Manager,
+    calls: Mutex<HashMap<String, CancelToken>>,
+}
+
+/// The key a request id is filed under (ids are numbers or strings in JSON-RPC).
+fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
 /// Answers one line; `None` for notifications (requests without an id).
-async fn handle_line(manager: &Arc<Manager>, line: &str) -> Option<Value> {
+async fn handle_line(manager: &Arc<Session>, line: &str) -> Option<Value> {
     let msg: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => return Some(error(Value::Null, PARSE_ERROR, format!("parse error: {e}"), None)),
@@ -120,7 +132,7 @@ async fn handle_line(manager: &Arc<Manager>, line: &str) -> Option<Value> {
         return Some(error(reply_id, INVALID_REQUEST, "invalid request: `method` must be a string", None));
     };
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
-    let outcome = dispatch(manager, method, params).await;
+    let outcome = dispatch(manager, method, params, id.as_ref()).await;
     let id = id?;
     Some(match outcome {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
@@ -148,7 +160,8 @@ fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, Failure> {
     params.get(name).and_then(Value::as_str).ok_or_else(|| bad_params(&format!("`{name}` (a string) is required")))
 }
 
-async fn dispatch(manager: &Arc<Manager>, method: &str, params: Value) -> Result<Value, Failure> {
+async fn dispatch(session: &Arc<Session>, method: &str, params: Value, id: Option<&Value>) -> Result<Value, Failure> {
+    let manager = &session.manager;
     match method {
         "call" => {
             let plugin = str_param(&params, "plugin")?;
@@ -167,7 +180,31 @@ async fn dispatch(manager: &Arc<Manager>, method: &str, params: Value) -> Result
                 }
             }
             let handle = manager.handle(plugin)?;
-            Ok(handle.call_with::<_, Value>(hook, args, opts).await?)
+            // A call with an id can be aborted by a `cancel` naming it.
+            let token = CancelToken::new();
+            let key = id.map(id_key);
+            if let Some(k) = &key {
+                session.calls.lock().unwrap().insert(k.clone(), token.clone());
+            }
+            let r = handle.call_with::<_, Value>(hook, args, opts.cancel(&token)).await;
+            if let Some(k) = &key {
+                session.calls.lock().unwrap().remove(k);
+            }
+            Ok(r?)
+        }
+        "cancel" => {
+            // Usually a notification; the aborted call itself answers with `ABORTED`.
+            let target = params.get("id").ok_or_else(|| bad_params("`id` (the request to cancel) is required"))?;
+            let token = session.calls.lock().unwrap().get(&id_key(target)).cloned();
+            Ok(Value::Bool(token.inspect(CancelToken::cancel).is_some()))
+        }
+        "unload" => {
+            let plugin = str_param(&params, "plugin")?.to_owned();
+            let s = session.clone();
+            tokio::task::spawn_blocking(move || s.manager.unload(&plugin))
+                .await
+                .map_err(|e| Failure::Protocol(ISOLA_ERROR, format!("unload panicked: {e}")))??;
+            Ok(Value::Bool(true))
         }
         "list" => Ok(serde_json::to_value(manager.list()).unwrap_or_default()),
         "stats" => {
@@ -177,15 +214,15 @@ async fn dispatch(manager: &Arc<Manager>, method: &str, params: Value) -> Result
         }
         "reload" => {
             let plugin = str_param(&params, "plugin")?.to_owned();
-            let m = manager.clone();
-            tokio::task::spawn_blocking(move || m.reload(&plugin))
+            let s = session.clone();
+            tokio::task::spawn_blocking(move || s.manager.reload(&plugin))
                 .await
                 .map_err(|e| Failure::Protocol(ISOLA_ERROR, format!("reload panicked: {e}")))??;
             Ok(Value::Bool(true))
         }
         other => Err(Failure::Protocol(
             METHOD_NOT_FOUND,
-            format!("method not found: `{other}` (methods: call, list, stats, reload)"),
+            format!("method not found: `{other}` (methods: call, cancel, list, stats, reload, unload)"),
         )),
     }
 }
