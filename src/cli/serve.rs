@@ -198,31 +198,33 @@ async fn dispatch(session: &Arc<Session>, method: &str, params: Value, id: Optio
             let token = session.calls.lock().unwrap().get(&id_key(target)).cloned();
             Ok(Value::Bool(token.inspect(CancelToken::cancel).is_some()))
         }
-        "unload" => {
-            let plugin = str_param(&params, "plugin")?.to_owned();
-            let s = session.clone();
-            tokio::task::spawn_blocking(move || s.manager.unload(&plugin))
-                .await
-                .map_err(|e| Failure::Protocol(ISOLA_ERROR, format!("unload panicked: {e}")))??;
-            Ok(Value::Bool(true))
-        }
+        "unload" => on_plugin(session, &params, "unload", |m, p| m.unload(p)).await,
         "list" => Ok(serde_json::to_value(manager.list()).unwrap_or_default()),
         "stats" => {
             let stats: serde_json::Map<String, Value> =
                 manager.list().into_iter().map(|p| (p.id, serde_json::to_value(p.stats).unwrap_or_default())).collect();
             Ok(Value::Object(stats))
         }
-        "reload" => {
-            let plugin = str_param(&params, "plugin")?.to_owned();
-            let s = session.clone();
-            tokio::task::spawn_blocking(move || s.manager.reload(&plugin))
-                .await
-                .map_err(|e| Failure::Protocol(ISOLA_ERROR, format!("reload panicked: {e}")))??;
-            Ok(Value::Bool(true))
-        }
+        "reload" => on_plugin(session, &params, "reload", |m, p| m.reload(p)).await,
         other => Err(Failure::Protocol(
             METHOD_NOT_FOUND,
             format!("method not found: `{other}` (methods: call, cancel, list, stats, reload, unload)"),
         )),
     }
+}
+
+/// Runs a blocking manager operation on the plugin named in `params` (`reload`, `unload`) off
+/// the async threads; answers `true`.
+async fn on_plugin(
+    session: &Arc<Session>,
+    params: &Value,
+    what: &str,
+    op: impl FnOnce(&Manager, &str) -> isola::Result<()> + Send + 'static,
+) -> Result<Value, Failure> {
+    let plugin = str_param(params, "plugin")?.to_owned();
+    let s = session.clone();
+    tokio::task::spawn_blocking(move || op(&s.manager, &plugin))
+        .await
+        .map_err(|e| Failure::Protocol(ISOLA_ERROR, format!("{what} panicked: {e}")))??;
+    Ok(Value::Bool(true))
 }
