@@ -212,6 +212,43 @@ impl HostApi {
         self
     }
 
+    /// Gives the async function `name` a time limit of its own: past it, the plugin's `await`
+    /// throws a catchable error with code `TIMEOUT` and the host's future is dropped. (The
+    /// calling hook's own deadline still applies.) Only async functions can be stopped this
+    /// way: a sync function runs on the plugin's thread, where nothing can interrupt it, so
+    /// asking for a timeout on one panics when the host API is built, as does a name that is
+    /// not registered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let host = isola::HostApi::new()
+    ///     .async_func("lookup", |(key,): (String,)| async move { Ok(key) })
+    ///     .timeout("lookup", Duration::from_millis(200));
+    /// assert_eq!(host.names(), vec!["lookup"]);
+    /// ```
+    pub fn timeout(mut self, name: &str, limit: std::time::Duration) -> Self {
+        let f = match self.items.get(name) {
+            Some(HostItem::Async(f)) => f.clone(),
+            Some(_) => panic!("host.{name} is not an async function: only async host functions can have a timeout"),
+            None => panic!("no host function `{name}` to give a timeout (register it first)"),
+        };
+        let label = name.to_owned();
+        let limited = move |args: Value| -> AsyncFut {
+            let call = f(args);
+            let label = label.clone();
+            Box::pin(async move {
+                tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                    Err(HostFnError::new(
+                        ErrorCode::Timeout,
+                        format!("host.{label} took longer than its {} ms limit", limit.as_millis()),
+                    ))
+                })
+            })
+        };
+        self.items.insert(name.to_owned(), HostItem::Async(Arc::new(limited)));
+        self
+    }
+
     /// The permission `name` needs, if it is gated.
     pub fn permission_of(&self, name: &str) -> Option<&str> {
         self.permissions.get(name).map(String::as_str)

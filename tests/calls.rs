@@ -342,3 +342,29 @@ fn host_functions_know_which_plugin_called() {
     assert_eq!(isola::current_plugin(), None, "not inside a host function");
     assert_eq!(seen.lock().unwrap().len(), 4);
 }
+
+#[test]
+fn an_async_host_function_with_a_timeout_throws_a_catchable_timeout() {
+    let host = common::test_host()
+        .async_func("hang", |(): ()| async move {
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .timeout("hang", std::time::Duration::from_millis(100));
+    let engine = common::builder().host(host).call_timeout(std::time::Duration::from_secs(10)).build();
+    let (_d, _m, h) = common::load_module_with(
+        engine,
+        "export default { async ask() { try { await host.hang(); return 'answered'; } catch (e) { return [e.code, e.message]; } } };",
+    );
+    let started = std::time::Instant::now();
+    let v: Value = h.call_blocking("ask", ()).unwrap();
+    assert_eq!(v[0], "TIMEOUT", "{v}");
+    assert!(v[1].as_str().unwrap().contains("host.hang took longer than its 100 ms limit"), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}", started.elapsed());
+}
+
+#[test]
+#[should_panic(expected = "only async host functions can have a timeout")]
+fn a_sync_host_function_cannot_have_a_timeout() {
+    let _ = isola::HostApi::new().func("f", |(): ()| Ok(())).timeout("f", std::time::Duration::from_millis(1));
+}
