@@ -10,8 +10,15 @@
 (function isolaPrelude(spec) {
   "use strict";
   const core = globalThis.Deno.core;
-  const { op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage, op_isola_call, op_isola_emit } =
-    core.ops;
+  const {
+    op_isola_host_sync,
+    op_isola_host_async,
+    op_isola_log,
+    op_isola_storage,
+    op_isola_call,
+    op_isola_emit,
+    op_isola_call_epoch,
+  } = core.ops;
   const { stringify } = JSON;
   const parse = JSON.parse;
   const { freeze, defineProperty, getOwnPropertyNames, getOwnPropertyDescriptor } = Object;
@@ -50,6 +57,70 @@
     } catch (e) {
       throw new TypeError(`host.${name}: arguments must be JSON-serialisable (${e.message})`);
     }
+  }
+
+  // `host.signal`: the AbortSignal of the call running now. It aborts when the call ends
+  // early (its caller aborted it, its deadline passed, the plugin is being unloaded), so an
+  // async hook can stop what it started. A minimal signal with the standard shape (`aborted`,
+  // `reason`, `throwIfAborted`, `onabort`, `addEventListener("abort", f)`); made on first use,
+  // one per call.
+  let fire;
+  class AbortSignal {
+    #aborted = false;
+    #reason = undefined;
+    #listeners = [];
+    onabort = null;
+    get aborted() {
+      return this.#aborted;
+    }
+    get reason() {
+      return this.#reason;
+    }
+    throwIfAborted() {
+      if (this.#aborted) throw this.#reason;
+    }
+    addEventListener(type, listener) {
+      if (type === "abort" && typeof listener === "function" && !this.#listeners.includes(listener)) {
+        this.#listeners.push(listener);
+      }
+    }
+    removeEventListener(type, listener) {
+      if (type === "abort") this.#listeners = this.#listeners.filter((l) => l !== listener);
+    }
+    static {
+      // Reachable from this file only: a plugin cannot abort a signal itself.
+      fire = (signal, reason) => {
+        if (signal.#aborted) return;
+        signal.#aborted = true;
+        signal.#reason = reason;
+        const event = freeze({ type: "abort", target: signal });
+        const listeners = signal.onabort === null ? signal.#listeners : [signal.onabort, ...signal.#listeners];
+        for (const listener of listeners) {
+          try {
+            listener.call(signal, event);
+          } catch (e) {
+            console.error("an abort listener threw:", e);
+          }
+        }
+      };
+    }
+  }
+  let signal = null;
+  let signalEpoch = -1;
+  function currentSignal() {
+    const epoch = op_isola_call_epoch();
+    if (signal === null || signalEpoch !== epoch) {
+      signal = new AbortSignal();
+      signalEpoch = epoch;
+    }
+    return signal;
+  }
+  function abortCall(code, message) {
+    if (signal === null || signalEpoch !== op_isola_call_epoch()) return;
+    const reason = new Error(message);
+    reason.name = code === "TIMEOUT" ? "TimeoutError" : "AbortError";
+    reason.code = code;
+    fire(signal, mark(reason));
   }
 
   const host = { __proto__: null };
@@ -112,6 +183,7 @@
       }[name];
     }
   }
+  defineProperty(host, "signal", { get: currentSignal, enumerable: false });
   freeze(host);
 
   // `host.storage`: JSON values under string keys, private to this plugin.
@@ -198,9 +270,11 @@
   // - codeOf(e): the code of an error isola issued, or undefined;
   // - settle(p): a promise that always fulfils, with [true, value] or [false, reason], so the
   //   Rust side gets a rejected hook's thrown value itself (to read its code) instead of a
-  //   converted copy.
+  //   converted copy;
+  // - abortCall(code, message): aborts the running call's `host.signal`, if it was made.
   return freeze({
     codeOf: (e) => weakMapGet(issued, e),
     settle: (p) => promiseThen(p, (v) => [true, v], (e) => [false, e]),
+    abortCall,
   });
 })

@@ -19,7 +19,7 @@ use crate::error::ErrorCode;
 
 /// Names isola itself gives plugins under `host` (when their permission is granted). A host
 /// item of the same name would be silently shadowed, so registering one is refused.
-pub const RESERVED_NAMES: &[&str] = &["storage", "events", "plugins"];
+pub const RESERVED_NAMES: &[&str] = &["storage", "events", "plugins", "signal"];
 
 thread_local! {
     static CURRENT_PLUGIN: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };

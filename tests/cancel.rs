@@ -356,3 +356,71 @@ async fn the_status_stream_sees_a_restart_a_reload_and_the_unload() {
     assert_eq!(rest.last(), Some(&Stopped), "{rest:?}");
     assert_eq!(changes.next().await, None);
 }
+
+#[test]
+fn host_signal_tells_an_async_hook_its_call_was_aborted() {
+    // The hook records what its signal says when the call is aborted, in a host function the
+    // test reads afterwards (the aborted call itself answers ABORTED).
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let s = seen.clone();
+    let host = test_host().func("report", move |(v,): (Value,)| {
+        s.lock().unwrap().push(v);
+        Ok(())
+    });
+    let engine = Engine::builder().host(host).call_timeout(Duration::from_secs(10)).build();
+    let (_d, _m, h) = load_module_with(
+        engine,
+        "export default {
+            async watch() {
+                const signal = host.signal;
+                signal.addEventListener('abort', (e) => host.report(['listener', e.type, signal.reason.name, signal.reason.code]));
+                try {
+                    await host.sleep(5000);
+                } catch (e) {
+                    host.report(['after', signal.aborted, e.code]);
+                }
+            },
+            fresh() { return host.signal.aborted; },
+        };",
+    );
+    let token = CancelToken::new();
+    let t = token.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        t.cancel();
+    });
+    let e = h.call_blocking_with::<_, Value>("watch", (), CallOptions::default().cancel(&token)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            serde_json::json!(["listener", "abort", "AbortError", "ABORTED"]),
+            serde_json::json!(["after", true, "ABORTED"])
+        ]
+    );
+    // Each call has its own signal.
+    assert!(!h.call_blocking::<_, bool>("fresh", ()).unwrap());
+}
+
+#[test]
+fn host_signal_aborts_on_timeout_with_a_timeout_error() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let s = seen.clone();
+    let host = test_host().func("report", move |(v,): (Value,)| {
+        s.lock().unwrap().push(v);
+        Ok(())
+    });
+    let engine = Engine::builder().host(host).call_timeout(Duration::from_millis(150)).build();
+    let (_d, _m, h) = load_module_with(
+        engine,
+        "export default {
+            async slow() {
+                host.signal.onabort = () => host.report([host.signal.reason.name, host.signal.reason.code]);
+                await host.sleep(5000);
+            },
+        };",
+    );
+    assert_eq!(h.call_blocking::<_, Value>("slow", ()).unwrap_err().code, ErrorCode::Timeout);
+    assert_eq!(seen.lock().unwrap().clone(), vec![serde_json::json!(["TimeoutError", "TIMEOUT"])]);
+}

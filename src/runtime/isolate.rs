@@ -72,6 +72,8 @@ pub(crate) struct PluginIsolate {
     current: Rc<RefCell<Current>>,
     /// The prelude's `settle` helper (see the end of `js/prelude.js`).
     settle: v8::Global<v8::Function>,
+    /// The prelude's `abortCall` helper: aborts the running call's `host.signal`.
+    abort_call: v8::Global<v8::Function>,
 }
 
 /// What turning a plugin's values and errors into Rust needs.
@@ -113,6 +115,7 @@ impl PluginIsolate {
             event_depth: 0,
             deadline: Instant::now() + load_timeout,
             scope: None,
+            epoch: 0,
         }));
         let (table, spec) = HostTable::build(Grant {
             plugin: &source.id,
@@ -143,14 +146,15 @@ impl PluginIsolate {
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
 
         let root_url = ModuleSpecifier::from_directory_path(&source.root).map(|u| u.to_string()).unwrap_or_default();
-        let (recv, code_of, settle) = {
+        let (recv, code_of, settle, abort_call) = {
             deno_core::scope!(scope, &mut runtime);
             let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
             let helpers = v8::Local::new(scope, helpers);
             let missing = || Error::new(ErrorCode::LoadFailed, "isola prelude returned no helpers");
             let code_of = prelude_helper(scope, helpers, "codeOf").ok_or_else(missing)?;
             let settle = prelude_helper(scope, helpers, "settle").ok_or_else(missing)?;
-            (v8::Global::new(scope, undefined), code_of, settle)
+            let abort_call = prelude_helper(scope, helpers, "abortCall").ok_or_else(missing)?;
+            (v8::Global::new(scope, undefined), code_of, settle, abort_call)
         };
         let max_result = cfg.plugin.limits.max_result_bytes;
         let conv = Converter { root_url, code_of, max_result, budget: budget.clone() };
@@ -163,6 +167,7 @@ impl PluginIsolate {
             calls_since_heap_check: 0,
             current,
             settle,
+            abort_call,
         };
         let deadline = deadline_after(load_timeout);
         slot.arm(deadline);
@@ -258,14 +263,32 @@ impl PluginIsolate {
         self.calls_since_heap_check = 0;
     }
 
-    /// Polls the event loop once so that the async host functions an abandoned call was
-    /// awaiting see their scope cancelled and are dropped now, not at some later call. The
-    /// plugin code that runs as their promises settle is held to [`ABANDON_LIMIT`].
-    fn drop_abandoned(&mut self, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) {
+    /// After a call ended early (`why`): nobody waits for what it started. Its scope is
+    /// cancelled (the plugin calls it made are aborted, down the chain), its `host.signal`
+    /// aborts, and the event loop is polled once so that the async host functions it awaited
+    /// are dropped now, not at some later call. The plugin code that runs meanwhile (abort
+    /// listeners, promises settling) is held to [`ABANDON_LIMIT`].
+    fn abandon(&mut self, why: &Error, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) {
+        let scope = self.current.borrow_mut().scope.take();
+        if let Some(scope) = &scope {
+            scope.cancel();
+        }
         if self.budget.exceeded() {
             return; // the isolate is discarded anyway
         }
         slot.arm(Instant::now() + ABANDON_LIMIT);
+        {
+            deno_core::scope!(scope, &mut self.runtime);
+            v8::tc_scope!(let tc, scope);
+            let abort_call = v8::Local::new(tc, &self.abort_call);
+            let undefined = v8::undefined(tc).into();
+            if let (Some(code), Some(message)) =
+                (v8::String::new(tc, why.code.as_str()), v8::String::new(tc, &why.message))
+            {
+                // A listener that throws is logged by the prelude; a termination just ends it.
+                let _ = abort_call.call(tc, undefined, &[code.into(), message.into()]);
+            }
+        }
         let runtime = &mut self.runtime;
         rt.block_on(async {
             // Ops run as tasks on this thread's runtime: let the woken ones finish first.
@@ -415,8 +438,9 @@ impl PluginIsolate {
         let deadline = deadline_after(timeout);
         // Each call gets its own scope: what it starts is abandoned if it ends early, while
         // work an earlier call left running is not.
+        let epoch = self.current.borrow().epoch.wrapping_add(1);
         *self.current.borrow_mut() =
-            Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope: None };
+            Current { callers: ctx.chain, event_depth: ctx.event_depth, deadline, scope: None, epoch };
         slot.arm(deadline);
         if let Some(a) = abort
             && !a.start(slot.clone())
@@ -447,13 +471,7 @@ impl PluginIsolate {
         if let Err(e) = &r
             && matches!(e.code, ErrorCode::Timeout | ErrorCode::Aborted | ErrorCode::ShutDown | ErrorCode::HeapLimit)
         {
-            // Nobody waits for what this call started: the plugin calls it made are aborted
-            // (and theirs, down the chain), its async host functions dropped.
-            let scope = self.current.borrow_mut().scope.take();
-            if let Some(scope) = scope {
-                scope.cancel();
-                self.drop_abandoned(slot, rt);
-            }
+            self.abandon(e, slot, rt);
         }
         r
     }

@@ -54,6 +54,8 @@ pub(crate) struct Current {
     /// async host functions it started are abandoned with it.
     /// Made when the call first starts something (most calls never do).
     pub scope: Option<CancelToken>,
+    /// Which call this is (counts up), so that `host.signal` is one per call.
+    pub epoch: u32,
 }
 
 impl Current {
@@ -108,6 +110,7 @@ impl HostTable {
                 event_depth: 0,
                 deadline: Instant::now(),
                 scope: None,
+                epoch: 0,
             })),
             peers: Arc::new(NoPeers),
             max_args: 0,
@@ -346,6 +349,13 @@ fn op_isola_log(state: &mut OpState, #[smi] level: u32, #[string] msg: &str) {
     });
 }
 
+/// Which call the plugin is in (for `host.signal`, one per call).
+#[op2(fast)]
+#[smi]
+fn op_isola_call_epoch(state: &mut OpState) -> u32 {
+    state.borrow::<HostTable>().current.borrow().epoch
+}
+
 /// `host.plugins.call(plugin, hook, ...args)`: runs a hook of another plugin, in that plugin's
 /// isolate, within what is left of this call's deadline. A call back into a plugin already
 /// waiting up the chain (A → B → A) is refused at once instead of deadlocking.
@@ -438,7 +448,15 @@ fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: 
 
 deno_core::extension!(
     isola_ops,
-    ops = [op_isola_host_sync, op_isola_host_async, op_isola_log, op_isola_storage, op_isola_call, op_isola_emit],
+    ops = [
+        op_isola_host_sync,
+        op_isola_host_async,
+        op_isola_log,
+        op_isola_storage,
+        op_isola_call,
+        op_isola_emit,
+        op_isola_call_epoch
+    ],
     options = { table: HostTable },
     middleware = |op| match op.name {
         // Everything deno_core itself would expose stays unreachable: the prelude deletes
