@@ -137,15 +137,20 @@ struct AbortState {
 }
 
 impl Abort {
-    /// Aborts the call: skipped if queued, stopped if running.
+    /// Aborts the call: skipped if queued, stopped if running (answered `ABORTED`).
     pub(crate) fn abort(&self) {
+        self.abort_with(ErrorCode::Aborted);
+    }
+
+    /// [`abort`](Self::abort), answered with `code` (`SHUT_DOWN` for an unload).
+    pub(crate) fn abort_with(&self, code: ErrorCode) {
         let mut s = self.state.lock().unwrap();
         if s.aborted {
             return;
         }
         s.aborted = true;
         if let Some(running) = s.running.as_ref() {
-            running.interrupt(ErrorCode::Aborted);
+            running.interrupt(code);
         }
     }
 

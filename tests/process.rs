@@ -526,3 +526,45 @@ fn top_level_code_can_use_the_host_at_load_and_after_an_in_child_restart() {
     assert_eq!(h.call_blocking::<_, Value>("info", ()).unwrap(), json!([3, "user4", 2]));
     assert_eq!(h.status(), PluginStatus::Ready);
 }
+
+#[test]
+fn aborting_a_call_stops_it_in_the_child_and_the_plugin_keeps_its_state() {
+    let dir = PluginDir::new();
+    let m = Manager::new(process_engine(test_host()));
+    let h = m
+        .load(dir.module(
+            "p",
+            "let calls = 0; export default { spin() { calls++; while (true) {} }, count() { return ++calls; } };",
+        ))
+        .unwrap();
+    let token = isola::CancelToken::new();
+    let t = token.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        t.cancel();
+    });
+    let pid = h.process_id().unwrap();
+    let started = Instant::now();
+    let e = h.call_blocking_with::<_, Value>("spin", (), isola::CallOptions::default().cancel(&token)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2), "abort took {:?}", started.elapsed());
+    // Stopped inside the child, not by killing it: same process, state kept.
+    assert_eq!(h.call_blocking::<_, u64>("count", ()).unwrap(), 2);
+    assert_eq!(h.process_id(), Some(pid));
+}
+
+#[test]
+fn unloading_a_busy_process_plugin_is_prompt() {
+    let dir = PluginDir::new();
+    let m = Manager::new(process_engine(test_host()));
+    let h = m.load(dir.module("p", "export default { spin() { while (true) {} } };")).unwrap();
+    let busy = {
+        let h = h.clone();
+        std::thread::spawn(move || h.call_blocking::<_, Value>("spin", ()))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let started = Instant::now();
+    m.unload("p").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "unload took {:?}", started.elapsed());
+    assert_eq!(busy.join().unwrap().unwrap_err().code, ErrorCode::ShutDown);
+}

@@ -20,6 +20,7 @@ use super::wire::{
     Ask, ChildPlugin, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
 use crate::call::{CallContext, Reply, Request};
+use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::{Engine, Isolation, Limits};
 use crate::error::{Error, ErrorCode, Result};
@@ -307,6 +308,8 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     // answer itself.
     let mailbox = starting.tx.clone();
     let (in_link, in_shared) = (link.clone(), shared.clone());
+    // Calls the parent may still cancel, by id.
+    let running: Arc<Mutex<HashMap<u64, Arc<Abort>>>> = Arc::default();
     let reading = std::thread::Builder::new().name("isola:reader".into()).spawn(move || {
         let (link, shared) = (in_link, in_shared);
         loop {
@@ -314,12 +317,21 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
                 Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
                     let timeout = timeout_ms.map(Duration::from_millis);
                     let ctx = CallContext { chain, event_depth, ..Default::default() };
-                    let (out, shared) = (link.clone(), shared.clone());
+                    let (out, shared, calls) = (link.clone(), shared.clone(), running.clone());
+                    let abort = Arc::new(Abort::default());
+                    calls.lock().unwrap().insert(id, abort.clone());
                     let reply = Reply::Func(Box::new(move |result| {
+                        calls.lock().unwrap().remove(&id);
                         let stats = Box::new(shared.stats.snapshot());
                         let _ = out.send(&ToParent::Answer { id, result, stats, status: shared.status() });
                     }));
-                    let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply, abort: None });
+                    let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply, abort: Some(abort) });
+                }
+                Ok(Some(ToChild::Cancel { id, code })) => {
+                    let abort = running.lock().unwrap().get(&id).cloned();
+                    if let Some(abort) = abort {
+                        abort.abort_with(code);
+                    }
                 }
                 Ok(Some(ToChild::Reply { id, result })) => link.complete(id, result),
                 Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => break,

@@ -35,6 +35,7 @@ use super::wire::{
 };
 use super::{PARENT_PID_ENV, WORKER_FD_ENV};
 use crate::call::{CallContext, Job, ON_LOAD, Request, next_job};
+use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
 use crate::error::{Error, ErrorCode, Result};
@@ -50,6 +51,8 @@ use crate::worker::Starting;
 /// child's own watchdog stops a call at its deadline; this is the backstop for a child that
 /// cannot (a builtin that ignores termination, a hung host of its own).
 pub const GRACE: Duration = Duration::from_secs(1);
+/// How often the pump looks, while a call runs in the child, whether it must be cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(10);
 /// Longest wait between restarts of a child that keeps crashing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a write to the child may block (its socket buffer full) before the child is
@@ -222,14 +225,12 @@ impl Pump {
             }
         };
         // A child's memory is bounded in the child; the engine's guard never asks it to recycle.
-        // (A call that runs in the child is not interrupted by an abort or an unload: the child
-        // answers it within its deadline plus `GRACE`.)
         while let Some(job) = next_job(&rx, || ()) {
             if let Some(e) = job.refusal(self.shared.is_closed()) {
                 job.refuse(e);
                 continue;
             }
-            let Job { hook, args, timeout, ctx, reply, .. } = job;
+            let Job { hook, args, timeout, ctx, reply, abort } = job;
             // A child that died while idle costs no call: notice it before sending, restart.
             if child.as_mut().is_some_and(ChildProc::ended) {
                 let how = child.take().map(ChildProc::kill).unwrap_or_default();
@@ -252,7 +253,7 @@ impl Pump {
                 }
             }
             let r = match child.as_mut() {
-                Some(c) => self.call(c, &hook, args, timeout, ctx),
+                Some(c) => self.call(c, &hook, args, timeout, ctx, abort.as_deref()),
                 None => unreachable!("started above"),
             };
             let r = match r {
@@ -296,6 +297,38 @@ impl Pump {
         }
     }
 
+    /// Waits for the answer to call `id`, telling the child to stop it as soon as its caller
+    /// aborts it or the plugin is unloaded (checked every [`CANCEL_CHECK`] while it runs).
+    fn await_answer(
+        &self,
+        c: &ChildProc,
+        id: u64,
+        deadline: Option<Instant>,
+        abort: Option<&Abort>,
+    ) -> std::result::Result<ToParent, Gone> {
+        let mut told = false;
+        loop {
+            let tick = Instant::now() + CANCEL_CHECK;
+            let until = deadline.map_or(tick, |d| d.min(tick));
+            match c.answer(Some(until)) {
+                Err(Gone::Unresponsive) if deadline.is_none_or(|d| Instant::now() < d) => {}
+                r => return r,
+            }
+            if told {
+                continue;
+            }
+            let code = if self.shared.is_closed() {
+                ErrorCode::ShutDown
+            } else if abort.is_some_and(Abort::is_aborted) {
+                ErrorCode::Aborted
+            } else {
+                continue;
+            };
+            told = true;
+            let _ = c.send(&ToChild::Cancel { id, code });
+        }
+    }
+
     /// Sends one call and waits for its answer, the child's deadline plus [`GRACE`] at most.
     fn call(
         &self,
@@ -304,6 +337,7 @@ impl Pump {
         args: Value,
         timeout: Option<Duration>,
         ctx: CallContext,
+        abort: Option<&Abort>,
     ) -> std::result::Result<Value, Call> {
         let started = Instant::now();
         let mut limit = timeout.unwrap_or(self.config.limits.call_timeout);
@@ -323,12 +357,13 @@ impl Pump {
             chain: ctx.chain,
             event_depth: ctx.event_depth,
         };
-        let r = self.exchange(c, id, &msg, deadline.and_then(|d| d.checked_add(GRACE)), limit, started);
+        let r = self.exchange(c, id, &msg, deadline.and_then(|d| d.checked_add(GRACE)), limit, started, abort);
         *self.in_flight.lock().unwrap() = None;
         r
     }
 
     /// Sends `msg` (call `id`) and waits for its answer until `deadline`.
+    #[allow(clippy::too_many_arguments)]
     fn exchange(
         &self,
         c: &mut ChildProc,
@@ -337,6 +372,7 @@ impl Pump {
         deadline: Option<Instant>,
         limit: Duration,
         started: Instant,
+        abort: Option<&Abort>,
     ) -> std::result::Result<Value, Call> {
         if let Err(e) = c.send(msg) {
             // Too large to send is the caller's error; anything else, the channel's.
@@ -350,7 +386,7 @@ impl Pump {
                 format!("the plugin's process is gone: {}", e.message),
             )));
         }
-        match c.answer(deadline) {
+        match self.await_answer(c, id, deadline, abort) {
             Ok(ToParent::Answer { id: got, result, stats, status }) if got == id => {
                 self.shared.stats.set_remote(self.generation, *stats);
                 // A child only reports on itself: never stopped or loading.

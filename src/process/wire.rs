@@ -80,6 +80,12 @@ pub(crate) enum ToChild {
         chain: Vec<String>,
         event_depth: u32,
     },
+    /// Stop call `id` now (its caller aborted it, or the plugin is being unloaded); it is
+    /// answered with `code`.
+    Cancel {
+        id: u64,
+        code: ErrorCode,
+    },
     /// The answer to one of the child's requests.
     Reply {
         id: u64,
