@@ -357,16 +357,22 @@ async fn the_status_stream_sees_a_restart_a_reload_and_the_unload() {
     assert_eq!(changes.next().await, None);
 }
 
-#[test]
-fn host_signal_tells_an_async_hook_its_call_was_aborted() {
-    // The hook records what its signal says when the call is aborted, in a host function the
-    // test reads afterwards (the aborted call itself answers ABORTED).
+/// A host whose `report(value)` keeps what plugins report, for the test to read.
+fn reporting_host() -> (HostApi, Arc<std::sync::Mutex<Vec<Value>>>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     let s = seen.clone();
     let host = test_host().func("report", move |(v,): (Value,)| {
         s.lock().unwrap().push(v);
         Ok(())
     });
+    (host, seen)
+}
+
+#[test]
+fn host_signal_tells_an_async_hook_its_call_was_aborted() {
+    // The hook records what its signal says when the call is aborted, in a host function the
+    // test reads afterwards (the aborted call itself answers ABORTED).
+    let (host, seen) = reporting_host();
     let engine = Engine::builder().host(host).call_timeout(Duration::from_secs(10)).build();
     let (_d, _m, h) = load_module_with(
         engine,
@@ -405,12 +411,7 @@ fn host_signal_tells_an_async_hook_its_call_was_aborted() {
 
 #[test]
 fn host_signal_aborts_on_timeout_with_a_timeout_error() {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let s = seen.clone();
-    let host = test_host().func("report", move |(v,): (Value,)| {
-        s.lock().unwrap().push(v);
-        Ok(())
-    });
+    let (host, seen) = reporting_host();
     let engine = Engine::builder().host(host).call_timeout(Duration::from_millis(150)).build();
     let (_d, _m, h) = load_module_with(
         engine,
