@@ -290,12 +290,16 @@ impl<F: Future> Future for CatchUnwind<F> {
 }
 
 pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send>) -> HostFnError {
-    let what = panic
+    HostFnError::new(ErrorCode::HostError, format!("the host function panicked: {}", panic_message(&*panic)))
+}
+
+/// What a panic said (its `&str` or `String` payload).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    HostFnError::new(ErrorCode::HostError, format!("the host function panicked: {what}"))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Whether `name` may be registered in a [`HostApi`]; the reason if not.

@@ -110,7 +110,18 @@ impl Worker {
     fn run(self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
         crate::host::set_current_plugin(self.config.id());
         self.shared.stats.register_thread();
-        self.serve(rx, ready);
+        // Every host-side panic isola knows of is caught where it happens; should isola's own
+        // code here still panic, the plugin is reported crashed instead of vanishing silently
+        // (its callers get PLUGIN_CRASHED as the mailbox closes).
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(rx, ready)));
+        if let Err(panic) = served {
+            let what = crate::host::panic_message(&*panic);
+            let error = Error::new(ErrorCode::PluginCrashed, format!("the plugin's thread panicked: {what}"))
+                .in_context(self.config.id(), None);
+            self.shared.update_info(|info| info.last_error = Some(error.clone()));
+            self.shared.set_status(PluginStatus::Failed);
+            self.shared.emit(LifecycleEvent::Crashed { plugin: self.config.id().to_owned(), error });
+        }
         self.shared.stats.unregister_thread();
     }
 
