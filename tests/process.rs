@@ -568,3 +568,15 @@ fn unloading_a_busy_process_plugin_is_prompt() {
     assert!(started.elapsed() < Duration::from_secs(2), "unload took {:?}", started.elapsed());
     assert_eq!(busy.join().unwrap().unwrap_err().code, ErrorCode::ShutDown);
 }
+
+#[test]
+fn the_kernel_out_of_memory_killer_prefers_a_plugin_process_to_the_host() {
+    let dir = PluginDir::new();
+    let m = Manager::new(process_engine(test_host()));
+    let h = m.load(dir.module("p", "export default { ok() { return 'ok'; } };")).unwrap();
+    let pid = h.process_id().unwrap();
+    let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(adj.trim(), "500");
+    let mine = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    assert!(mine.trim().parse::<i32>().unwrap() < 500, "the host keeps its own score: {mine}");
+}

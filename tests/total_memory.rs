@@ -1,6 +1,6 @@
 //! The engine's total memory limit: when all plugins together pass it, the largest one is
 //! stopped with `HEAP_LIMIT` and restarted, whether it is running or idle, and nobody else is
-//! touched. Thread mode only: a process-isolated plugin is bounded in its own process.
+//! touched. A process-isolated plugin takes part with its process's resident memory.
 
 mod common;
 
@@ -110,4 +110,98 @@ fn without_a_total_limit_memory_is_counted_and_nobody_is_stopped() {
     m.unload("b").unwrap();
     // Unloaded plugins give back everything they were counted for.
     assert!(engine.memory_in_use() < MIB, "in use: {} bytes", engine.memory_in_use());
+}
+
+/// Like [`HOLDER`], but the memory it keeps is written to, so that it is resident (a process
+/// plugin is counted by its resident memory; untouched pages cost the machine nothing).
+const TOUCHING: &str = "let kept = []; let calls = 0;
+export default {
+    hold(mb) { for (let i = 0; i < mb; i++) kept.push(new Uint8Array(1 << 20).fill(1)); return kept.length; },
+    count() { return ++calls; },
+    flood() { while (true) kept.push(new Uint8Array(1 << 20).fill(1)); },
+};";
+
+/// An engine whose plugins run on threads unless their manifest asks for a process, with a
+/// large per-plugin budget: only the total limit can stop them.
+fn mixed_engine(total_mb: u64) -> Engine {
+    Engine::builder()
+        .host(test_host())
+        .heap_limit_mb(512)
+        .total_memory_limit_mb(total_mb)
+        .call_timeout(Duration::from_secs(20))
+        .worker_program(env!("CARGO_BIN_EXE_isola"))
+        .build()
+}
+
+fn process_plugin(dir: &PluginDir, id: &str) -> std::path::PathBuf {
+    let manifest = format!(r#"{{"id":"{id}","name":"{id}","version":"1.0.0","apiVersion":1,"isolation":"process"}}"#);
+    dir.module_with_manifest(id, &manifest, TOUCHING)
+}
+
+#[test]
+fn a_process_plugin_is_counted_by_its_resident_memory_and_stopped_when_it_floods() {
+    let engine = mixed_engine(200);
+    let dir = PluginDir::new();
+    let m = Manager::new(engine.clone());
+    let calm = m.load(dir.module("calm", TOUCHING)).unwrap();
+    assert_eq!(calm.call_blocking::<_, usize>("hold", (20,)).unwrap(), 20);
+    let threads_only = engine.memory_in_use();
+    let hog = m.load(process_plugin(&dir, "hog")).unwrap();
+    let pid = hog.process_id().expect("a process plugin");
+    assert_eq!(hog.call_blocking::<_, u64>("count", ()).unwrap(), 1);
+    // A V8 process holds many MiB at rest, all of it counted.
+    let resting = engine.memory_in_use() - threads_only;
+    assert!(resting > 8 * MIB, "a resting process is counted for {} KiB", resting >> 10);
+
+    let started = Instant::now();
+    let e = hog.call_blocking::<_, Value>("flood", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::HeapLimit, "{e}");
+    assert!(e.message.contains("total memory limit of 200 MiB"), "{e}");
+    assert!(e.message.contains("process"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(engine.total_memory_stops(), 1);
+
+    // Restarted at once in a new process, fresh; the neighbour kept its memory and state.
+    assert_eq!(hog.call_blocking::<_, u64>("count", ()).unwrap(), 1);
+    assert_ne!(hog.process_id(), Some(pid));
+    assert_eq!(hog.stats().restarts, 1);
+    assert_eq!(calm.call_blocking::<_, usize>("hold", (0,)).unwrap(), 20);
+    assert_eq!(calm.stats().restarts, 0);
+    assert!(engine.memory_in_use() < 120 * MIB, "in use: {} MiB", engine.memory_in_use() / MIB);
+    m.shutdown();
+    assert!(engine.memory_in_use() < MIB, "after shutdown: {} bytes", engine.memory_in_use());
+}
+
+#[test]
+fn an_idle_process_plugin_holding_the_most_is_restarted_when_a_thread_plugin_takes_the_total_over() {
+    let engine = mixed_engine(200);
+    let dir = PluginDir::new();
+    let m = Manager::new(engine.clone());
+    let big = m.load(process_plugin(&dir, "big")).unwrap();
+    let small = m.load(dir.module("small", TOUCHING)).unwrap();
+    let events = m.events();
+    assert_eq!(big.call_blocking::<_, usize>("hold", (100,)).unwrap(), 100);
+    let pid = big.process_id().unwrap();
+    assert!(engine.memory_in_use() >= 100 * MIB, "in use: {} MiB", engine.memory_in_use() / MIB);
+
+    // `small`, on a thread, passes the total: `big`'s process, idle but holding the most, goes.
+    assert_eq!(small.call_blocking::<_, usize>("hold", (90,)).unwrap(), 90);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left).expect("no Restarted event for `big`") {
+            LifecycleEvent::Restarted { plugin, error } if plugin == "big" => break error,
+            LifecycleEvent::Restarted { plugin, error } => panic!("{plugin} was restarted: {error}"),
+            LifecycleEvent::Crashed { plugin, error } => panic!("{plugin} was reported crashed: {error}"),
+            _ => {}
+        }
+    };
+    assert_eq!(error.code, ErrorCode::HeapLimit);
+    assert!(error.message.contains("total memory limit of 200 MiB"), "{error}");
+    assert_eq!(engine.total_memory_stops(), 1);
+    assert_eq!(big.call_blocking::<_, u64>("count", ()).unwrap(), 1, "restarted fresh");
+    assert_ne!(big.process_id(), Some(pid));
+    assert_eq!(small.call_blocking::<_, u64>("count", ()).unwrap(), 1);
+    assert_eq!(small.stats().restarts, 0);
+    m.shutdown();
 }

@@ -31,6 +31,7 @@
 //! descriptor but its channel, and writes no core dump. See `wire.rs` for the protocol.
 
 mod child;
+mod memory;
 mod parent;
 mod seccomp;
 mod wire;

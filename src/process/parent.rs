@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
+use super::memory::ChildMemory;
 use super::wire::{
     Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
@@ -82,6 +83,7 @@ pub(crate) fn spawn(
     let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let generation = shared.next_generation();
+    let memory = ChildMemory::new(engine.memory_guard(), &shared, generation);
     let pump = Pump {
         engine: engine.clone(),
         config,
@@ -92,7 +94,9 @@ pub(crate) fn spawn(
         crashes: 0,
         last_crash: None,
         sources: Vec::new(),
+        stop_error: None,
         in_flight: Arc::default(),
+        memory,
     };
     let id = pump.config.id().to_owned();
     let thread = std::thread::Builder::new()
@@ -111,6 +115,8 @@ struct ChildProc {
     reader: Option<JoinHandle<()>>,
     host: Option<JoinHandle<()>>,
     next_id: u64,
+    /// Its place under the engine's total memory limit.
+    memory: Arc<ChildMemory>,
 }
 
 impl ChildProc {
@@ -143,6 +149,7 @@ impl ChildProc {
 
     /// Kills the child and waits for it and its threads; returns how it ended.
     fn kill(mut self) -> String {
+        self.memory.attach(None);
         // The whole process group (the child is its leader): nothing it started survives it.
         // SAFETY: signalling a process group this pump created.
         unsafe { libc::kill(-(self.process.id() as i32), libc::SIGKILL) };
@@ -154,6 +161,8 @@ impl ChildProc {
     }
 
     fn reap(&mut self) -> String {
+        // No longer counted, and no longer signalled by the memory guard, once reaped.
+        self.memory.attach(None);
         let status = self.process.wait().map(|s| describe(&s)).unwrap_or_else(|e| e.to_string());
         // The reader ends with the stream; the host thread when the reader drops its queue.
         if let Some(t) = self.reader.take() {
@@ -194,6 +203,10 @@ struct Pump {
     last_crash: Option<Instant>,
     /// The files the first process of this version loaded; every restart starts from them.
     sources: Vec<(std::path::PathBuf, std::path::PathBuf, String)>,
+    /// The child under the engine's total memory limit.
+    memory: Arc<ChildMemory>,
+    /// Why the memory guard last stopped the child, for the call it was running.
+    stop_error: Option<Error>,
 }
 
 impl Pump {
@@ -224,8 +237,8 @@ impl Pump {
                 return;
             }
         };
-        // A child's memory is bounded in the child; the engine's guard never asks it to recycle.
-        while let Some(job) = next_job(&rx, || ()) {
+        // `Recycle`: the engine's memory guard stopped the child while it was idle.
+        while let Some(job) = next_job(&rx, || self.after_total_stop(&mut child)) {
             if let Some(e) = job.refusal(self.shared.is_closed()) {
                 job.refuse(e);
                 continue;
@@ -234,10 +247,11 @@ impl Pump {
             // A child that died while idle costs no call: notice it before sending, restart.
             if child.as_mut().is_some_and(ChildProc::ended) {
                 let how = child.take().map(ChildProc::kill).unwrap_or_default();
-                self.crashed(&Error::new(
-                    ErrorCode::PluginCrashed,
-                    format!("the plugin's process ended while idle ({how})"),
-                ));
+                let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})"));
+                if self.lost(e).is_none() {
+                    self.stop_error = None;
+                    child = self.restart().ok();
+                }
             }
             if child.is_none() {
                 match self.restart() {
@@ -265,8 +279,15 @@ impl Pump {
                 Err(Call::Lost(e)) => {
                     let how = child.take().map(ChildProc::kill).unwrap_or_default();
                     let e = Error { message: format!("{} ({how})", e.message), ..e };
-                    self.crashed(&e);
-                    Err(e)
+                    match self.lost(e) {
+                        Some(crash) => Err(crash),
+                        None => {
+                            // Stopped for the engine's total: restarted at once, as in thread mode.
+                            let r = Err(self.total_error());
+                            child = self.restart().ok();
+                            r
+                        }
+                    }
                 }
             };
             match reply {
@@ -314,6 +335,8 @@ impl Pump {
                 Err(Gone::Unresponsive) if deadline.is_none_or(|d| Instant::now() < d) => {}
                 r => return r,
             }
+            // Still running: how much memory it holds now, under the engine's total.
+            c.memory.refresh();
             if told {
                 continue;
             }
@@ -389,6 +412,11 @@ impl Pump {
         match self.await_answer(c, id, deadline, abort) {
             Ok(ToParent::Answer { id: got, result, stats, status }) if got == id => {
                 self.shared.stats.set_remote(self.generation, *stats);
+                // A call that ran a while may have grown the process (one that ran longer
+                // than a tick was read meanwhile too).
+                if started.elapsed() >= Duration::from_millis(1) {
+                    c.memory.refresh();
+                }
                 // A child only reports on itself: never stopped or loading.
                 if matches!(status, PluginStatus::Ready | PluginStatus::Restarting | PluginStatus::Failed) {
                     self.set_status(status);
@@ -421,7 +449,57 @@ impl Pump {
         }
     }
 
-    /// Records a lost child: status, counters, an event. The next call restarts it.
+    /// Records a lost child. A crash (returned as is) is restarted by the next call, with
+    /// backoff; a child the engine's memory guard stopped (`None`) is for the caller to
+    /// restart at once, its error from [`total_error`](Self::total_error).
+    fn lost(&mut self, e: Error) -> Option<Error> {
+        match self.memory.take_stop() {
+            None => {
+                self.crashed(&e);
+                Some(e)
+            }
+            Some((limit, usage)) => {
+                let error = Error::new(
+                    ErrorCode::HeapLimit,
+                    format!(
+                        "the engine's total memory limit of {} MiB was reached and this plugin's process held the most ({} MiB); the process was stopped and the plugin is restarted",
+                        limit >> 20,
+                        usage >> 20
+                    ),
+                );
+                self.shared.set_pid(self.generation, None);
+                self.shared.stats.fold_remote(self.generation);
+                self.shared.stats.record_restart();
+                self.set_status(PluginStatus::Restarting);
+                tracing::warn!(plugin = %self.id(), "{}", error.message);
+                self.stop_error = Some(error.clone());
+                let error = error.in_context(self.id(), None);
+                self.shared.emit(LifecycleEvent::Restarted { plugin: self.id().to_owned(), error });
+                None
+            }
+        }
+    }
+
+    /// The error of the last stop by the engine's memory guard.
+    fn total_error(&mut self) -> Error {
+        self.stop_error
+            .take()
+            .unwrap_or_else(|| Error::new(ErrorCode::HeapLimit, "the engine's total memory limit was reached"))
+    }
+
+    /// A `Recycle` request: if the memory guard stopped the idle child, restart it now.
+    fn after_total_stop(&mut self, child: &mut Option<ChildProc>) {
+        if self.memory.was_stopped() && child.is_some() {
+            let how = child.take().map(ChildProc::kill).unwrap_or_default();
+            let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})"));
+            if self.lost(e).is_none() {
+                self.stop_error = None;
+                *child = self.restart().ok();
+            }
+        }
+    }
+
+    /// Records a crashed child: status, counters, an event. The next call restarts it.
     fn crashed(&mut self, e: &Error) {
         self.shared.set_pid(self.generation, None);
         self.crashes += 1;
@@ -534,7 +612,15 @@ impl Pump {
             }
         };
         drop(theirs);
-        let mut child = ChildProc { process, writer, answers, reader: Some(reader), host: Some(host), next_id: 0 };
+        let mut child = ChildProc {
+            process,
+            writer,
+            answers,
+            reader: Some(reader),
+            host: Some(host),
+            next_id: 0,
+            memory: self.memory.clone(),
+        };
         let deadline = Instant::now().checked_add(self.config.limits.load_timeout).and_then(|d| d.checked_add(GRACE));
         let program = self.program.display().to_string();
         let refuse = |child: ChildProc, msg: String| -> Result<(ChildProc, Vec<String>)> {
@@ -574,6 +660,7 @@ impl Pump {
                 }
                 child.next_id = 0;
                 self.shared.set_pid(self.generation, Some(child.process.id()));
+                self.memory.attach(Some(child.process.id()));
                 Ok((child, hooks))
             }
             Ok(ToParent::Loaded { result: Err(e), .. }) => {
@@ -629,6 +716,14 @@ impl Pump {
                 }
                 let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                 libc::setrlimit(libc::RLIMIT_CORE, &none);
+                // If the machine runs out of memory anyway, the kernel's OOM killer takes a
+                // plugin's process (restarted by the pump) before the host.
+                let adj = c"/proc/self/oom_score_adj";
+                let f = libc::open(adj.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if f >= 0 {
+                    libc::write(f, OOM_SCORE_ADJ.as_ptr().cast(), OOM_SCORE_ADJ.len());
+                    libc::close(f);
+                }
                 Ok(())
             });
         }
@@ -673,6 +768,10 @@ enum Call {
     /// The process died, broke the protocol, or was killed.
     Lost(Error),
 }
+
+/// A plugin process's `oom_score_adj` (-1000..1000; a host's is usually 0): half the
+/// machine's memory is added to its badness, so the OOM killer picks it over the host.
+const OOM_SCORE_ADJ: &[u8] = b"500";
 
 /// The fd number the child finds its channel on.
 const CHILD_FD: i32 = 3;
