@@ -20,6 +20,8 @@ export default {
     hostLoop(count) { let s = 0; for (let i = 0; i < count; i++) s = host.add(s, 1); return s; },
     jsLoop(count) { let s = 0; const add = (a, b) => a + b; for (let i = 0; i < count; i++) s = add(s, 1); return s; },
     spin() { while (true) {} },
+    fib(n) { const f = (k) => (k < 2 ? k : f(k - 1) + f(k - 2)); return f(n); },
+    json(n) { const o = []; for (let i = 0; i < n; i++) o.push({ i, s: 'x' + i, a: [i, i + 1] }); return JSON.parse(JSON.stringify(o)).length; },
 };";
 
 fn plugin_dir() -> tempfile::TempDir {
@@ -153,5 +155,35 @@ fn storage(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, cold_start, hook_call, host_function, timeout_precision, storage);
+/// Compute inside the sandbox: what V8's JIT gives a plugin, warm and on a fresh plugin (where
+/// compiling the hot code is part of the time).
+fn compute(c: &mut Criterion) {
+    let dir = plugin_dir();
+    let manager = Manager::new(engine());
+    let h = manager.load(dir.path().join("bench")).unwrap();
+    let mut g = c.benchmark_group("compute");
+    g.sample_size(20);
+    g.bench_function("fib(27), warm", |b| b.iter(|| h.call_blocking::<_, u64>("fib", (27,)).unwrap()));
+    g.bench_function("JSON round trip of ~1 MB, warm", |b| {
+        b.iter(|| h.call_blocking::<_, u64>("json", (25_000,)).unwrap())
+    });
+    drop(h);
+    manager.unload("bench").unwrap();
+    g.bench_function("fib(27) on a fresh plugin (load, compile, run)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let h = manager.load(dir.path().join("bench")).unwrap();
+                h.call_blocking::<_, u64>("fib", (27,)).unwrap();
+                total += t.elapsed();
+                manager.unload("bench").unwrap();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cold_start, hook_call, host_function, timeout_precision, storage, compute);
 criterion_main!(benches);

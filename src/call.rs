@@ -117,13 +117,42 @@ impl Job {
     }
 }
 
+/// Where a mailbox server (a plugin's thread, a process pump) takes its requests from: the
+/// mailbox channel, or, in a plugin's process, the channel from the host itself (its thread
+/// reads the socket directly, one hand-off fewer per call).
+pub(crate) trait Inbox: Send {
+    /// The next request, waiting for it; `None` once the sender is gone.
+    fn recv(&mut self) -> Option<Request>;
+    /// A request already waiting, if any.
+    fn try_recv(&mut self) -> Option<Request>;
+}
+
+impl Inbox for Receiver<Request> {
+    fn recv(&mut self) -> Option<Request> {
+        Receiver::recv(self).ok()
+    }
+
+    fn try_recv(&mut self) -> Option<Request> {
+        Receiver::try_recv(self).ok()
+    }
+}
+
 /// Waits for the next hook to run: `None` once the mailbox is stopped or gone. `Recycle`
 /// requests on the way run `recycle`.
-pub(crate) fn next_job(rx: &Receiver<Request>, mut recycle: impl FnMut()) -> Option<Job> {
+pub(crate) fn next_job(inbox: &mut (impl Inbox + ?Sized), mut recycle: impl FnMut()) -> Option<Job> {
     loop {
-        match rx.recv().ok()? {
+        match inbox.recv()? {
             Request::Recycle => recycle(),
             req => return req.into_job(),
+        }
+    }
+}
+
+/// Answers everything still queued with `SHUT_DOWN`: it will not run.
+pub(crate) fn refuse_queued(inbox: &mut (impl Inbox + ?Sized)) {
+    while let Some(req) = inbox.try_recv() {
+        if let Request::Call { reply, .. } = req {
+            reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped")));
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{Job, ON_LOAD, ON_UNLOAD, Reply, Request, next_job};
+use crate::call::{Inbox, Job, ON_LOAD, ON_UNLOAD, Reply, Request, next_job, refuse_queued};
 use crate::cancel::Interrupt;
 use crate::config::PluginConfig;
 use crate::engine::Engine;
@@ -70,19 +70,22 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     peers: Arc<dyn Peers>,
 ) -> Result<Starting, Error> {
-    spawn_with(engine, config, shared, peers, Arc::default())
+    spawn_with(engine, config, shared, peers, Arc::default(), None)
 }
 
 /// [`spawn`], loading the plugin from `sources` where they hold a file (and recording there
-/// what it reads from disk).
+/// what it reads from disk), and serving `inbox` instead of the mailbox if one is given (the
+/// returned [`Starting::tx`] then reaches nobody).
 pub(crate) fn spawn_with(
     engine: &Engine,
     config: Arc<PluginConfig>,
     shared: Arc<Shared>,
     peers: Arc<dyn Peers>,
     sources: Arc<SourceCache>,
+    inbox: Option<Box<dyn Inbox>>,
 ) -> Result<Starting, Error> {
     let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
+    let rx: Box<dyn Inbox> = inbox.unwrap_or_else(|| Box::new(rx));
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let engine = engine.clone();
     let id = config.id().to_owned();
@@ -107,7 +110,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
+    fn run(self, rx: Box<dyn Inbox>, ready: Sender<Result<Vec<String>, Error>>) {
         crate::host::set_current_plugin(self.config.id());
         self.shared.stats.register_thread();
         // Every host-side panic isola knows of is caught where it happens; should isola's own
@@ -125,7 +128,7 @@ impl Worker {
         self.shared.stats.unregister_thread();
     }
 
-    fn serve(&self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>, Error>>) {
+    fn serve(&self, mut rx: Box<dyn Inbox>, ready: Sender<Result<Vec<String>, Error>>) {
         let id = self.config.id();
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -159,7 +162,7 @@ impl Worker {
         loop {
             // An isolate the engine's memory guard stopped while idle is discarded before it
             // runs anything, whether a `Recycle` request or a call comes first.
-            let job = next_job(&rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt));
+            let job = next_job(&mut *rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt));
             let Some(job) = job else { break };
             if let Some(e) = job.refusal(self.shared.is_closed()) {
                 job.refuse(e);
@@ -211,11 +214,7 @@ impl Worker {
             }
         }
         // Whatever is still queued will not run.
-        while let Ok(req) = rx.try_recv() {
-            if let Request::Call { reply, .. } = req {
-                reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped")));
-            }
-        }
+        refuse_queued(&mut *rx);
     }
 
     /// Restarts the plugin if its isolate broke its memory budget while no call ran (the

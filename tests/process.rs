@@ -402,7 +402,7 @@ def recv():
     while len(body) < n:
         body += os.read(fd, n - len(body))
     return json.loads(body)
-send({'Hello': {'protocol': 1, 'pid': os.getpid()}})
+send({'Hello': {'protocol': int(os.environ['PROTOCOL']), 'pid': os.getpid()}})
 recv()
 stats = {'calls': 0, 'errors': {}, 'restarts': 0, 'heap_used': 0, 'array_buffer_bytes': 0, 'heap_limit': 0, 'cpu_time': 0, 'wall_time': 0}
 send({'Loaded': {'result': {'Ok': ['hi']}, 'stats': stats, 'sources': []}})
@@ -424,7 +424,10 @@ fn a_lying_worker_cannot_forge_events_status_or_answers() {
     let dir = PluginDir::new();
     let path = dir.module("liar", "export default { hi() { return 'hi'; } };");
     let script = dir.write("liar.py", LYING_WORKER);
-    let wrapper = dir.write("liar.sh", &format!("#!/bin/sh\nexec python3 {}\n", script.display()));
+    let wrapper = dir.write(
+        "liar.sh",
+        &format!("#!/bin/sh\nPROTOCOL={} exec python3 {}\n", isola::process::PROTOCOL_VERSION, script.display()),
+    );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let engine = Engine::builder().isolation(Isolation::Process).worker_program(&wrapper).build();
@@ -445,7 +448,14 @@ fn a_lying_worker_cannot_forge_events_status_or_answers() {
 
     // A frame announced larger than anything a call can return is refused, not allocated.
     let path = dir.module("big", "export default { hi() { return 'hi'; } };");
-    let wrapper = dir.write("big.sh", &format!("#!/bin/sh\nLIE=frame exec python3 {}\n", script.display()));
+    let wrapper = dir.write(
+        "big.sh",
+        &format!(
+            "#!/bin/sh\nPROTOCOL={} LIE=frame exec python3 {}\n",
+            isola::process::PROTOCOL_VERSION,
+            script.display()
+        ),
+    );
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let engine = Engine::builder().isolation(Isolation::Process).worker_program(&wrapper).build();
     let m = Manager::new(engine);

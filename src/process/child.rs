@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::wire::{
     Ask, ChildPlugin, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
-use crate::call::{CallContext, Reply, Request};
+use crate::call::{CallContext, Inbox, Reply, Request};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::{Engine, Isolation, Limits};
@@ -32,17 +32,22 @@ use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::{Answer, Peers};
 use crate::storage::{Storage, StorageBackend, StorageError, StorageQuota, Usage};
 
-/// A request in flight to the parent, waiting for its reply.
-enum Waiter {
-    Blocking(crossbeam_channel::Sender<Result<Value>>),
-    Async(tokio::sync::oneshot::Sender<Result<Value>>),
-}
-
-/// The child's end of the channel: sends frames (from any thread) and matches replies to the
-/// requests that wait for them.
+/// The child's ends of its two channels (see `wire.rs`): sends frames (from any thread),
+/// reads the call channel on the plugin's thread, and matches replies to the requests that
+/// wait for them.
 struct Link {
     writer: Mutex<UnixStream>,
-    pending: Mutex<HashMap<u64, Waiter>>,
+    /// The call channel's reading end: only the plugin's thread reads it, for the next call
+    /// (as its [`Inbox`]) and for the reply to a blocking request.
+    calls: Mutex<UnixStream>,
+    /// A call (or stop) read while the plugin's thread waited for a reply: a restart inside
+    /// this process re-runs the plugin's top-level code, which may ask the host for things
+    /// while the parent already sends the next call. The inbox takes it from here first.
+    early: Mutex<std::collections::VecDeque<ToChild>>,
+    /// Async requests waiting for their reply (which comes on the control channel).
+    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Result<Value>>>>,
+    /// Calls the parent may still cancel, by id.
+    running: Mutex<HashMap<u64, Arc<Abort>>>,
     next: AtomicU64,
 }
 
@@ -51,42 +56,99 @@ impl Link {
         write_frame(&mut *self.writer.lock().unwrap(), msg)
     }
 
-    fn ask(&self, ask: Ask, waiter: Waiter) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().unwrap().insert(id, waiter);
-        if let Err(e) = self.send(&ToParent::Ask { id, ask }) {
-            self.complete(id, Err(e));
-        }
-    }
-
+    /// A request the plugin's thread waits for: the host answers it on the call channel,
+    /// read right here (no other thread has to wake this one).
     fn ask_blocking(&self, ask: Ask) -> Result<Value> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.ask(ask, Waiter::Blocking(tx));
-        rx.recv().unwrap_or_else(|_| Err(host_gone()))
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.send(&ToParent::Ask { id, ask })?;
+        let mut calls = self.calls.lock().unwrap();
+        loop {
+            match read_frame::<ToChild>(&mut *calls, MAX_FRAME) {
+                Ok(Some(ToChild::Reply { id: got, result })) if got == id => return result,
+                Ok(Some(msg @ (ToChild::Call { .. } | ToChild::Stop))) => self.early.lock().unwrap().push_back(msg),
+                Ok(Some(other)) => self.handle(other),
+                Ok(None) | Err(_) => return Err(host_gone()),
+            }
+        }
     }
 
     fn ask_async(&self, ask: Ask) -> impl std::future::Future<Output = Result<Value>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.ask(ask, Waiter::Async(tx));
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().unwrap().insert(id, tx);
+        if let Err(e) = self.send(&ToParent::Ask { id, ask }) {
+            self.complete(id, Err(e));
+        }
         async move { rx.await.unwrap_or_else(|_| Err(host_gone())) }
     }
 
     fn complete(&self, id: u64, result: Result<Value>) {
-        match self.pending.lock().unwrap().remove(&id) {
-            Some(Waiter::Blocking(tx)) => drop(tx.send(result)),
-            Some(Waiter::Async(tx)) => drop(tx.send(result)),
-            None => {}
+        if let Some(tx) = self.pending.lock().unwrap().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// What may come on either channel at any time: replies to async requests, cancellations.
+    fn handle(&self, msg: ToChild) {
+        match msg {
+            ToChild::Reply { id, result } => self.complete(id, result),
+            ToChild::Cancel { id, code } => {
+                let abort = self.running.lock().unwrap().get(&id).cloned();
+                if let Some(abort) = abort {
+                    abort.abort_with(code);
+                }
+            }
+            // A call while another runs, or a second init: the parent never sends them.
+            ToChild::Call { .. } | ToChild::Init { .. } | ToChild::Stop => {}
         }
     }
 
     /// The parent is gone: nothing pending will be answered.
     fn fail_all(&self) {
-        for (_, w) in self.pending.lock().unwrap().drain() {
-            match w {
-                Waiter::Blocking(tx) => drop(tx.send(Err(host_gone()))),
-                Waiter::Async(tx) => drop(tx.send(Err(host_gone()))),
+        for (_, tx) in self.pending.lock().unwrap().drain() {
+            let _ = tx.send(Err(host_gone()));
+        }
+    }
+}
+
+/// The plugin thread's inbox: the calls the parent sends, read from the call channel.
+struct CallChannel {
+    link: Arc<Link>,
+    shared: Arc<Shared>,
+}
+
+impl Inbox for CallChannel {
+    fn recv(&mut self) -> Option<Request> {
+        loop {
+            let early = self.link.early.lock().unwrap().pop_front();
+            let msg = match early {
+                Some(msg) => Ok(Some(msg)),
+                None => read_frame::<ToChild>(&mut *self.link.calls.lock().unwrap(), MAX_FRAME),
+            };
+            match msg {
+                Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
+                    let timeout = timeout_ms.map(Duration::from_millis);
+                    let ctx = CallContext { chain, event_depth, ..Default::default() };
+                    let (link, shared) = (self.link.clone(), self.shared.clone());
+                    let abort = Arc::new(Abort::default());
+                    link.running.lock().unwrap().insert(id, abort.clone());
+                    // The plugin's thread writes the answer itself.
+                    let reply = Reply::Func(Box::new(move |result| {
+                        link.running.lock().unwrap().remove(&id);
+                        let stats = Box::new(shared.stats.snapshot());
+                        let _ = link.send(&ToParent::Answer { id, result, stats, status: shared.status() });
+                    }));
+                    return Some(Request::Call { hook, args, timeout, ctx, reply, abort: Some(abort) });
+                }
+                Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => return None,
+                Ok(Some(other)) => self.link.handle(other),
             }
         }
+    }
+
+    fn try_recv(&mut self) -> Option<Request> {
+        // The parent sends one call at a time: nothing ever waits behind the current one.
+        None
     }
 }
 
@@ -217,8 +279,9 @@ fn harden(parent: Option<u32>) {
     }
 }
 
-/// Runs one plugin for the parent on the channel `fd`; returns the exit status.
-pub(crate) fn run(fd: i32, parent: Option<u32>) -> i32 {
+/// Runs one plugin for the parent on the call channel `fd` and the control channel `control`;
+/// returns the exit status.
+pub(crate) fn run(fd: i32, control: Option<i32>, parent: Option<u32>) -> i32 {
     harden(parent);
     // A worker runs no embedder code: a panic here is a bug in isola or below it. End the
     // process, so that the host answers the call with PLUGIN_CRASHED at once, instead of
@@ -227,26 +290,35 @@ pub(crate) fn run(fd: i32, parent: Option<u32>) -> i32 {
         eprintln!("isola worker: {info}");
         std::process::abort();
     }));
-    // The descriptor must be the socket the host passed, not whatever a stray variable names.
-    // SAFETY: fstat on a descriptor number only reads its metadata.
-    let is_socket = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    // The descriptors must be the sockets the host passed, not whatever a stray variable names.
+    let is_socket = |fd: i32| {
+        // SAFETY: fstat on a descriptor number only reads its metadata.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+        }
     };
-    if !is_socket {
+    if !is_socket(fd) {
         eprintln!("isola worker: descriptor {fd} is not the channel to a host");
         return 2;
     }
     // SAFETY: the parent passed us this descriptor for exactly this purpose; nothing else owns it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     let Ok(writer) = stream.try_clone() else { return 2 };
-    let link =
-        Arc::new(Link { writer: Mutex::new(writer), pending: Mutex::new(HashMap::new()), next: AtomicU64::new(1) });
-    let mut reader = stream;
+    let link = Arc::new(Link {
+        writer: Mutex::new(writer),
+        calls: Mutex::new(stream),
+        early: Mutex::default(),
+        pending: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(1),
+    });
+    // Hello first, on the call channel alone: a host of another protocol version learns it
+    // even if it passed no control channel.
     if link.send(&ToParent::Hello { protocol: PROTOCOL_VERSION, pid: std::process::id() }).is_err() {
         return 2;
     }
-    let plugin = match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
+    let plugin = match read_frame::<ToChild>(&mut *link.calls.lock().unwrap(), MAX_FRAME) {
         Ok(Some(ToChild::Init { protocol, plugin })) if protocol == PROTOCOL_VERSION => plugin,
         Ok(Some(ToChild::Init { protocol, .. })) => {
             eprintln!("isola worker: the host speaks protocol {protocol}, this worker {PROTOCOL_VERSION}");
@@ -254,10 +326,16 @@ pub(crate) fn run(fd: i32, parent: Option<u32>) -> i32 {
         }
         _ => return 2,
     };
-    serve(link, reader, *plugin)
+    let Some(control) = control.filter(|&c| is_socket(c)) else {
+        eprintln!("isola worker: the host passed no control channel");
+        return 2;
+    };
+    // SAFETY: as above, the parent's second descriptor.
+    let control = unsafe { UnixStream::from_raw_fd(control) };
+    serve(link, control, *plugin)
 }
 
-fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
+fn serve(link: Arc<Link>, mut control: UnixStream, plugin: ChildPlugin) -> i32 {
     let console = link.clone();
     crate::runtime::ops::set_console(Box::new(move |_plugin, level, msg| {
         // Cut like error texts: a log line must fit what the host reads from a worker.
@@ -295,53 +373,30 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     let shared = Shared::new(&id, bus);
     let peers: Arc<dyn Peers> = Arc::new(RemotePeers(link.clone()));
     let sources = Arc::new(SourceCache::with_files(files));
-    let starting = match crate::worker::spawn_with(&engine, Arc::new(config), shared.clone(), peers, sources.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default(), sources: Vec::new() });
-            return 0;
-        }
-    };
-    // Reading starts before the plugin has loaded: its top-level code may already ask the
-    // host for things, and the replies must be read while it waits. It goes on while calls
-    // run (replies to the plugin's own requests arrive then); the plugin's thread writes each
-    // answer itself.
-    let mailbox = starting.tx.clone();
-    let (in_link, in_shared) = (link.clone(), shared.clone());
-    // Calls the parent may still cancel, by id.
-    let running: Arc<Mutex<HashMap<u64, Arc<Abort>>>> = Arc::default();
-    let reading = std::thread::Builder::new().name("isola:reader".into()).spawn(move || {
-        let (link, shared) = (in_link, in_shared);
-        loop {
-            match read_frame::<ToChild>(&mut reader, MAX_FRAME) {
-                Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
-                    let timeout = timeout_ms.map(Duration::from_millis);
-                    let ctx = CallContext { chain, event_depth, ..Default::default() };
-                    let (out, shared, calls) = (link.clone(), shared.clone(), running.clone());
-                    let abort = Arc::new(Abort::default());
-                    calls.lock().unwrap().insert(id, abort.clone());
-                    let reply = Reply::Func(Box::new(move |result| {
-                        calls.lock().unwrap().remove(&id);
-                        let stats = Box::new(shared.stats.snapshot());
-                        let _ = out.send(&ToParent::Answer { id, result, stats, status: shared.status() });
-                    }));
-                    let _ = mailbox.send(Request::Call { hook, args, timeout, ctx, reply, abort: Some(abort) });
-                }
-                Ok(Some(ToChild::Cancel { id, code })) => {
-                    let abort = running.lock().unwrap().get(&id).cloned();
-                    if let Some(abort) = abort {
-                        abort.abort_with(code);
-                    }
-                }
-                Ok(Some(ToChild::Reply { id, result })) => link.complete(id, result),
-                Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => break,
-                Ok(Some(ToChild::Init { .. })) => {}
+    // The plugin's thread reads its calls from the call channel itself.
+    let inbox = Box::new(CallChannel { link: link.clone(), shared: shared.clone() });
+    let starting =
+        match crate::worker::spawn_with(&engine, Arc::new(config), shared.clone(), peers, sources.clone(), Some(inbox))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default(), sources: Vec::new() });
+                return 0;
             }
+        };
+    // The control channel is read from before the plugin has loaded: its top-level code may
+    // already await the host, and the replies must be read while it waits. It goes on while
+    // calls run (cancellations, replies to async requests).
+    let control_link = link.clone();
+    let reading = std::thread::Builder::new().name("isola:control".into()).spawn(move || {
+        while let Ok(Some(msg)) = read_frame::<ToChild>(&mut control, MAX_FRAME) {
+            control_link.handle(msg);
         }
-        link.fail_all();
-        let _ = mailbox.send(Request::Stop);
+        control_link.fail_all();
     });
-    let Ok(reading) = reading else { return 2 };
+    if reading.is_err() {
+        return 2;
+    }
     let mut loaded = starting.wait();
     if loaded.is_ok() && seccomp {
         // Loaded: everything the plugin needs from the file system is in memory now.
@@ -354,7 +409,7 @@ fn serve(link: Arc<Link>, mut reader: UnixStream, plugin: ChildPlugin) -> i32 {
     if link.send(&ToParent::Loaded { result: loaded, stats, sources: sources.files() }).is_err() || failed {
         return 0;
     }
-    let _ = reading.join();
+    // The plugin's thread ends when the host says stop or goes away; the process with it.
     let _ = starting.thread.join();
     0
 }

@@ -43,6 +43,8 @@ pub use wire::PROTOCOL_VERSION;
 /// The environment variable that tells a started program it is an isola worker, and which
 /// file descriptor its channel is.
 const WORKER_FD_ENV: &str = "ISOLA_WORKER_FD";
+/// Which file descriptor a worker's second (control) channel is.
+const WORKER_CONTROL_FD_ENV: &str = "ISOLA_WORKER_CONTROL_FD";
 /// The host's process id, so that a worker whose host died before it could arrange to die
 /// with it exits at once.
 const PARENT_PID_ENV: &str = "ISOLA_PARENT_PID";
@@ -66,8 +68,9 @@ pub fn run_worker_if_requested() {
 /// Runs the worker if this process is one; its exit status, or `None` if it is not a worker.
 pub fn run_worker() -> Option<i32> {
     let fd: i32 = std::env::var(WORKER_FD_ENV).ok()?.parse().ok()?;
+    let control = std::env::var(WORKER_CONTROL_FD_ENV).ok().and_then(|c| c.parse().ok());
     let parent = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse().ok());
-    Some(child::run(fd, parent))
+    Some(child::run(fd, control, parent))
 }
 
 /// The program to start as a worker: the engine's, or this very program if it serves as one.

@@ -34,8 +34,8 @@ use super::memory::ChildMemory;
 use super::wire::{
     Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
-use super::{PARENT_PID_ENV, WORKER_FD_ENV};
-use crate::call::{CallContext, Job, ON_LOAD, Request, next_job};
+use super::{PARENT_PID_ENV, WORKER_CONTROL_FD_ENV, WORKER_FD_ENV};
+use crate::call::{CallContext, Job, ON_LOAD, Reply, Request, next_job, refuse_queued};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
@@ -72,6 +72,16 @@ struct InFlight {
 
 type Running = Arc<Mutex<Option<InFlight>>>;
 
+/// Where the answer to the call the child is running goes: the reader thread answers the
+/// caller itself as the answer arrives (one hand-off fewer than through the pump), and the
+/// pump takes it back for every other outcome (a crash, a kill, a refused send).
+struct Pending {
+    id: u64,
+    reply: Reply,
+}
+
+type Replies = Arc<Mutex<Option<Pending>>>;
+
 /// Starts the pump for a process-isolated plugin; like `worker::spawn`.
 pub(crate) fn spawn(
     engine: &Engine,
@@ -96,6 +106,7 @@ pub(crate) fn spawn(
         sources: Vec::new(),
         stop_error: None,
         in_flight: Arc::default(),
+        replies: Arc::default(),
         memory,
     };
     let id = pump.config.id().to_owned();
@@ -109,7 +120,11 @@ pub(crate) fn spawn(
 /// A running child, as the parent sees it.
 struct ChildProc {
     process: Child,
+    /// The call channel (calls, answers to the child's blocking requests).
     writer: Arc<Mutex<UnixStream>>,
+    /// The control channel (cancellations; answers to async requests are written there by
+    /// the host thread).
+    control: Arc<Mutex<UnixStream>>,
     /// Answers (and the end of the stream, as `None`) from the reader thread.
     answers: Receiver<Option<ToParent>>,
     reader: Option<JoinHandle<()>>,
@@ -122,6 +137,10 @@ struct ChildProc {
 impl ChildProc {
     fn send(&self, msg: &ToChild) -> Result<()> {
         write_frame(&mut *self.writer.lock().unwrap(), msg)
+    }
+
+    fn send_control(&self, msg: &ToChild) -> Result<()> {
+        write_frame(&mut *self.control.lock().unwrap(), msg)
     }
 
     /// The next answer, or `None` if the child is gone or `deadline` passed.
@@ -198,6 +217,7 @@ struct Pump {
     /// This version's number: only the current version reports status and errors.
     generation: u64,
     in_flight: Running,
+    replies: Replies,
     /// Crashes in a row (reset by a call that is answered), for the restart backoff.
     crashes: u32,
     last_crash: Option<Instant>,
@@ -226,7 +246,7 @@ impl Pump {
         }
     }
 
-    fn run(mut self, rx: Receiver<Request>, ready: Sender<Result<Vec<String>>>) {
+    fn run(mut self, mut rx: Receiver<Request>, ready: Sender<Result<Vec<String>>>) {
         let mut child = match self.start() {
             Ok((child, hooks)) => {
                 let _ = ready.send(Ok(hooks));
@@ -238,7 +258,7 @@ impl Pump {
             }
         };
         // `Recycle`: the engine's memory guard stopped the child while it was idle.
-        while let Some(job) = next_job(&rx, || self.after_total_stop(&mut child)) {
+        while let Some(job) = next_job(&mut rx, || self.after_total_stop(&mut child)) {
             if let Some(e) = job.refusal(self.shared.is_closed()) {
                 job.refuse(e);
                 continue;
@@ -266,8 +286,9 @@ impl Pump {
                     }
                 }
             }
-            let r = match child.as_mut() {
-                Some(c) => self.call(c, &hook, args, timeout, ctx, abort.as_deref()),
+            let wanted = reply.is_some();
+            let (r, reply) = match child.as_mut() {
+                Some(c) => self.call(c, &hook, args, timeout, ctx, abort.as_deref(), reply),
                 None => unreachable!("started above"),
             };
             let r = match r {
@@ -292,6 +313,8 @@ impl Pump {
             };
             match reply {
                 Some(reply) => reply.send(r),
+                // The reader answered the caller as the answer arrived.
+                None if wanted => {}
                 None => {
                     if let Err(error) = r {
                         let error = error.in_context(self.id(), Some(ON_LOAD));
@@ -311,11 +334,7 @@ impl Pump {
         }
         self.shared.set_pid(self.generation, None);
         self.shared.stats.fold_remote(self.generation);
-        while let Ok(req) = rx.try_recv() {
-            if let Request::Call { reply, .. } = req {
-                reply.send(Err(Error::new(ErrorCode::ShutDown, "the plugin was stopped")));
-            }
-        }
+        refuse_queued(&mut rx);
     }
 
     /// Waits for the answer to call `id`, telling the child to stop it as soon as its caller
@@ -348,11 +367,13 @@ impl Pump {
                 continue;
             };
             told = true;
-            let _ = c.send(&ToChild::Cancel { id, code });
+            let _ = c.send_control(&ToChild::Cancel { id, code });
         }
     }
 
     /// Sends one call and waits for its answer, the child's deadline plus [`GRACE`] at most.
+    /// Returns `reply` if it is still to be sent (the reader sends it when the answer comes).
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         c: &mut ChildProc,
@@ -361,7 +382,8 @@ impl Pump {
         timeout: Option<Duration>,
         ctx: CallContext,
         abort: Option<&Abort>,
-    ) -> std::result::Result<Value, Call> {
+        reply: Option<Reply>,
+    ) -> (std::result::Result<Value, Call>, Option<Reply>) {
         let started = Instant::now();
         let mut limit = timeout.unwrap_or(self.config.limits.call_timeout);
         if !ctx.chain.is_empty() {
@@ -380,9 +402,11 @@ impl Pump {
             chain: ctx.chain,
             event_depth: ctx.event_depth,
         };
+        *self.replies.lock().unwrap() = reply.map(|reply| Pending { id, reply });
         let r = self.exchange(c, id, &msg, deadline.and_then(|d| d.checked_add(GRACE)), limit, started, abort);
         *self.in_flight.lock().unwrap() = None;
-        r
+        let reply = self.replies.lock().unwrap().take().map(|p| p.reply);
+        (r, reply)
     }
 
     /// Sends `msg` (call `id`) and waits for its answer until `deadline`.
@@ -409,7 +433,13 @@ impl Pump {
                 format!("the plugin's process is gone: {}", e.message),
             )));
         }
-        match self.await_answer(c, id, deadline, abort) {
+        let answer = match self.await_answer(c, id, deadline, abort) {
+            // The reader may have taken the answer just as the deadline passed: then it is on
+            // its way here, and the child is fine.
+            Err(Gone::Unresponsive) => c.answer(Some(Instant::now() + Duration::from_millis(20))),
+            r => r,
+        };
+        match answer {
             Ok(ToParent::Answer { id: got, result, stats, status }) if got == id => {
                 self.shared.stats.set_remote(self.generation, *stats);
                 // A call that ran a while may have grown the process (one that ran longer
@@ -417,8 +447,7 @@ impl Pump {
                 if started.elapsed() >= Duration::from_millis(1) {
                     c.memory.refresh();
                 }
-                // A child only reports on itself: never stopped or loading.
-                if matches!(status, PluginStatus::Ready | PluginStatus::Restarting | PluginStatus::Failed) {
+                if reportable(&status) {
                     self.set_status(status);
                 }
                 result.map_err(Call::Failed)
@@ -561,6 +590,13 @@ impl Pump {
         // A child that stops reading must not block the host's writes for good.
         mine.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
         let writer = Arc::new(Mutex::new(mine.try_clone().map_err(|e| fail(e.to_string()))?));
+        // The second channel carries what must reach the child while its plugin's thread runs
+        // (cancellations, answers to async requests); the first, read by that thread itself,
+        // what it waits for (calls, answers to its blocking requests).
+        let (control, theirs_control) =
+            UnixStream::pair().map_err(|e| fail(format!("cannot create a channel: {e}")))?;
+        control.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
+        let control = Arc::new(Mutex::new(control));
         // The threads come first: if the process cannot start, dropping its end of the channel
         // ends them, and nothing is left behind.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -585,6 +621,7 @@ impl Pump {
             shared: self.shared.clone(),
             generation: self.generation,
             answers: answers_tx,
+            replies: self.replies.clone(),
             host: host_tx,
             inline: side(&writer),
             runtime: rt.handle().clone(),
@@ -596,25 +633,26 @@ impl Pump {
             .name(format!("isola:{}:rx", self.id()))
             .spawn(move || reader.run(&mut stream))
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
-        let host = side(&writer);
+        let host = side(&control);
         let host = std::thread::Builder::new()
             .name(format!("isola:{}:host", self.id()))
             .spawn(move || host.run(rt, host_rx))
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
-        let process = match self.command(&theirs).spawn() {
+        let process = match self.command(&theirs, &theirs_control).spawn() {
             Ok(p) => p,
             Err(e) => {
-                drop(theirs);
-                drop(writer);
+                drop((theirs, theirs_control));
+                drop((writer, control));
                 let _ = reader.join();
                 let _ = host.join();
                 return Err(fail(format!("cannot start {}: {e}", self.program.display())));
             }
         };
-        drop(theirs);
+        drop((theirs, theirs_control));
         let mut child = ChildProc {
             process,
             writer,
+            control,
             answers,
             reader: Some(reader),
             host: Some(host),
@@ -686,11 +724,12 @@ impl Pump {
     /// The worker's command line: the channel as fd 3 and nothing else inherited, in a process
     /// group of its own (a terminal's Ctrl-C is for the host, which stops its plugins itself),
     /// dying with the thread that starts it (the pump, which outlives it), no core dumps.
-    fn command(&self, theirs: &UnixStream) -> Command {
-        let fd = theirs.as_raw_fd();
+    fn command(&self, theirs: &UnixStream, control: &UnixStream) -> Command {
+        let (fd, control) = (theirs.as_raw_fd(), control.as_raw_fd());
         let mut cmd = Command::new(&self.program);
         cmd.arg("worker")
             .env(WORKER_FD_ENV, CHILD_FD.to_string())
+            .env(WORKER_CONTROL_FD_ENV, (CHILD_FD + 1).to_string())
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -700,17 +739,20 @@ impl Pump {
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if fd == CHILD_FD {
-                    libc::fcntl(CHILD_FD, libc::F_SETFD, 0);
-                } else if libc::dup2(fd, CHILD_FD) < 0 {
+                // Both channels go to fds 3 and 4, by way of fresh numbers above them so that
+                // neither overwrites the other; the copies close at exec.
+                let calls = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, CHILD_FD + 2);
+                let ctl = libc::fcntl(control, libc::F_DUPFD_CLOEXEC, CHILD_FD + 2);
+                if calls < 0 || ctl < 0 || libc::dup2(calls, CHILD_FD) < 0 || libc::dup2(ctl, CHILD_FD + 1) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Everything above fd 3 closes at exec (marked, not closed: std still needs its
+                // Everything above fd 4 closes at exec (marked, not closed: std still needs its
                 // own pipe to report a failed exec).
                 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-                if libc::syscall(libc::SYS_close_range, CHILD_FD as u32 + 1, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+                let first = CHILD_FD + 2;
+                if libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
                     let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as i32;
-                    for other in CHILD_FD + 1..max {
+                    for other in first..max {
                         libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC);
                     }
                 }
@@ -782,6 +824,8 @@ struct Reader {
     shared: Arc<Shared>,
     generation: u64,
     answers: Sender<Option<ToParent>>,
+    /// The caller of the running call, answered from here.
+    replies: Replies,
     host: tokio::sync::mpsc::UnboundedSender<(u64, Ask)>,
     /// Answers the requests that need not wait, right here.
     inline: HostSide,
@@ -815,6 +859,28 @@ impl Reader {
                 }
                 Ok(Some(ToParent::Log { level, msg })) => crate::call::log_line(&self.id, level, &msg),
                 Ok(Some(ToParent::Event(e))) => self.event(e),
+                Ok(Some(ToParent::Answer { id, result, stats, status })) => {
+                    // The caller hears at once; the pump only learns that the call ended.
+                    let pending = {
+                        let mut slot = self.replies.lock().unwrap();
+                        if slot.as_ref().is_some_and(|p| p.id == id) { slot.take() } else { None }
+                    };
+                    let result = match pending {
+                        Some(p) => {
+                            self.shared.stats.set_remote(self.generation, (*stats).clone());
+                            if self.shared.is_current(self.generation) && reportable(&status) {
+                                self.shared.set_status(status);
+                            }
+                            let ended = result.as_ref().map(|_| Value::Null).map_err(Clone::clone);
+                            p.reply.send(result);
+                            ended
+                        }
+                        None => result,
+                    };
+                    if self.answers.send(Some(ToParent::Answer { id, result, stats, status })).is_err() {
+                        return;
+                    }
+                }
                 Ok(Some(msg)) => {
                     if matches!(msg, ToParent::Loaded { .. }) {
                         self.limit = self.after_load;
@@ -992,6 +1058,12 @@ impl HostSide {
             }
         }
     }
+}
+
+/// Whether a status a child reports may be taken over: a child only reports on itself, never
+/// stopped or loading.
+fn reportable(status: &PluginStatus) -> bool {
+    matches!(status, PluginStatus::Ready | PluginStatus::Restarting | PluginStatus::Failed)
 }
 
 /// What a plugin sends other plugins is bounded as in thread mode.

@@ -26,7 +26,7 @@ use crate::stats::PluginStats;
 use crate::storage::StorageQuota;
 
 /// The version of this conversation; a child that speaks another is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts.
 pub(crate) const MAX_FRAME: usize = 256 << 20;

@@ -134,13 +134,6 @@ pub fn load_module_with(engine: Engine, main_js: &str) -> (PluginDir, Manager, P
 /// }
 /// ```
 pub fn in_child(name: &str, body: impl FnOnce()) {
-    in_child_tolerating(name, None, body)
-}
-
-/// [`in_child`], except that a child killed by exactly the known V8 failure `known` (a line
-/// of V8's own fatal-error report) passes with a note: for a V8 fault that isola cannot catch
-/// in-process and that happens rarely; every other death still fails the test.
-pub fn in_child_tolerating(name: &str, known: Option<&str>, body: impl FnOnce()) {
     const CHILD: &str = "ISOLA_TEST_IN_CHILD";
     if std::env::var(CHILD).as_deref() == Ok(name) {
         body();
@@ -165,13 +158,6 @@ pub fn in_child_tolerating(name: &str, known: Option<&str>, body: impl FnOnce())
     }
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if let Some(known) = known
-        && !out.status.success()
-        && stderr.contains(known)
-    {
-        eprintln!("note: `{name}` hit the known V8 failure `{known}` ({}); see the README", out.status);
-        return;
-    }
     assert!(out.status.success(), "`{name}` failed in its child process ({}):\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains("1 passed"), "`{name}` did not run in its child process:\n{stdout}\n{stderr}");
 }
