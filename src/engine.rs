@@ -189,8 +189,9 @@ impl Engine {
         self.inner.guard.limit()
     }
 
-    /// Bytes this engine's thread-isolated plugins hold together (V8 heap, as of each one's
-    /// last garbage collection, plus ArrayBuffers): what the total limit is checked against.
+    /// Bytes this engine's plugins hold together: for a plugin on a thread, its V8 heap (as of
+    /// its last garbage collection) plus ArrayBuffers; for a plugin in a process of its own,
+    /// that process's resident memory. What the total limit is checked against.
     ///
     /// ```
     /// let engine = isola::Engine::builder().total_memory_limit_mb(512).build();
@@ -308,8 +309,9 @@ impl EngineBuilder {
     /// `HEAP_LIMIT` and restarted fresh, as if it had broken its own budget, before the
     /// operating system's OOM killer can end the whole host. Set it below the memory the host
     /// may use, leaving room for the host itself and for what V8 keeps outside the budgets
-    /// (about 1 MiB per plugin). Counts thread-isolated plugins; a process-isolated plugin is
-    /// bounded by its own budget in its own process.
+    /// (about 1 MiB per plugin). A process-isolated plugin counts with its process's resident
+    /// memory (about 25 MiB at rest); stopping it kills that process, which gives all of it
+    /// back at once, and restarts the plugin.
     ///
     /// ```
     /// let engine = isola::Engine::builder().heap_limit_mb(64).total_memory_limit_mb(1024).build();

@@ -28,7 +28,9 @@
 //! [`LifecycleEvent::Crashed`](crate::events::LifecycleEvent) says so; other plugins never
 //! notice. A child that does not answer by its call's deadline plus [`GRACE`] is killed
 //! (`TIMEOUT`). A child dies with its host (`PR_SET_PDEATHSIG`), inherits no file
-//! descriptor but its channel, and writes no core dump. See `wire.rs` for the protocol.
+//! descriptor but its two channels, writes no core dump, and is the kernel OOM killer's first
+//! choice. It counts under the engine's total memory limit with its resident memory (see
+//! `memory.rs`). See `wire.rs` for the protocol.
 
 mod child;
 mod memory;

@@ -1,16 +1,25 @@
 //! The messages between the host and a plugin's child process, and how they are framed.
 //!
+//! Two channels (socketpairs the child inherits as fds 3 and 4). The *call* channel carries
+//! everything the child sends, and from the parent what the child's plugin thread waits for:
+//! calls, and the answers to its blocking requests (sync host functions, storage, emits); that
+//! thread reads it itself, so no other thread has to wake it. The *control* channel carries
+//! what must reach the child while its plugin's thread is busy: cancellations and the answers
+//! to async requests (async host functions, plugin calls), read by a thread of their own.
+//!
 //! Framing: a 4-byte little-endian length, then that many bytes of JSON. Why JSON: every
 //! payload that crosses (hook arguments and results, host-function arguments, storage values)
 //! already is JSON text or a `serde_json::Value`, so a binary format would mostly wrap JSON in
-//! another envelope; the frames isola adds around it are a few dozen bytes. A frame is at most
+//! another envelope; measured, a call and its answer cost 1.0 µs to encode and decode (bincode:
+//! 0.17 µs), about 1 % of a round trip, which is all wake-ups. A frame is at most
 //! [`MAX_FRAME`]: the payloads inside are capped well below it (results and arguments at
 //! `max_result_bytes`, messages between plugins at 1 MiB).
 //!
 //! The conversation: the child says [`ToParent::Hello`] with its protocol version; the parent
 //! answers [`ToChild::Init`] (refusing a child that speaks another version); the child loads the
 //! plugin and says [`ToParent::Loaded`]; then the parent sends calls one at a time and answers
-//! the child's requests (host functions, storage, other plugins) in between.
+//! the child's requests (host functions, storage, other plugins) in between. Version 2 added
+//! the control channel.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
