@@ -59,58 +59,19 @@
     }
   }
 
+  // The web platform globals (`js/web.js`, in the snapshot) leave these for the prelude.
+  const web = globalThis.__isolaWeb;
+
   // `host.signal`: the AbortSignal of the call running now. It aborts when the call ends
   // early (its caller aborted it, its deadline passed, the plugin is being unloaded), so an
-  // async hook can stop what it started. A minimal signal with the standard shape (`aborted`,
-  // `reason`, `throwIfAborted`, `onabort`, `addEventListener("abort", f)`); made on first use,
-  // one per call.
-  let fire;
-  class AbortSignal {
-    #aborted = false;
-    #reason = undefined;
-    #listeners = [];
-    onabort = null;
-    get aborted() {
-      return this.#aborted;
-    }
-    get reason() {
-      return this.#reason;
-    }
-    throwIfAborted() {
-      if (this.#aborted) throw this.#reason;
-    }
-    addEventListener(type, listener) {
-      if (type === "abort" && typeof listener === "function" && !this.#listeners.includes(listener)) {
-        this.#listeners.push(listener);
-      }
-    }
-    removeEventListener(type, listener) {
-      if (type === "abort") this.#listeners = this.#listeners.filter((l) => l !== listener);
-    }
-    static {
-      // Reachable from this file only: a plugin cannot abort a signal itself.
-      fire = (signal, reason) => {
-        if (signal.#aborted) return;
-        signal.#aborted = true;
-        signal.#reason = reason;
-        const event = freeze({ type: "abort", target: signal });
-        const listeners = signal.onabort === null ? signal.#listeners : [signal.onabort, ...signal.#listeners];
-        for (const listener of listeners) {
-          try {
-            listener.call(signal, event);
-          } catch (e) {
-            console.error("an abort listener threw:", e);
-          }
-        }
-      };
-    }
-  }
+  // async hook can stop what it started. A standard AbortSignal that only isola can abort;
+  // made on first use, one per call.
   let signal = null;
   let signalEpoch = -1;
   function currentSignal() {
     const epoch = op_isola_call_epoch();
     if (signal === null || signalEpoch !== epoch) {
-      signal = new AbortSignal();
+      signal = web.newSignal();
       signalEpoch = epoch;
     }
     return signal;
@@ -120,7 +81,7 @@
     const reason = new Error(message);
     reason.name = code === "TIMEOUT" ? "TimeoutError" : "AbortError";
     reason.code = code;
-    fire(signal, mark(reason));
+    web.abort(signal, mark(reason));
   }
 
   const host = { __proto__: null };
@@ -239,15 +200,88 @@
     }
     return out;
   }
-  const log = (level) => (...args) => op_isola_log(level, format(args));
+  // The whole console API, every line to the host's log at the level its method names.
+  let indent = "";
+  const emit = (level, text) => op_isola_log(level, indent === "" ? text : indent + text.replaceAll("\n", "\n" + indent));
+  const log = (level) => (...args) => emit(level, format(args));
+  const counters = new Map();
+  const timers = new Map();
+  const label = (l) => (l === undefined ? "default" : String(l));
+  const elapsed = (l) => `${l}: ${(web.now() - timers.get(l)).toFixed(3)} ms`;
+  function table(data, columns) {
+    if (data === null || typeof data !== "object") return emit(2, format([data]));
+    const rows = Object.keys(data);
+    const cols = [];
+    for (const r of rows) {
+      const v = data[r];
+      if (v !== null && typeof v === "object") for (const k of Object.keys(v)) if (!cols.includes(k)) cols.push(k);
+    }
+    const shown = Array.isArray(columns) ? columns.map(String) : cols;
+    const hasValues = rows.some((r) => data[r] === null || typeof data[r] !== "object");
+    const header = ["(index)", ...shown, ...(hasValues ? ["Values"] : [])];
+    const cell = (v) => (v === undefined ? "" : typeof v === "string" ? v : format([v]));
+    const body = rows.map((r) => {
+      const v = data[r];
+      const obj = v !== null && typeof v === "object";
+      return [r, ...shown.map((k) => (obj ? cell(v[k]) : "")), ...(hasValues ? [obj ? "" : cell(v)] : [])];
+    });
+    const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
+    const line = (row) => "│ " + row.map((c, i) => c.padEnd(widths[i])).join(" │ ") + " │";
+    const rule = (l, m, r) => l + widths.map((w) => "─".repeat(w + 2)).join(m) + r;
+    emit(2, [rule("┌", "┬", "┐"), line(header), rule("├", "┼", "┤"), ...body.map(line), rule("└", "┴", "┘")].join("\n"));
+  }
   const console = freeze({
     trace: log(0),
     debug: log(1),
     log: log(2),
     info: log(2),
+    dir: (v) => emit(2, format([v])),
+    dirxml: log(2),
+    table,
     warn: log(3),
     error: log(4),
+    assert(condition, ...args) {
+      if (!condition) emit(4, "Assertion failed" + (args.length === 0 ? "" : ": " + format(args)));
+    },
+    count(l) {
+      l = label(l);
+      const n = (counters.get(l) ?? 0) + 1;
+      counters.set(l, n);
+      emit(2, `${l}: ${n}`);
+    },
+    countReset(l) {
+      counters.delete(label(l));
+    },
+    group(...args) {
+      if (args.length > 0) emit(2, format(args));
+      indent += "  ";
+    },
+    groupCollapsed(...args) {
+      if (args.length > 0) emit(2, format(args));
+      indent += "  ";
+    },
+    groupEnd() {
+      indent = indent.slice(2);
+    },
+    time(l) {
+      l = label(l);
+      if (timers.has(l)) return emit(3, `Timer '${l}' already exists`);
+      timers.set(l, web.now());
+    },
+    timeLog(l, ...args) {
+      l = label(l);
+      if (!timers.has(l)) return emit(3, `Timer '${l}' does not exist`);
+      emit(2, elapsed(l) + (args.length === 0 ? "" : " " + format(args)));
+    },
+    timeEnd(l) {
+      l = label(l);
+      if (!timers.has(l)) return emit(3, `Timer '${l}' does not exist`);
+      emit(2, elapsed(l));
+      timers.delete(l);
+    },
   });
+  // `reportError`, and listeners that throw, report to the plugin's log.
+  web.setReporter((e) => console.error("uncaught error:", e));
 
   // A promise a hook dropped on the floor that later rejects is the plugin's bug, not the
   // next caller's: log it with the plugin's console instead of failing whichever call happens
@@ -258,6 +292,7 @@
   });
 
   delete globalThis.__isolaPrelude;
+  delete globalThis.__isolaWeb;
   delete globalThis.Deno;
   delete globalThis.__bootstrap;
   // WebAssembly memory is allocated outside the ArrayBuffer allocator that enforces the

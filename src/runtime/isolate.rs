@@ -25,6 +25,7 @@ use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
+use super::web::isola_web;
 use crate::call::CallContext;
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
@@ -130,7 +131,7 @@ impl PluginIsolate {
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
             module_loader: Some(Rc::new(PluginLoader::new(source.import_root(), cfg.sources.clone()))),
-            extensions: vec![isola_ops::init(table)],
+            extensions: vec![isola_ops::init(table), isola_web::init()],
             create_params: Some(params),
             startup_snapshot: Some(snapshot()),
             ..Default::default()

@@ -11,3 +11,4 @@ pub(crate) mod ops;
 pub(crate) mod peers;
 pub(crate) mod snapshot;
 pub(crate) mod watchdog;
+pub(crate) mod web;

@@ -11,8 +11,11 @@ use std::sync::OnceLock;
 use deno_core::{JsRuntime, JsRuntimeForSnapshot, RuntimeOptions};
 
 use super::ops::{HostTable, isola_ops};
+use super::web::isola_web;
 
 const PRELUDE: &str = include_str!("../../js/prelude.js");
+/// The web platform globals, evaluated into the snapshot itself (see the file's header).
+const WEB: &str = include_str!("../../js/web.js");
 
 /// V8 flags for every isolate in the process, set before V8 starts.
 ///
@@ -41,9 +44,12 @@ pub(crate) fn snapshot() -> &'static [u8] {
         v8::V8::set_flags_from_string(V8_FLAGS);
         JsRuntime::init_platform(None);
         let mut runtime = JsRuntimeForSnapshot::new(RuntimeOptions {
-            extensions: vec![isola_ops::init(HostTable::empty())],
+            extensions: vec![isola_ops::init(HostTable::empty()), isola_web::init()],
             ..Default::default()
         });
+        runtime
+            .execute_script("ext:isola/web.js", WEB.replace("__ISOLA_VERSION__", env!("CARGO_PKG_VERSION")))
+            .expect("isola's web globals must evaluate");
         runtime
             .execute_script("ext:isola/prelude.js", format!("globalThis.{PRELUDE_GLOBAL} = ({PRELUDE});"))
             .expect("isola's prelude must compile");

@@ -1,0 +1,174 @@
+//! The ops behind the web platform globals of `js/web.js` (`TextDecoder`, `URL`,
+//! `URLSearchParams`, `crypto`, `performance`): the parts JavaScript cannot do well itself.
+//!
+//! Why ops over these crates instead of deno_web: `url` (WHATWG URL parsing, already linked
+//! through deno_core) and `getrandom` (the OS's secure random source) are what deno_web uses
+//! underneath too, and the JavaScript around them is small; deno_web would bring streams,
+//! blobs, message ports and file APIs a plugin must not have, and its own timer and permission
+//! plumbing. Everything here is pure: no op reaches files, network or other plugins.
+//!
+//! Memory: every buffer a plugin gets is allocated by the JavaScript side (`new Uint8Array`),
+//! so its memory budget is charged as for any other buffer; the ops only fill them.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use deno_core::{OpState, op2};
+use deno_error::JsErrorBox;
+
+/// When this isolate started: `performance.timeOrigin` and the zero of `performance.now()`.
+struct TimeOrigin {
+    at: Instant,
+    epoch_ms: f64,
+}
+
+/// `performance.now()` is rounded to this many milliseconds: a plugin shares its process with
+/// other plugins and the host, and a coarse clock makes timing side channels (cache timing,
+/// Spectre-style reads) much slower to exploit. Browsers round to 5–100 µs.
+const CLOCK_RESOLUTION_MS: f64 = 0.1;
+
+/// Decodes UTF-8 (`TextDecoder`): with `fatal`, bad bytes are a `TypeError`; otherwise each
+/// becomes U+FFFD. A leading byte order mark is dropped unless `ignore_bom`.
+#[op2]
+#[string]
+fn op_isola_utf8_decode(#[buffer] bytes: &[u8], fatal: bool, ignore_bom: bool) -> Result<String, JsErrorBox> {
+    let bytes = match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] if !ignore_bom => rest,
+        _ => bytes,
+    };
+    if fatal {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| JsErrorBox::type_error(format!("The encoded data is not valid UTF-8: {e}")))
+    } else {
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+/// The length of `text` in UTF-8 (lone surrogates count as U+FFFD, as they are encoded).
+#[op2(fast)]
+fn op_isola_utf8_length(#[string] text: &str) -> f64 {
+    text.len() as f64
+}
+
+/// `TextEncoder.encodeInto`: writes as many whole characters of `text` as fit into `dest`;
+/// returns `[UTF-16 units read, bytes written]` through `counts`.
+#[op2(fast)]
+fn op_isola_utf8_encode_into(#[string] text: &str, #[buffer] dest: &mut [u8], #[buffer] counts: &mut [u32]) {
+    let (mut read, mut written) = (0usize, 0usize);
+    for c in text.chars() {
+        let n = c.len_utf8();
+        if written + n > dest.len() {
+            break;
+        }
+        c.encode_utf8(&mut dest[written..written + n]);
+        written += n;
+        read += c.len_utf16();
+    }
+    if counts.len() >= 2 {
+        counts[0] = read as u32;
+        counts[1] = written as u32;
+    }
+}
+
+/// `crypto.getRandomValues`: fills `dest` from the operating system's secure random source.
+#[op2(fast)]
+fn op_isola_random_fill(#[buffer] dest: &mut [u8]) -> Result<(), JsErrorBox> {
+    getrandom::fill(dest).map_err(|e| JsErrorBox::generic(format!("the secure random source failed: {e}")))
+}
+
+/// The parts of a URL, in the order `js/web.js` reads them.
+fn parts(url: &url::Url) -> Vec<String> {
+    use url::quirks as q;
+    vec![
+        q::href(url).to_owned(),
+        q::origin(url),
+        q::protocol(url).to_owned(),
+        q::username(url).to_owned(),
+        q::password(url).to_owned(),
+        q::host(url).to_owned(),
+        q::hostname(url).to_owned(),
+        q::port(url).to_owned(),
+        q::pathname(url).to_owned(),
+        q::search(url).to_owned(),
+        q::hash(url).to_owned(),
+    ]
+}
+
+/// Parses `href` (against `base` when `has_base`) by the WHATWG URL standard: its parts, or
+/// `None` if it is not a valid URL.
+#[op2]
+#[serde]
+fn op_isola_url_parse(#[string] href: &str, #[string] base: &str, has_base: bool) -> Option<Vec<String>> {
+    let url = if has_base { url::Url::parse(base).ok()?.join(href).ok()? } else { url::Url::parse(href).ok()? };
+    Some(parts(&url))
+}
+
+/// Sets one part of the URL `href` (numbered as in [`parts`], 0 = href) as the standard's
+/// setters do: invalid values are ignored, except for `href` (then `None`).
+#[op2]
+#[serde]
+fn op_isola_url_set(#[string] href: &str, #[smi] part: u32, #[string] value: &str) -> Option<Vec<String>> {
+    use url::quirks as q;
+    let mut url = url::Url::parse(href).ok()?;
+    match part {
+        0 => q::set_href(&mut url, value).ok()?,
+        2 => drop(q::set_protocol(&mut url, value)),
+        3 => drop(q::set_username(&mut url, value)),
+        4 => drop(q::set_password(&mut url, value)),
+        5 => drop(q::set_host(&mut url, value)),
+        6 => drop(q::set_hostname(&mut url, value)),
+        7 => drop(q::set_port(&mut url, value)),
+        8 => q::set_pathname(&mut url, value),
+        9 => q::set_search(&mut url, value),
+        10 => q::set_hash(&mut url, value),
+        _ => {}
+    }
+    Some(parts(&url))
+}
+
+/// Parses `application/x-www-form-urlencoded` text into name/value pairs.
+#[op2]
+#[serde]
+fn op_isola_form_parse(#[string] text: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(text.as_bytes()).into_owned().collect()
+}
+
+/// Serialises name/value pairs as `application/x-www-form-urlencoded`.
+#[op2]
+#[string]
+fn op_isola_form_serialize(#[serde] pairs: Vec<(String, String)>) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+/// Milliseconds since this isolate started, rounded to [`CLOCK_RESOLUTION_MS`].
+#[op2(fast)]
+fn op_isola_now(state: &mut OpState) -> f64 {
+    let ms = state.borrow::<TimeOrigin>().at.elapsed().as_secs_f64() * 1000.0;
+    (ms / CLOCK_RESOLUTION_MS).floor() * CLOCK_RESOLUTION_MS
+}
+
+/// When this isolate started, in milliseconds since the Unix epoch.
+#[op2(fast)]
+fn op_isola_time_origin(state: &mut OpState) -> f64 {
+    state.borrow::<TimeOrigin>().epoch_ms
+}
+
+deno_core::extension!(
+    isola_web,
+    ops = [
+        op_isola_utf8_decode,
+        op_isola_utf8_length,
+        op_isola_utf8_encode_into,
+        op_isola_random_fill,
+        op_isola_url_parse,
+        op_isola_url_set,
+        op_isola_form_parse,
+        op_isola_form_serialize,
+        op_isola_now,
+        op_isola_time_origin
+    ],
+    state = |state| {
+        let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        state.put(TimeOrigin { at: Instant::now(), epoch_ms });
+    },
+);
