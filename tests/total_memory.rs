@@ -30,6 +30,21 @@ fn engine(total_mb: u64) -> Engine {
 
 const MIB: usize = 1 << 20;
 
+/// The error of the `Restarted` event for `big` (within 10 s); any other plugin restarted, or
+/// any plugin reported crashed, fails the test.
+fn restart_of_big(events: &isola::events::LifecycleEvents) -> isola::Error {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left).expect("no Restarted event for `big`") {
+            LifecycleEvent::Restarted { plugin, error } if plugin == "big" => return error,
+            LifecycleEvent::Restarted { plugin, error } => panic!("{plugin} was restarted: {error}"),
+            LifecycleEvent::Crashed { plugin, error } => panic!("{plugin} was reported crashed: {error}"),
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn an_idle_plugin_holding_the_most_is_restarted_when_the_total_is_reached() {
     let engine = engine(80);
@@ -46,15 +61,7 @@ fn an_idle_plugin_holding_the_most_is_restarted_when_the_total_is_reached() {
 
     // `small` now takes the total over 80 MiB: `big`, idle but holding the most, goes.
     assert_eq!(small.call_blocking::<_, usize>("hold", (35,)).unwrap(), 35);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left).expect("no Restarted event for `big`") {
-            LifecycleEvent::Restarted { plugin, error } if plugin == "big" => break error,
-            LifecycleEvent::Restarted { plugin, error } => panic!("{plugin} was restarted: {error}"),
-            _ => {}
-        }
-    };
+    let error = restart_of_big(&events);
     assert_eq!(error.code, ErrorCode::HeapLimit);
     assert!(error.message.contains("total memory limit of 80 MiB"), "{error}");
     assert_eq!(engine.total_memory_stops(), 1);
@@ -186,16 +193,7 @@ fn an_idle_process_plugin_holding_the_most_is_restarted_when_a_thread_plugin_tak
 
     // `small`, on a thread, passes the total: `big`'s process, idle but holding the most, goes.
     assert_eq!(small.call_blocking::<_, usize>("hold", (90,)).unwrap(), 90);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left).expect("no Restarted event for `big`") {
-            LifecycleEvent::Restarted { plugin, error } if plugin == "big" => break error,
-            LifecycleEvent::Restarted { plugin, error } => panic!("{plugin} was restarted: {error}"),
-            LifecycleEvent::Crashed { plugin, error } => panic!("{plugin} was reported crashed: {error}"),
-            _ => {}
-        }
-    };
+    let error = restart_of_big(&events);
     assert_eq!(error.code, ErrorCode::HeapLimit);
     assert!(error.message.contains("total memory limit of 200 MiB"), "{error}");
     assert_eq!(engine.total_memory_stops(), 1);
