@@ -402,3 +402,27 @@ fn the_whole_console_api_reaches_the_host_log() {
     // After countReset, the default counter starts again.
     assert_eq!(err.matches("default: 1").count(), 2, "{err}");
 }
+
+/// `plugins/signup` bundles real npm libraries (zod, uuid; see its `src/` and `build.sh`) that
+/// need `URL`, `crypto.getRandomValues` and `TextEncoder`: before the web globals, zod's URL
+/// check rejected every URL and uuid failed to load.
+#[test]
+fn a_plugin_bundling_npm_libraries_runs() {
+    let m = isola::Manager::new(common::engine());
+    let h = m.load(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/signup")).unwrap();
+    let ok: Value = h
+        .call_blocking("signup", (json!({"name": "Zoë", "email": "zoe@example.com", "homepage": "https://zoe.example/"}),))
+        .unwrap();
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["validId"], true, "{ok}");
+    assert_eq!(ok["id"].as_str().unwrap().len(), 36, "{ok}");
+    assert_eq!(ok["bytes"], 75, "UTF-8 bytes of the accepted record: {ok}");
+    let again: Value = h.call_blocking("signup", (json!({"name": "Ada", "email": "ada@example.com"}),)).unwrap();
+    assert_ne!(again["id"], ok["id"], "fresh random ids");
+    let bad: Value = h.call_blocking("signup", (json!({"name": "", "email": "nope", "homepage": "not a url"}),)).unwrap();
+    assert_eq!(bad["ok"], false, "{bad}");
+    let errors: Vec<String> = serde_json::from_value(bad["errors"].clone()).unwrap();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("homepage:")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("email:")), "{errors:?}");
+}
