@@ -18,6 +18,7 @@
     op_isola_call,
     op_isola_emit,
     op_isola_call_epoch,
+    op_isola_background,
   } = core.ops;
   const { stringify } = JSON;
   const parse = JSON.parse;
@@ -107,6 +108,7 @@
         async call(plugin, hook, ...args) {
           const text = encode("plugins.call", args);
           let r;
+          op_isola_background();
           try {
             r = await op_isola_call(String(plugin), String(hook), text);
           } catch (e) {
@@ -134,6 +136,7 @@
         async [name](...args) {
           const text = encode(name, args);
           let r;
+          op_isola_background();
           try {
             r = await op_isola_host_async(id, text);
           } catch (e) {
@@ -311,5 +314,6 @@
     codeOf: (e) => weakMapGet(issued, e),
     settle: (p) => promiseThen(p, (v) => [true, v], (e) => [false, e]),
     abortCall,
+    restartTimers: web.restartTimers,
   });
 })

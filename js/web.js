@@ -24,6 +24,9 @@
     op_isola_form_serialize,
     op_isola_now,
     op_isola_time_origin,
+    op_isola_timer_sleep,
+    op_isola_timer_wake,
+    op_isola_background,
   } = core.ops;
   const coreClone = core.structuredClone;
   const { defineProperty, freeze } = Object;
@@ -713,6 +716,133 @@
     }
   }
 
+  // ---- timers -------------------------------------------------------------------------------
+  // One table of live timers and a min-heap of (due, seq, id), entries made stale by a clear or
+  // a reschedule are skipped. One async "pump" sleeps (an op) until the earliest is due, runs
+  // what is due, and ends when no timer is left. During a call the call's event loop drives
+  // it; between calls the plugin's thread does (see `PluginIsolate::background`), each turn
+  // under the plugin's call time limit.
+  const MAX_TIMERS = 10000;
+  const MAX_DELAY = 2147483647;
+  const timers = new Map();
+  const heap = [];
+  let timerSeq = 0;
+  let nextTimerId = 1;
+  let pumping = false;
+  let armed = Infinity;
+  const before = (a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]);
+  function heapPush(e) {
+    heap.push(e);
+    for (let i = heap.length - 1; i > 0; ) {
+      const p = (i - 1) >> 1;
+      if (!before(heap[i], heap[p])) break;
+      [heap[i], heap[p]] = [heap[p], heap[i]];
+      i = p;
+    }
+  }
+  function heapPop() {
+    const last = heap.pop();
+    if (heap.length === 0) return;
+    heap[0] = last;
+    for (let i = 0; ; ) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < heap.length && before(heap[l], heap[m])) m = l;
+      if (r < heap.length && before(heap[r], heap[m])) m = r;
+      if (m === i) break;
+      [heap[i], heap[m]] = [heap[m], heap[i]];
+      i = m;
+    }
+  }
+  function earliest() {
+    while (heap.length > 0) {
+      const [due, seq, id] = heap[0];
+      const t = timers.get(id);
+      if (t !== undefined && t.due === due && t.seq === seq) return heap[0];
+      heapPop();
+    }
+    return undefined;
+  }
+  async function pump() {
+    pumping = true;
+    try {
+      for (;;) {
+        const next = earliest();
+        if (next === undefined) return;
+        armed = next[0];
+        const wait = armed - op_isola_now();
+        if (wait > 0) {
+          await op_isola_timer_sleep(wait);
+          continue; // woken early or on time: look again
+        }
+        heapPop();
+        const id = next[2];
+        const t = timers.get(id);
+        if (t.every > 0) {
+          t.due = op_isola_now() + t.every;
+          t.seq = timerSeq++;
+          heapPush([t.due, t.seq, id]);
+        } else {
+          timers.delete(id);
+        }
+        try {
+          t.f.apply(globalThis, t.args);
+        } catch (e) {
+          reportError(e);
+        }
+        await undefined; // the callback's microtasks run before the next timer
+      }
+    } finally {
+      pumping = false;
+      armed = Infinity;
+    }
+  }
+  function startPump() {
+    op_isola_background();
+    pump().catch(reportError);
+  }
+  function addTimer(f, ms, args, repeat) {
+    if (typeof f !== "function") {
+      throw new TypeError("the timer callback must be a function (isola does not evaluate code strings)");
+    }
+    if (timers.size >= MAX_TIMERS) {
+      throw new DOMException(`a plugin may have at most ${MAX_TIMERS} timers pending`, "QuotaExceededError");
+    }
+    let delay = Number(ms);
+    if (!(delay >= 1) || delay > MAX_DELAY) delay = 1;
+    const id = nextTimerId++;
+    const t = { f, args, due: op_isola_now() + delay, every: repeat ? delay : 0, seq: timerSeq++ };
+    timers.set(id, t);
+    heapPush([t.due, t.seq, id]);
+    if (!pumping) startPump();
+    else if (t.due < armed) op_isola_timer_wake();
+    return id;
+  }
+  function clearTimer(id) {
+    if (timers.delete(Number(id)) && timers.size === 0 && pumping) op_isola_timer_wake();
+  }
+  const setTimeout = (f, ms = 0, ...args) => addTimer(f, ms, args, false);
+  const setInterval = (f, ms = 0, ...args) => addTimer(f, ms, args, true);
+  const clearTimeout = (id = undefined) => clearTimer(id);
+  const clearInterval = (id = undefined) => clearTimer(id);
+  // After isola terminated JS that was running (a callback past its time limit), the pump
+  // was cut off mid-run: start a new one for the timers that are left.
+  function restartTimers() {
+    pumping = false;
+    armed = Infinity;
+    if (timers.size > 0) startPump();
+  }
+  defineProperty(AbortSignal, "timeout", {
+    value: function timeout(ms) {
+      const s = new AbortSignal(ILLEGAL);
+      addTimer(() => abortSignal(s, new DOMException("The operation timed out", "TimeoutError")), ms, [], false);
+      return s;
+    },
+    writable: true,
+    configurable: true,
+  });
+
   // ---- performance, navigator -------------------------------------------------------------
   class Performance {
     constructor(key = undefined) {
@@ -758,12 +888,17 @@
   expose("Navigator", Navigator);
   expose("navigator", new Navigator(ILLEGAL));
   expose("self", globalThis);
+  expose("setTimeout", setTimeout);
+  expose("setInterval", setInterval);
+  expose("clearTimeout", clearTimeout);
+  expose("clearInterval", clearInterval);
 
   // For the prelude only (it deletes this global before plugin code runs).
   globalThis.__isolaWeb = freeze({
     newSignal: () => new AbortSignal(ILLEGAL),
     abort: (signal, reason) => abortSignal(signal, reason),
     now: () => op_isola_now(),
+    restartTimers,
     setReporter: (f) => {
       reporter = f;
     },

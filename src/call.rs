@@ -125,6 +125,81 @@ pub(crate) trait Inbox: Send {
     fn recv(&mut self) -> Option<Request>;
     /// A request already waiting, if any.
     fn try_recv(&mut self) -> Option<Request>;
+    /// Resolves when [`recv`](Self::recv) may have something (a request, or the end), so
+    /// that a plugin's thread can run the plugin's background work (timers, promises) while
+    /// it waits. May resolve spuriously; never resolves for inboxes nobody waits on that way.
+    fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// The sending end of a plugin thread's mailbox: a bounded channel that also wakes the
+/// thread when it waits asynchronously (running the plugin's background work meanwhile).
+#[derive(Clone)]
+pub(crate) struct MailboxTx {
+    tx: crossbeam_channel::Sender<Request>,
+    ready: Arc<tokio::sync::Notify>,
+}
+
+// The errors hand the request back, as crossbeam's do: large, but only on the failure path.
+#[allow(clippy::result_large_err)]
+impl MailboxTx {
+    pub(crate) fn send(&self, req: Request) -> Result<(), crossbeam_channel::SendError<Request>> {
+        let r = self.tx.send(req);
+        self.ready.notify_one();
+        r
+    }
+
+    /// How many requests it holds at most.
+    pub(crate) fn capacity(&self) -> Option<usize> {
+        self.tx.capacity()
+    }
+
+    pub(crate) fn try_send(&self, req: Request) -> Result<(), crossbeam_channel::TrySendError<Request>> {
+        let r = self.tx.try_send(req);
+        self.ready.notify_one();
+        r
+    }
+}
+
+impl Drop for MailboxTx {
+    fn drop(&mut self) {
+        // The last sender going closes the mailbox: a thread waiting for it must look.
+        self.ready.notify_one();
+    }
+}
+
+/// The receiving end of a plugin thread's mailbox.
+pub(crate) struct MailboxRx {
+    rx: Receiver<Request>,
+    ready: Arc<tokio::sync::Notify>,
+}
+
+/// A mailbox for `capacity` queued requests.
+pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let ready = Arc::new(tokio::sync::Notify::new());
+    (MailboxTx { tx, ready: ready.clone() }, MailboxRx { rx, ready })
+}
+
+impl Inbox for MailboxRx {
+    fn recv(&mut self) -> Option<Request> {
+        self.rx.recv().ok()
+    }
+
+    fn try_recv(&mut self) -> Option<Request> {
+        self.rx.try_recv().ok()
+    }
+
+    fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        Box::pin(async move {
+            // The last sender's drop notifies too, so a closed mailbox wakes this as well.
+            if !self.rx.is_empty() {
+                return;
+            }
+            self.ready.notified().await;
+        })
+    }
 }
 
 impl Inbox for Receiver<Request> {
@@ -144,6 +219,17 @@ pub(crate) fn next_job(inbox: &mut (impl Inbox + ?Sized), mut recycle: impl FnMu
         match inbox.recv()? {
             Request::Recycle => recycle(),
             req => return req.into_job(),
+        }
+    }
+}
+
+/// [`next_job`] without waiting: `None` if nothing is queued, `Some(None)` once the mailbox is
+/// stopped or gone.
+pub(crate) fn try_next_job(inbox: &mut (impl Inbox + ?Sized), mut recycle: impl FnMut()) -> Option<Option<Job>> {
+    loop {
+        match inbox.try_recv()? {
+            Request::Recycle => recycle(),
+            req => return Some(req.into_job()),
         }
     }
 }

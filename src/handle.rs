@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::call::{CallContext, Reply, Request};
+use crate::call::{CallContext, MailboxTx, Reply, Request};
 use crate::cancel::CancelToken;
 use crate::cancel::{Abort, Interrupt};
 use crate::engine::STUCK_GRACE;
@@ -108,13 +108,13 @@ const STUCK_CHECK: Duration = Duration::from_millis(100);
 const STATUS_BACKLOG: usize = 64;
 
 /// A started plugin thread that [`Shared::open`] refused: the caller must stop and join it.
-pub(crate) type Refused = (Sender<Request>, JoinHandle<()>);
+pub(crate) type Refused = (MailboxTx, JoinHandle<()>);
 
 /// The state every clone of a handle shares.
 pub(crate) struct Shared {
     pub id: String,
     /// Where requests go; `None` when the plugin is not running (failed or stopped).
-    mailbox: RwLock<Option<Sender<Request>>>,
+    mailbox: RwLock<Option<MailboxTx>>,
     pub stats: Arc<StatsCell>,
     status: AtomicU8,
     closed: AtomicBool,
@@ -269,10 +269,10 @@ impl Shared {
     #[allow(clippy::result_large_err)]
     pub(crate) fn open(
         &self,
-        tx: Sender<Request>,
+        tx: MailboxTx,
         thread: JoinHandle<()>,
         generation: u64,
-    ) -> Result<Option<Sender<Request>>, Refused> {
+    ) -> Result<Option<MailboxTx>, Refused> {
         let mut mailbox = self.mailbox.write().unwrap();
         if self.closed.load(Ordering::Acquire) {
             return Err((tx, thread));
@@ -448,7 +448,7 @@ fn answer(r: Result<Value>, id: &str, hook: &str) -> Result<Value> {
 
 /// Calls a hook through a mailbox that no handle points at yet (a plugin being loaded or
 /// reloaded), blocking until it answers.
-pub(crate) fn call_mailbox(tx: &Sender<Request>, id: &str, hook: &str, args: Value) -> Result<Value> {
+pub(crate) fn call_mailbox(tx: &MailboxTx, id: &str, hook: &str, args: Value) -> Result<Value> {
     let (rtx, rrx) = crossbeam_channel::bounded(1);
     let req = Request::Call {
         hook: hook.to_owned(),

@@ -570,7 +570,7 @@ impl Inner {
     }
 }
 
-type Mailbox = crossbeam_channel::Sender<Request>;
+type Mailbox = crate::call::MailboxTx;
 
 /// Points `shared` at a plugin thread that has loaded. If the plugin has `onLoad`, it is
 /// queued as the thread's first request, waiting for the state sent through the returned

@@ -40,6 +40,12 @@ pub struct PluginStats {
     /// Wall time spent inside hook calls.
     #[serde(with = "duration_micros")]
     pub wall_time: Duration,
+    /// Turns of background work run between calls (timer callbacks, promise continuations).
+    #[serde(default)]
+    pub background_runs: u64,
+    /// Of those, turns stopped for running past the call time limit.
+    #[serde(default)]
+    pub background_timeouts: u64,
 }
 
 impl PluginStats {
@@ -73,6 +79,8 @@ pub(crate) struct StatsCell {
     heap_limit: AtomicU64,
     cpu: Mutex<CpuClocks>,
     wall_nanos: AtomicU64,
+    background_runs: AtomicU64,
+    background_timeouts: AtomicU64,
     /// For a plugin in a child process: what its processes counted (see [`Remote`]).
     remote: Mutex<Remote>,
 }
@@ -102,6 +110,8 @@ fn add(a: &PluginStats, b: &PluginStats) -> PluginStats {
         heap_limit: b.heap_limit,
         cpu_time: a.cpu_time + b.cpu_time,
         wall_time: a.wall_time + b.wall_time,
+        background_runs: a.background_runs + b.background_runs,
+        background_timeouts: a.background_timeouts + b.background_timeouts,
     }
 }
 
@@ -121,6 +131,14 @@ impl StatsCell {
             self.record_error(code);
         }
         self.wall_nanos.fetch_add(wall.as_nanos() as u64, Relaxed);
+    }
+
+    /// Counts one turn of background work, and whether it was stopped at the time limit.
+    pub(crate) fn record_background(&self, timed_out: bool) {
+        self.background_runs.fetch_add(1, Relaxed);
+        if timed_out {
+            self.background_timeouts.fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts an error that did not reach the plugin's thread (BUSY, SHUT_DOWN, ...).
@@ -193,6 +211,8 @@ impl StatsCell {
             heap_limit: self.heap_limit.load(Relaxed),
             cpu_time: self.cpu_time(),
             wall_time: Duration::from_nanos(self.wall_nanos.load(Relaxed)),
+            background_runs: self.background_runs.load(Relaxed),
+            background_timeouts: self.background_timeouts.load(Relaxed),
         };
         let remote = self.remote.lock().unwrap();
         if remote.live.is_empty() && remote.ended == PluginStats::default() {

@@ -12,14 +12,14 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{Inbox, Job, ON_LOAD, ON_UNLOAD, Reply, Request, next_job, refuse_queued};
+use crate::call::{Inbox, Job, MailboxTx, ON_LOAD, ON_UNLOAD, Reply, next_job, refuse_queued, try_next_job};
 use crate::cancel::Interrupt;
 use crate::config::PluginConfig;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Shared};
-use crate::runtime::isolate::{IsolateConfig, PluginIsolate};
+use crate::runtime::isolate::{Background, IsolateConfig, PluginIsolate};
 use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::Peers;
 use crate::runtime::watchdog::DeadlineSlot;
@@ -34,7 +34,7 @@ const STACK_SIZE: usize = 4 << 20;
 
 /// A plugin thread that is starting: wait for it with [`Starting::wait`].
 pub(crate) struct Starting {
-    pub tx: Sender<Request>,
+    pub tx: MailboxTx,
     pub thread: JoinHandle<()>,
     /// This version's number (see `Shared::next_generation`).
     pub generation: u64,
@@ -45,7 +45,7 @@ impl Starting {
     /// A plugin being started by something other than a thread of this module (a child
     /// process's pump): the same mailbox, thread to join, and load outcome.
     pub(crate) fn new(
-        tx: Sender<Request>,
+        tx: MailboxTx,
         thread: JoinHandle<()>,
         generation: u64,
         ready: Receiver<Result<Vec<String>, Error>>,
@@ -84,7 +84,7 @@ pub(crate) fn spawn_with(
     sources: Arc<SourceCache>,
     inbox: Option<Box<dyn Inbox>>,
 ) -> Result<Starting, Error> {
-    let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
+    let (tx, rx) = crate::call::mailbox(config.limits.mailbox_capacity);
     let rx: Box<dyn Inbox> = inbox.unwrap_or_else(|| Box::new(rx));
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let engine = engine.clone();
@@ -162,7 +162,35 @@ impl Worker {
         loop {
             // An isolate the engine's memory guard stopped while idle is discarded before it
             // runs anything, whether a `Recycle` request or a call comes first.
-            let job = next_job(&mut *rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt));
+            // Background work (timers, what hooks left pending) runs while no request waits.
+            let mut job = None;
+            if let Some(iso) = isolate.as_mut()
+                && !self.shared.is_closed()
+            {
+                let limit = self.config.limits.call_timeout;
+                match iso.background(&mut *rx, limit, &slot, &rt, &self.shared.stats) {
+                    Background::Idle => {}
+                    Background::Request => {
+                        // It may have been a stale wake-up: only take what is really there.
+                        match try_next_job(&mut *rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)) {
+                            Some(j) => job = Some(j),
+                            None => continue,
+                        }
+                    }
+                    Background::Stopped => {
+                        tracing::warn!(plugin = %id, "background work ran longer than {} ms and was stopped", limit.as_millis());
+                        continue;
+                    }
+                    Background::Poisoned => {
+                        self.recycle_if_poisoned(&mut isolate, &slot, &rt);
+                        continue;
+                    }
+                }
+            }
+            let job = match job {
+                Some(j) => j,
+                None => next_job(&mut *rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)),
+            };
             let Some(job) = job else { break };
             if let Some(e) = job.refusal(self.shared.is_closed()) {
                 job.refuse(e);

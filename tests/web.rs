@@ -25,6 +25,7 @@ fn the_globals_exist_and_nothing_that_reaches_outside_does() {
         "const names = ['TextEncoder', 'TextDecoder', 'atob', 'btoa', 'URL', 'URLSearchParams', 'structuredClone',
             'crypto', 'Crypto', 'performance', 'navigator', 'Event', 'EventTarget', 'CustomEvent', 'AbortController',
             'AbortSignal', 'DOMException', 'reportError', 'queueMicrotask', 'self',
+            'setTimeout', 'setInterval', 'clearTimeout', 'clearInterval',
             'fetch', 'XMLHttpRequest', 'WebSocket', 'BroadcastChannel', 'Deno', 'process', 'require', '__isolaWeb', '__isolaPrelude'];
          return Object.fromEntries(names.map((n) => [n, typeof globalThis[n]]));",
     );
@@ -45,6 +46,10 @@ fn the_globals_exist_and_nothing_that_reaches_outside_does() {
         "DOMException",
         "reportError",
         "queueMicrotask",
+        "setTimeout",
+        "setInterval",
+        "clearTimeout",
+        "clearInterval",
     ] {
         assert_eq!(v[present], "function", "{present}: {v}");
     }
@@ -411,7 +416,10 @@ fn a_plugin_bundling_npm_libraries_runs() {
     let m = isola::Manager::new(common::engine());
     let h = m.load(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/signup")).unwrap();
     let ok: Value = h
-        .call_blocking("signup", (json!({"name": "Zoë", "email": "zoe@example.com", "homepage": "https://zoe.example/"}),))
+        .call_blocking(
+            "signup",
+            (json!({"name": "Zoë", "email": "zoe@example.com", "homepage": "https://zoe.example/"}),),
+        )
         .unwrap();
     assert_eq!(ok["ok"], true, "{ok}");
     assert_eq!(ok["validId"], true, "{ok}");
@@ -419,7 +427,8 @@ fn a_plugin_bundling_npm_libraries_runs() {
     assert_eq!(ok["bytes"], 75, "UTF-8 bytes of the accepted record: {ok}");
     let again: Value = h.call_blocking("signup", (json!({"name": "Ada", "email": "ada@example.com"}),)).unwrap();
     assert_ne!(again["id"], ok["id"], "fresh random ids");
-    let bad: Value = h.call_blocking("signup", (json!({"name": "", "email": "nope", "homepage": "not a url"}),)).unwrap();
+    let bad: Value =
+        h.call_blocking("signup", (json!({"name": "", "email": "nope", "homepage": "not a url"}),)).unwrap();
     assert_eq!(bad["ok"], false, "{bad}");
     let errors: Vec<String> = serde_json::from_value(bad["errors"].clone()).unwrap();
     assert_eq!(errors.len(), 3, "{errors:?}");

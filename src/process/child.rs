@@ -8,7 +8,7 @@
 //! permission checks run here first, as in thread mode, and the parent checks again.
 
 use std::collections::HashMap;
-use std::os::unix::io::FromRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,8 +147,55 @@ impl Inbox for CallChannel {
     }
 
     fn try_recv(&mut self) -> Option<Request> {
-        // The parent sends one call at a time: nothing ever waits behind the current one.
-        None
+        // Something to read (a frame, or the end): read it, it arrives whole promptly.
+        if self.link.early.lock().unwrap().is_empty() && !readable(self.link.calls.lock().unwrap().as_raw_fd()) {
+            return None;
+        }
+        Some(self.recv().unwrap_or(Request::Stop))
+    }
+
+    /// Resolves once the call channel has something to read (or was closed), so the plugin's
+    /// background work can run while this process waits for its next call.
+    fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        Box::pin(async move {
+            if !self.link.early.lock().unwrap().is_empty() {
+                return;
+            }
+            let fd = self.link.calls.lock().unwrap().as_raw_fd();
+            if readable(fd) {
+                return;
+            }
+            // SAFETY: the descriptor stays open while this waits (the link owns it and outlives
+            // the wait), and it is deregistered when `afd` goes, before anything closes it.
+            let registered =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) };
+            let Ok(afd) = registered else {
+                return; // cannot wait for it: look (a blocking read) instead
+            };
+            loop {
+                let Ok(mut guard) = afd.readable().await else { return };
+                if readable(fd) {
+                    return;
+                }
+                guard.clear_ready();
+            }
+        })
+    }
+}
+
+/// Whether `fd` has something to read (or its end) right now.
+fn readable(fd: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+/// A descriptor to wait on, owned elsewhere (it is not closed when this goes).
+struct Fd(i32);
+
+impl std::os::unix::io::AsRawFd for Fd {
+    fn as_raw_fd(&self) -> i32 {
+        self.0
     }
 }
 

@@ -37,7 +37,7 @@ use super::wire::{
     Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
 };
 use super::{PARENT_PID_ENV, WORKER_CONTROL_FD_ENV, WORKER_FD_ENV};
-use crate::call::{CallContext, Job, ON_LOAD, Reply, Request, next_job, refuse_queued};
+use crate::call::{CallContext, Job, MailboxRx, ON_LOAD, Reply, next_job, refuse_queued};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
@@ -92,7 +92,7 @@ pub(crate) fn spawn(
     peers: Arc<dyn Peers>,
 ) -> Result<Starting> {
     let program = super::worker_program(engine)?;
-    let (tx, rx) = crossbeam_channel::bounded(config.limits.mailbox_capacity);
+    let (tx, rx) = crate::call::mailbox(config.limits.mailbox_capacity);
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let generation = shared.next_generation();
     let memory = ChildMemory::new(engine.memory_guard(), &shared, generation);
@@ -248,7 +248,7 @@ impl Pump {
         }
     }
 
-    fn run(mut self, mut rx: Receiver<Request>, ready: Sender<Result<Vec<String>>>) {
+    fn run(mut self, mut rx: MailboxRx, ready: Sender<Result<Vec<String>>>) {
         let mut child = match self.start() {
             Ok((child, hooks)) => {
                 let _ = ready.send(Ok(hooks));

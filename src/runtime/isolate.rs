@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use deno_core::error::{CoreError, CoreErrorKind, JsError};
@@ -25,8 +26,8 @@ use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
 use super::watchdog::DeadlineSlot;
-use super::web::isola_web;
-use crate::call::CallContext;
+use super::web::{BackgroundHint, isola_web};
+use crate::call::{CallContext, Inbox};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::capped;
@@ -75,6 +76,23 @@ pub(crate) struct PluginIsolate {
     settle: v8::Global<v8::Function>,
     /// The prelude's `abortCall` helper: aborts the running call's `host.signal`.
     abort_call: v8::Global<v8::Function>,
+    /// The web globals' `restartTimers`: after a termination cut the timer pump off.
+    restart_timers: v8::Global<v8::Function>,
+    /// Set when the plugin may have work pending after a call (see [`Self::background`]).
+    hint: BackgroundHint,
+}
+
+/// What [`PluginIsolate::background`] ended with.
+pub(crate) enum Background {
+    /// Nothing is pending any more (or nothing was): wait for requests as usual.
+    Idle,
+    /// A request arrived; background work may still be pending.
+    Request,
+    /// One turn ran past the plugin's call time limit and was stopped (the plugin stays
+    /// usable; what is left pending goes on).
+    Stopped,
+    /// The plugin broke its memory budget: the isolate must be replaced.
+    Poisoned,
 }
 
 /// What turning a plugin's values and errors into Rust needs.
@@ -147,7 +165,7 @@ impl PluginIsolate {
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;
 
         let root_url = ModuleSpecifier::from_directory_path(&source.root).map(|u| u.to_string()).unwrap_or_default();
-        let (recv, code_of, settle, abort_call) = {
+        let (recv, code_of, settle, abort_call, restart_timers) = {
             deno_core::scope!(scope, &mut runtime);
             let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
             let helpers = v8::Local::new(scope, helpers);
@@ -155,8 +173,10 @@ impl PluginIsolate {
             let code_of = prelude_helper(scope, helpers, "codeOf").ok_or_else(missing)?;
             let settle = prelude_helper(scope, helpers, "settle").ok_or_else(missing)?;
             let abort_call = prelude_helper(scope, helpers, "abortCall").ok_or_else(missing)?;
-            (v8::Global::new(scope, undefined), code_of, settle, abort_call)
+            let restart_timers = prelude_helper(scope, helpers, "restartTimers").ok_or_else(missing)?;
+            (v8::Global::new(scope, undefined), code_of, settle, abort_call, restart_timers)
         };
+        let hint = runtime.op_state().borrow().borrow::<BackgroundHint>().clone();
         let max_result = cfg.plugin.limits.max_result_bytes;
         let conv = Converter { root_url, code_of, max_result, budget: budget.clone() };
         let mut this = PluginIsolate {
@@ -169,6 +189,8 @@ impl PluginIsolate {
             current,
             settle,
             abort_call,
+            restart_timers,
+            hint,
         };
         let deadline = deadline_after(load_timeout);
         slot.arm(deadline);
@@ -289,6 +311,9 @@ impl PluginIsolate {
                 // A listener that throws is logged by the prelude; a termination just ends it.
                 let _ = abort_call.call(tc, undefined, &[code.into(), message.into()]);
             }
+            // The terminated code may have been a timer callback: the timers left go on.
+            let restart = v8::Local::new(tc, &self.restart_timers);
+            let _ = restart.call(tc, undefined, &[]);
         }
         let runtime = &mut self.runtime;
         rt.block_on(async {
@@ -451,7 +476,11 @@ impl PluginIsolate {
         }
         let r = match invoke(&mut self.runtime, func, &self.recv, args, &self.conv) {
             Ok(Step::Done(v)) => Ok(v),
-            Ok(Step::Pending(p)) => self.await_promise(p, deadline, slot, rt),
+            Ok(Step::Pending(p)) => {
+                // What an async hook awaited may leave more behind it.
+                self.hint.set();
+                self.await_promise(p, deadline, slot, rt)
+            }
             Err(f) => Err(f),
         };
         if let Some(a) = abort {
@@ -475,6 +504,91 @@ impl PluginIsolate {
             self.abandon(e, slot, rt);
         }
         r
+    }
+
+    /// Runs the plugin's background work between calls: due timers, and the continuations of
+    /// what a hook left pending (an async host function it did not await, say). Drives the
+    /// event loop until `inbox` has a request or nothing is pending any more; each turn of the
+    /// loop runs under `limit` (the plugin's call time limit) and its memory budget, as a call
+    /// would. Costs nothing when the plugin started nothing that outlives its calls.
+    pub(crate) fn background(
+        &mut self,
+        inbox: &mut dyn Inbox,
+        limit: Duration,
+        slot: &DeadlineSlot,
+        rt: &tokio::runtime::Runtime,
+        stats: &StatsCell,
+    ) -> Background {
+        if !self.hint.take() {
+            return Background::Idle;
+        }
+        let (runtime, current, budget) = (&mut self.runtime, &self.current, &self.budget);
+        enum Turn {
+            Idle,
+            Request,
+            Stopped,
+            Failed(CoreError),
+        }
+        let turn = rt.block_on(async {
+            loop {
+                let deadline = deadline_after(limit);
+                {
+                    let epoch = current.borrow().epoch.wrapping_add(1);
+                    *current.borrow_mut() =
+                        Current { callers: Vec::new(), event_depth: 0, deadline, scope: None, epoch };
+                }
+                slot.arm(deadline);
+                let polled = std::future::poll_fn(|cx| {
+                    Poll::Ready(runtime.poll_event_loop(cx, PollEventLoopOptions::default()))
+                })
+                .await;
+                let terminated = slot.disarm();
+                stats.record_background(terminated);
+                if terminated || budget.exceeded() {
+                    return Turn::Stopped;
+                }
+                match polled {
+                    Poll::Ready(Ok(())) => return Turn::Idle,
+                    Poll::Ready(Err(e)) => return Turn::Failed(e),
+                    Poll::Pending => {}
+                }
+                // Wait for a request, or for the event loop to have something to do (its
+                // wakers wake this task, which polls `woken` again).
+                let mut first = true;
+                let woken =
+                    std::future::poll_fn(|_| if std::mem::take(&mut first) { Poll::Pending } else { Poll::Ready(()) });
+                tokio::select! {
+                    biased;
+                    () = inbox.ready() => return Turn::Request,
+                    () = woken => {}
+                }
+            }
+        });
+        match turn {
+            Turn::Idle => Background::Idle,
+            Turn::Request => {
+                self.hint.set();
+                Background::Request
+            }
+            Turn::Failed(e) => {
+                // An error nothing caught (the prelude logs rejected promises itself): log it,
+                // and look again after the next request.
+                tracing::warn!(target: "isola::plugin", "background work failed: {e}");
+                self.hint.set();
+                Background::Request
+            }
+            Turn::Stopped if self.budget.exceeded() => Background::Poisoned,
+            Turn::Stopped => {
+                self.runtime.v8_isolate().cancel_terminate_execution();
+                let why = Error::new(
+                    ErrorCode::Timeout,
+                    format!("background work (a timer callback, say) ran longer than {} ms", limit.as_millis()),
+                );
+                self.abandon(&why, slot, rt);
+                self.hint.set();
+                Background::Stopped
+            }
+        }
     }
 
     /// Drives the event loop until the hook's promise settles or the deadline passes.

@@ -10,7 +10,9 @@
 //! Memory: every buffer a plugin gets is allocated by the JavaScript side (`new Uint8Array`),
 //! so its memory budget is charged as for any other buffer; the ops only fill them.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deno_core::{OpState, op2};
 use deno_error::JsErrorBox;
@@ -20,6 +22,26 @@ struct TimeOrigin {
     at: Instant,
     epoch_ms: f64,
 }
+
+/// Set when the plugin started something that may go on after the call that started it (a
+/// timer, an async host function, a plugin call): the plugin's thread then runs the plugin's
+/// event loop between calls until nothing is pending. Clear, a call costs nothing extra.
+#[derive(Clone, Default)]
+pub(crate) struct BackgroundHint(Rc<Cell<bool>>);
+
+impl BackgroundHint {
+    pub(crate) fn set(&self) {
+        self.0.set(true);
+    }
+
+    /// Whether it was set since the last call; clears it.
+    pub(crate) fn take(&self) -> bool {
+        self.0.replace(false)
+    }
+}
+
+/// Wakes the timer sleep early: a sooner timer was set, or the last one was cleared.
+struct TimerWake(Rc<tokio::sync::Notify>);
 
 /// `performance.now()` is rounded to this many milliseconds: a plugin shares its process with
 /// other plugins and the host, and a coarse clock makes timing side channels (cache timing,
@@ -153,6 +175,33 @@ fn op_isola_time_origin(state: &mut OpState) -> f64 {
     state.borrow::<TimeOrigin>().epoch_ms
 }
 
+/// Sleeps until the next timer is due (`ms` from now), or until [`op_isola_timer_wake`].
+#[op2]
+async fn op_isola_timer_sleep(state: Rc<RefCell<OpState>>, ms: f64) {
+    let wake = {
+        let state = state.borrow();
+        state.borrow::<BackgroundHint>().set();
+        state.borrow::<TimerWake>().0.clone()
+    };
+    let wait = Duration::from_secs_f64(ms.clamp(0.0, 1e12) / 1000.0);
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = wake.notified() => {}
+    }
+}
+
+/// The plugin started something that may outlive its call (see [`BackgroundHint`]).
+#[op2(fast)]
+fn op_isola_background(state: &mut OpState) {
+    state.borrow::<BackgroundHint>().set();
+}
+
+/// Ends the current timer sleep now (the JavaScript side then looks at its timers again).
+#[op2(fast)]
+fn op_isola_timer_wake(state: &mut OpState) {
+    state.borrow::<TimerWake>().0.notify_one();
+}
+
 deno_core::extension!(
     isola_web,
     ops = [
@@ -165,10 +214,15 @@ deno_core::extension!(
         op_isola_form_parse,
         op_isola_form_serialize,
         op_isola_now,
-        op_isola_time_origin
+        op_isola_time_origin,
+        op_isola_timer_sleep,
+        op_isola_timer_wake,
+        op_isola_background
     ],
     state = |state| {
         let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         state.put(TimeOrigin { at: Instant::now(), epoch_ms });
+        state.put(BackgroundHint::default());
+        state.put(TimerWake(Rc::new(tokio::sync::Notify::new())));
     },
 );
