@@ -27,6 +27,9 @@
     op_isola_timer_sleep,
     op_isola_timer_wake,
     op_isola_background,
+    op_isola_digest,
+    op_isola_hmac_sign,
+    op_isola_hmac_verify,
   } = core.ops;
   const coreClone = core.structuredClone;
   const { defineProperty, freeze } = Object;
@@ -704,6 +707,118 @@
     const h = (i) => HEX[b[i]];
     return `${h(0)}${h(1)}${h(2)}${h(3)}-${h(4)}${h(5)}-${h(6)}${h(7)}-${h(8)}${h(9)}-${h(10)}${h(11)}${h(12)}${h(13)}${h(14)}${h(15)}`;
   }
+  // crypto.subtle: SHA digests and HMAC keys (sign, verify, import, export, generate).
+  const HASHES = { "SHA-1": [20, 64], "SHA-256": [32, 64], "SHA-384": [48, 128], "SHA-512": [64, 128] };
+  const notSupported = (what) => new DOMException(`${what} is not supported by isola's crypto.subtle`, "NotSupportedError");
+  function algorithmName(a) {
+    const name = typeof a === "string" ? a : a?.name;
+    if (typeof name !== "string") throw new TypeError("the algorithm must be a name or an object with a name");
+    return name.toUpperCase();
+  }
+  function hashName(a) {
+    const n = algorithmName(a);
+    if (!(n in HASHES)) throw notSupported(`the hash ${n}`);
+    return n;
+  }
+  // A copy of a BufferSource's bytes (what the caller does with it afterwards cannot matter).
+  function bytesCopy(data) {
+    if (data instanceof ArrayBuffer) return new Uint8Array(data.slice(0));
+    if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+    throw new TypeError("the data must be an ArrayBuffer or an ArrayBufferView");
+  }
+  const keyBytes = new WeakMap();
+  class CryptoKey {
+    #type;
+    #extractable;
+    #algorithm;
+    #usages;
+    constructor(key = undefined, type, extractable, algorithm, usages) {
+      if (key !== ILLEGAL) throw new TypeError("Illegal constructor");
+      this.#type = type;
+      this.#extractable = extractable;
+      this.#algorithm = freeze(algorithm);
+      this.#usages = freeze([...usages]);
+    }
+    get type() {
+      return this.#type;
+    }
+    get extractable() {
+      return this.#extractable;
+    }
+    get algorithm() {
+      return this.#algorithm;
+    }
+    get usages() {
+      return this.#usages;
+    }
+  }
+  function hmacKey(bytes, hash, extractable, usages) {
+    for (const u of usages) {
+      if (u !== "sign" && u !== "verify") throw new DOMException(`an HMAC key cannot be used to ${u}`, "SyntaxError");
+    }
+    const key = new CryptoKey(ILLEGAL, "secret", !!extractable, { name: "HMAC", hash: { name: hash }, length: bytes.length * 8 }, usages);
+    keyBytes.set(key, bytes);
+    return key;
+  }
+  function usableFor(key, usage) {
+    if (!(key instanceof CryptoKey)) throw new TypeError("the key must be a CryptoKey");
+    if (!key.usages.includes(usage)) throw new DOMException(`the key may not be used to ${usage}`, "InvalidAccessError");
+    return keyBytes.get(key);
+  }
+  const subtle = {
+    async digest(algorithm, data) {
+      const name = hashName(algorithm);
+      const out = new Uint8Array(HASHES[name][0]);
+      op_isola_digest(name, bytesCopy(data), out);
+      return out.buffer;
+    },
+    async importKey(format, keyData, algorithm, extractable, usages) {
+      if (algorithmName(algorithm) !== "HMAC") throw notSupported(`importing ${algorithmName(algorithm)} keys`);
+      const hash = hashName(algorithm.hash);
+      let bytes;
+      if (format === "raw") bytes = bytesCopy(keyData);
+      else if (format === "jwk" && keyData?.kty === "oct" && typeof keyData.k === "string") {
+        bytes = Uint8Array.from(atob(keyData.k.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+      } else throw notSupported(`the key format ${format}`);
+      if (bytes.length === 0) throw new DOMException("an HMAC key must not be empty", "DataError");
+      return hmacKey(bytes, hash, extractable, usages);
+    },
+    async exportKey(format, key) {
+      if (!(key instanceof CryptoKey)) throw new TypeError("the key must be a CryptoKey");
+      if (!key.extractable) throw new DOMException("the key is not extractable", "InvalidAccessError");
+      const bytes = keyBytes.get(key);
+      if (format === "raw") return bytes.slice().buffer;
+      if (format === "jwk") {
+        const k = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+        return { kty: "oct", k, alg: "HS" + key.algorithm.hash.name.slice(4), ext: true, key_ops: [...key.usages] };
+      }
+      throw notSupported(`the key format ${format}`);
+    },
+    async generateKey(algorithm, extractable, usages) {
+      if (algorithmName(algorithm) !== "HMAC") throw notSupported(`generating ${algorithmName(algorithm)} keys`);
+      const hash = hashName(algorithm.hash);
+      const bits = algorithm.length ?? HASHES[hash][1] * 8;
+      if (!(bits > 0) || bits % 8 !== 0 || bits > 8192) throw new DOMException("unsupported HMAC key length", "OperationError");
+      const bytes = new Uint8Array(bits / 8);
+      op_isola_random_fill(bytes);
+      return hmacKey(bytes, hash, extractable, usages);
+    },
+    async sign(algorithm, key, data) {
+      if (algorithmName(algorithm) !== "HMAC") throw notSupported(`signing with ${algorithmName(algorithm)}`);
+      const bytes = usableFor(key, "sign");
+      const hash = key.algorithm.hash.name;
+      const out = new Uint8Array(HASHES[hash][0]);
+      op_isola_hmac_sign(hash, bytes, bytesCopy(data), out);
+      return out.buffer;
+    },
+    async verify(algorithm, key, signature, data) {
+      if (algorithmName(algorithm) !== "HMAC") throw notSupported(`verifying with ${algorithmName(algorithm)}`);
+      const bytes = usableFor(key, "verify");
+      return op_isola_hmac_verify(key.algorithm.hash.name, bytes, bytesCopy(data), bytesCopy(signature));
+    },
+  };
+  freeze(subtle);
+
   class Crypto {
     constructor(key = undefined) {
       if (key !== ILLEGAL) throw new TypeError("Illegal constructor");
@@ -713,6 +828,9 @@
     }
     randomUUID() {
       return randomUUID();
+    }
+    get subtle() {
+      return subtle;
     }
   }
 
@@ -882,6 +1000,7 @@
   expose("structuredClone", structuredClone);
   expose("reportError", reportError);
   expose("Crypto", Crypto);
+  expose("CryptoKey", CryptoKey);
   expose("crypto", new Crypto(ILLEGAL));
   expose("Performance", Performance);
   expose("performance", new Performance(ILLEGAL));

@@ -23,7 +23,7 @@ fn thrown(body: &str) -> Value {
 fn the_globals_exist_and_nothing_that_reaches_outside_does() {
     let v = eval(
         "const names = ['TextEncoder', 'TextDecoder', 'atob', 'btoa', 'URL', 'URLSearchParams', 'structuredClone',
-            'crypto', 'Crypto', 'performance', 'navigator', 'Event', 'EventTarget', 'CustomEvent', 'AbortController',
+            'crypto', 'Crypto', 'CryptoKey', 'performance', 'navigator', 'Event', 'EventTarget', 'CustomEvent', 'AbortController',
             'AbortSignal', 'DOMException', 'reportError', 'queueMicrotask', 'self',
             'setTimeout', 'setInterval', 'clearTimeout', 'clearInterval',
             'fetch', 'XMLHttpRequest', 'WebSocket', 'BroadcastChannel', 'Deno', 'process', 'require', '__isolaWeb', '__isolaPrelude'];
@@ -434,4 +434,64 @@ fn a_plugin_bundling_npm_libraries_runs() {
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(errors.iter().any(|e| e.starts_with("homepage:")), "{errors:?}");
     assert!(errors.iter().any(|e| e.starts_with("email:")), "{errors:?}");
+}
+
+#[test]
+fn crypto_subtle_digests_and_hmac_match_the_published_vectors() {
+    let (_d, _m, h) = load_module(
+        "const hex = (b) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, '0')).join('');
+         const enc = (s) => new TextEncoder().encode(s);
+         export default { async t() {
+            const out = {};
+            for (const alg of ['SHA-1', 'SHA-256', 'SHA-384', 'SHA-512']) out[alg] = hex(await crypto.subtle.digest(alg, enc('abc')));
+            out.objectForm = hex(await crypto.subtle.digest({ name: 'sha-256' }, enc('abc').buffer));
+            const fox = enc('The quick brown fox jumps over the lazy dog');
+            const key = await crypto.subtle.importKey('raw', enc('key'), { name: 'HMAC', hash: 'SHA-256' }, true, ['sign', 'verify']);
+            out.hmac256 = hex(await crypto.subtle.sign('HMAC', key, fox));
+            const key1 = await crypto.subtle.importKey('raw', enc('key'), { name: 'HMAC', hash: { name: 'SHA-1' } }, false, ['sign']);
+            out.hmac1 = hex(await crypto.subtle.sign({ name: 'HMAC' }, key1, fox));
+            out.verified = await crypto.subtle.verify('HMAC', key, await crypto.subtle.sign('HMAC', key, fox), fox);
+            out.forged = await crypto.subtle.verify('HMAC', key, new Uint8Array(32), fox);
+            out.key = [key instanceof CryptoKey, key.type, key.algorithm.name, key.algorithm.hash.name, key.algorithm.length, key.usages];
+            out.raw = new TextDecoder().decode(await crypto.subtle.exportKey('raw', key));
+            const jwk = await crypto.subtle.exportKey('jwk', key);
+            const back = await crypto.subtle.importKey('jwk', jwk, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+            out.jwk = [jwk.kty, jwk.alg, hex(await crypto.subtle.sign('HMAC', back, fox)) === out.hmac256];
+            const gen = await crypto.subtle.generateKey({ name: 'HMAC', hash: 'SHA-512' }, true, ['sign']);
+            out.generated = (await crypto.subtle.exportKey('raw', gen)).byteLength;
+            const fail = async (f) => { try { await f(); return 'no error'; } catch (e) { return e.name; } };
+            out.errors = [
+                await fail(() => crypto.subtle.digest('MD5', enc('x'))),
+                await fail(() => crypto.subtle.exportKey('raw', key1)),
+                await fail(() => crypto.subtle.verify('HMAC', key1, new Uint8Array(20), fox)),
+                await fail(() => crypto.subtle.importKey('raw', enc('k'), { name: 'AES-GCM' }, false, ['encrypt'])),
+                await fail(() => crypto.subtle.digest('SHA-256', 'not bytes')),
+            ];
+            return out;
+         } };",
+    );
+    let v: Value = h.call_blocking("t", ()).unwrap();
+    assert_eq!(v["SHA-1"], "a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(v["SHA-256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        v["SHA-384"],
+        "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+    );
+    assert_eq!(
+        v["SHA-512"],
+        "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+    );
+    assert_eq!(v["objectForm"], v["SHA-256"]);
+    assert_eq!(v["hmac256"], "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8");
+    assert_eq!(v["hmac1"], "de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["forged"], false);
+    assert_eq!(v["key"], json!([true, "secret", "HMAC", "SHA-256", 24, ["sign", "verify"]]));
+    assert_eq!(v["raw"], "key");
+    assert_eq!(v["jwk"], json!(["oct", "HS256", true]));
+    assert_eq!(v["generated"], 128);
+    assert_eq!(
+        v["errors"],
+        json!(["NotSupportedError", "InvalidAccessError", "InvalidAccessError", "NotSupportedError", "TypeError"])
+    );
 }

@@ -98,6 +98,82 @@ fn op_isola_random_fill(#[buffer] dest: &mut [u8]) -> Result<(), JsErrorBox> {
     getrandom::fill(dest).map_err(|e| JsErrorBox::generic(format!("the secure random source failed: {e}")))
 }
 
+/// Runs `f` with the hash function named `alg` (`SHA-1`, `SHA-256`, `SHA-384`, `SHA-512`), as
+/// a type: the digests and HMACs below share it.
+macro_rules! with_hash {
+    ($alg:expr, $h:ident => $body:expr) => {
+        match $alg {
+            "SHA-1" => {
+                type $h = sha1::Sha1;
+                $body
+            }
+            "SHA-256" => {
+                type $h = sha2::Sha256;
+                $body
+            }
+            "SHA-384" => {
+                type $h = sha2::Sha384;
+                $body
+            }
+            "SHA-512" => {
+                type $h = sha2::Sha512;
+                $body
+            }
+            other => Err(JsErrorBox::type_error(format!("unsupported hash `{other}`"))),
+        }
+    };
+}
+
+/// `crypto.subtle.digest`: writes the digest of `data` into `out` (sized by the caller).
+#[op2(fast)]
+fn op_isola_digest(#[string] alg: &str, #[buffer] data: &[u8], #[buffer] out: &mut [u8]) -> Result<(), JsErrorBox> {
+    use sha2::Digest;
+    with_hash!(alg, H => {
+        let d = H::digest(data);
+        copy_exact(&d, out)
+    })
+}
+
+/// HMAC of `data` under `key` with hash `alg`, into `out`.
+#[op2(fast)]
+fn op_isola_hmac_sign(
+    #[string] alg: &str,
+    #[buffer] key: &[u8],
+    #[buffer] data: &[u8],
+    #[buffer] out: &mut [u8],
+) -> Result<(), JsErrorBox> {
+    use hmac::Mac;
+    with_hash!(alg, H => {
+        let mut mac = hmac::Hmac::<H>::new_from_slice(key).map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+        mac.update(data);
+        copy_exact(&mac.finalize().into_bytes(), out)
+    })
+}
+
+/// Whether `signature` is the HMAC of `data` under `key` (compared in constant time).
+#[op2(fast)]
+fn op_isola_hmac_verify(
+    #[string] alg: &str,
+    #[buffer] key: &[u8],
+    #[buffer] data: &[u8],
+    #[buffer] signature: &[u8],
+) -> Result<bool, JsErrorBox> {
+    use hmac::Mac;
+    with_hash!(alg, H => {
+        let mut mac = hmac::Hmac::<H>::new_from_slice(key).map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+        mac.update(data);
+        Ok(mac.verify_slice(signature).is_ok())
+    })
+}
+
+fn copy_exact(from: &[u8], out: &mut [u8]) -> Result<(), JsErrorBox> {
+    if from.len() != out.len() {
+        return Err(JsErrorBox::type_error("isola: a digest buffer of the wrong size"));
+    }
+    out.copy_from_slice(from);
+    Ok(())
+}
+
 /// The parts of a URL, in the order `js/web.js` reads them.
 fn parts(url: &url::Url) -> Vec<String> {
     use url::quirks as q;
@@ -217,7 +293,10 @@ deno_core::extension!(
         op_isola_time_origin,
         op_isola_timer_sleep,
         op_isola_timer_wake,
-        op_isola_background
+        op_isola_background,
+        op_isola_digest,
+        op_isola_hmac_sign,
+        op_isola_hmac_verify
     ],
     state = |state| {
         let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
