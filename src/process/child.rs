@@ -115,10 +115,15 @@ impl Link {
 struct CallChannel {
     link: Arc<Link>,
     shared: Arc<Shared>,
+    /// The host said stop, or the channel ended: nothing more will come.
+    ended: bool,
 }
 
 impl Inbox for CallChannel {
     fn recv(&mut self) -> Option<Request> {
+        if self.ended {
+            return None;
+        }
         loop {
             let early = self.link.early.lock().unwrap().pop_front();
             let msg = match early {
@@ -140,7 +145,10 @@ impl Inbox for CallChannel {
                     }));
                     return Some(Request::Call { hook, args, timeout, ctx, reply, abort: Some(abort) });
                 }
-                Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => return None,
+                Ok(Some(ToChild::Stop)) | Ok(None) | Err(_) => {
+                    self.ended = true;
+                    return None;
+                }
                 Ok(Some(other)) => self.link.handle(other),
             }
         }
@@ -148,7 +156,9 @@ impl Inbox for CallChannel {
 
     fn try_recv(&mut self) -> Option<Request> {
         // Something to read (a frame, or the end): read it, it arrives whole promptly.
-        if self.link.early.lock().unwrap().is_empty() && !readable(self.link.calls.lock().unwrap().as_raw_fd()) {
+        if self.ended
+            || self.link.early.lock().unwrap().is_empty() && !readable(self.link.calls.lock().unwrap().as_raw_fd())
+        {
             return None;
         }
         Some(self.recv().unwrap_or(Request::Stop))
@@ -158,7 +168,7 @@ impl Inbox for CallChannel {
     /// background work can run while this process waits for its next call.
     fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         Box::pin(async move {
-            if !self.link.early.lock().unwrap().is_empty() {
+            if self.ended || !self.link.early.lock().unwrap().is_empty() {
                 return;
             }
             let fd = self.link.calls.lock().unwrap().as_raw_fd();
@@ -421,7 +431,7 @@ fn serve(link: Arc<Link>, mut control: UnixStream, plugin: ChildPlugin) -> i32 {
     let peers: Arc<dyn Peers> = Arc::new(RemotePeers(link.clone()));
     let sources = Arc::new(SourceCache::with_files(files));
     // The plugin's thread reads its calls from the call channel itself.
-    let inbox = Box::new(CallChannel { link: link.clone(), shared: shared.clone() });
+    let inbox = Box::new(CallChannel { link: link.clone(), shared: shared.clone(), ended: false });
     let starting =
         match crate::worker::spawn_with(&engine, Arc::new(config), shared.clone(), peers, sources.clone(), Some(inbox))
         {
