@@ -26,6 +26,7 @@
     op_isola_time_origin,
     op_isola_timer_sleep,
     op_isola_timer_wake,
+    op_isola_timer_sleeping,
     op_isola_background,
     op_isola_digest,
     op_isola_hmac_sign,
@@ -166,7 +167,11 @@
           event.#target = target;
           event.#current = target;
         }
-        if (target === null) event.#current = null;
+        if (target === null) {
+          event.#current = null;
+          event.#stopped = false;
+          event.#stoppedNow = false;
+        }
         event.#phase = phase;
         event.#inPassive = passive;
       };
@@ -753,6 +758,8 @@
     }
   }
   function hmacKey(bytes, hash, extractable, usages) {
+    usages = [...usages];
+    if (usages.length === 0) throw new DOMException("a secret key needs at least one usage", "SyntaxError");
     for (const u of usages) {
       if (u !== "sign" && u !== "verify") throw new DOMException(`an HMAC key cannot be used to ${u}`, "SyntaxError");
     }
@@ -789,7 +796,9 @@
       const bytes = keyBytes.get(key);
       if (format === "raw") return bytes.slice().buffer;
       if (format === "jwk") {
-        const k = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+        let text = "";
+        for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+        const k = btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
         return { kty: "oct", k, alg: "HS" + key.algorithm.hash.name.slice(4), ext: true, key_ops: [...key.usages] };
       }
       throw notSupported(`the key format ${format}`);
@@ -882,21 +891,35 @@
     }
     return undefined;
   }
-  async function pump() {
+  // Whether the pump's own code is running (between two of its awaits). If isola terminates
+  // JavaScript while this is set, the pump was cut off mid-run and must be started again;
+  // otherwise it is alive, asleep in its op.
+  let inPump = false;
+  // One timer per turn of the event loop: every callback waits for an op first, so other
+  // work (host answers, a call's own promise) gets its turn in between, and each background
+  // turn of the plugin's thread runs at most one callback under its time limit.
+  async function pump(firstWait) {
     pumping = true;
+    inPump = true;
     try {
+      let atLeast = firstWait;
       for (;;) {
         const next = earliest();
         if (next === undefined) return;
         armed = next[0];
-        const wait = armed - op_isola_now();
-        if (wait > 0) {
-          await op_isola_timer_sleep(wait);
-          continue; // woken early or on time: look again
-        }
+        const wait = Math.max(armed - op_isola_now(), atLeast);
+        atLeast = 0;
+        inPump = false;
+        await op_isola_timer_sleep(wait);
+        inPump = true;
+        const due = earliest();
+        if (due === undefined || due[0] > op_isola_now()) continue; // woken early: look again
         heapPop();
-        const id = next[2];
+        const id = due[2];
         const t = timers.get(id);
+        // Rescheduled before it runs, so that an interval whose callback is cut off (past the
+        // time limit) keeps its place; one slower than its period still gets a turn of its
+        // own each time (every callback waits for the op above first).
         if (t.every > 0) {
           t.due = op_isola_now() + t.every;
           t.seq = timerSeq++;
@@ -909,16 +932,16 @@
         } catch (e) {
           reportError(e);
         }
-        await undefined; // the callback's microtasks run before the next timer
       }
     } finally {
       pumping = false;
+      inPump = false;
       armed = Infinity;
     }
   }
-  function startPump() {
+  function startPump(firstWait) {
     op_isola_background();
-    pump().catch(reportError);
+    pump(firstWait).catch(reportError);
   }
   function addTimer(f, ms, args, repeat) {
     if (typeof f !== "function") {
@@ -933,7 +956,12 @@
     const t = { f, args, due: op_isola_now() + delay, every: repeat ? delay : 0, seq: timerSeq++ };
     timers.set(id, t);
     heapPush([t.due, t.seq, id]);
-    if (!pumping) startPump();
+    // Cleared timers leave entries behind: keep the heap within a small multiple of the live.
+    if (heap.length > 2 * timers.size + 64) {
+      heap.length = 0;
+      for (const [tid, x] of timers) heapPush([x.due, x.seq, tid]);
+    }
+    if (!pumping) startPump(0);
     else if (t.due < armed) op_isola_timer_wake();
     return id;
   }
@@ -947,9 +975,16 @@
   // After isola terminated JS that was running (a callback past its time limit), the pump
   // was cut off mid-run: start a new one for the timers that are left.
   function restartTimers() {
+    // Alive: asleep in its op. Dead: cut off in its own code, or as it resumed from the op
+    // (before its first statement ran), which leaves no sleep in flight.
+    if (!pumping || (!inPump && op_isola_timer_sleeping() > 0)) return;
     pumping = false;
+    inPump = false;
     armed = Infinity;
-    if (timers.size > 0) startPump();
+    heap.length = 0;
+    for (const [id, t] of timers) heapPush([t.due, t.seq, id]);
+    // Not a callback now: isola calls this with a short limit of its own.
+    if (timers.size > 0) startPump(1);
   }
   defineProperty(AbortSignal, "timeout", {
     value: function timeout(ms) {

@@ -182,6 +182,16 @@ pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     (MailboxTx { tx, ready: ready.clone() }, MailboxRx { rx, ready })
 }
 
+impl MailboxRx {
+    /// The next request, waiting at most `timeout`.
+    pub(crate) fn recv_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Request, crossbeam_channel::RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+}
+
 impl Inbox for MailboxRx {
     fn recv(&mut self) -> Option<Request> {
         self.rx.recv().ok()

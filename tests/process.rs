@@ -590,3 +590,30 @@ fn the_kernel_out_of_memory_killer_prefers_a_plugin_process_to_the_host() {
     let mine = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
     assert!(mine.trim().parse::<i32>().unwrap() < 500, "the host keeps its own score: {mine}");
 }
+
+#[test]
+fn a_call_waiting_behind_background_work_gets_what_is_left_of_its_deadline_and_the_child_lives() {
+    let dir = PluginDir::new();
+    let engine = Engine::builder()
+        .host(test_host())
+        .isolation(Isolation::Process)
+        .worker_program(env!("CARGO_BIN_EXE_isola"))
+        .call_timeout(Duration::from_secs(2))
+        .build();
+    let m = Manager::new(engine);
+    let h = m
+        .load(dir.module("p", "export default { start() { setTimeout(() => { for (;;) {} }, 1); return 1; }, ok() { return 'ok'; }, slow() { for (;;) {} } };"))
+        .unwrap();
+    h.call_blocking::<_, i64>("start", ()).unwrap();
+    let pid = h.process_id().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // The child reads this call only when the spinning timer is stopped, about 2 s from now;
+    // the call then has almost none of its 2 s left, and is answered TIMEOUT at its deadline
+    // instead of running 2 s more and getting the child killed as unresponsive.
+    let t = Instant::now();
+    let e = h.call_blocking::<_, Value>("slow", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(t.elapsed() < Duration::from_millis(2900), "answered after {:?}", t.elapsed());
+    assert_eq!(h.process_id(), Some(pid), "the child was not killed");
+    assert_eq!(h.call_blocking::<_, String>("ok", ()).unwrap(), "ok");
+}

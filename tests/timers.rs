@@ -206,3 +206,46 @@ fn pending_timers_neither_outlive_an_unload_nor_delay_a_shutdown() {
     m.shutdown();
     assert!(t.elapsed() < Duration::from_secs(2), "shutdown took {:?}", t.elapsed());
 }
+
+#[test]
+fn an_interval_slower_than_its_period_does_not_fill_every_turn() {
+    let (host, ticks) = ticking_host();
+    let (_d, _m, h) = common::load_module_with(
+        common::builder().host(host).call_timeout(Duration::from_secs(1)).build(),
+        "export default {
+            start() { setInterval(() => { const t = Date.now(); while (Date.now() - t < 30) {} host.tick(); }, 5); return 1; },
+            ok() { return 'ok'; },
+        };",
+    );
+    h.call_blocking::<_, i64>("start", ()).unwrap();
+    wait_for("the slow interval to run", || ticks.load(Ordering::SeqCst) >= 4);
+    // Each callback is a turn of its own: a call waits for one callback at most, never for a
+    // whole time limit of them back to back.
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(h.call_blocking::<_, String>("ok", ()).unwrap(), "ok");
+        assert!(t.elapsed() < Duration::from_millis(200), "the call waited {:?}", t.elapsed());
+    }
+    assert_eq!(h.stats().background_timeouts, 0, "{:?}", h.stats());
+}
+
+#[test]
+fn calls_that_time_out_or_are_aborted_leave_the_timers_going() {
+    let (host, ticks) = ticking_host();
+    let (_d, _m, h) = common::load_module_with(
+        common::builder().host(host).call_timeout(Duration::from_millis(100)).build(),
+        "export default {
+            start() { setInterval(() => host.tick(), 10); return 1; },
+            spin() { for (;;) {} },
+            async wait() { await new Promise((r) => setTimeout(r, 60000)); },
+        };",
+    );
+    h.call_blocking::<_, i64>("start", ()).unwrap();
+    for hook in ["spin", "wait", "spin", "wait"] {
+        let e = h.call_blocking::<_, Value>(hook, ()).unwrap_err();
+        assert_eq!(e.code, isola::ErrorCode::Timeout, "{hook}: {e}");
+    }
+    let before = ticks.load(Ordering::SeqCst);
+    wait_for("the interval to keep ticking", || ticks.load(Ordering::SeqCst) >= before + 5);
+    assert_eq!(h.stats().restarts, 0, "{:?}", h.stats());
+}

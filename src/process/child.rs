@@ -12,12 +12,12 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::wire::{
-    Ask, ChildPlugin, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
+    Ask, ChildPlugin, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, monotonic_ns, read_frame, write_frame,
 };
 use crate::call::{CallContext, Inbox, Reply, Request};
 use crate::cancel::Abort;
@@ -48,6 +48,8 @@ struct Link {
     pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Result<Value>>>>,
     /// Calls the parent may still cancel, by id.
     running: Mutex<HashMap<u64, Arc<Abort>>>,
+    /// Cancellations of calls not read yet, by id.
+    cancels: Mutex<HashMap<u64, ErrorCode>>,
     next: AtomicU64,
 }
 
@@ -94,13 +96,29 @@ impl Link {
             ToChild::Reply { id, result } => self.complete(id, result),
             ToChild::Cancel { id, code } => {
                 let abort = self.running.lock().unwrap().get(&id).cloned();
-                if let Some(abort) = abort {
-                    abort.abort_with(code);
+                match abort {
+                    Some(abort) => abort.abort_with(code),
+                    // Not read yet (the plugin's thread is busy with background work): kept
+                    // for when it is.
+                    None => {
+                        let mut early = self.cancels.lock().unwrap();
+                        if early.len() < 64 {
+                            early.insert(id, code);
+                        }
+                    }
                 }
             }
             // A call while another runs, or a second init: the parent never sends them.
             ToChild::Call { .. } | ToChild::Init { .. } | ToChild::Stop => {}
         }
+    }
+
+    /// A cancellation that came before call `id` was read; forgets older ones (ids only grow).
+    fn take_early_cancel(&self, id: u64) -> Option<ErrorCode> {
+        let mut early = self.cancels.lock().unwrap();
+        let code = early.remove(&id);
+        early.retain(|&other, _| other > id);
+        code
     }
 
     /// The parent is gone: nothing pending will be answered.
@@ -131,11 +149,19 @@ impl Inbox for CallChannel {
                 None => read_frame::<ToChild>(&mut *self.link.calls.lock().unwrap(), MAX_FRAME),
             };
             match msg {
-                Ok(Some(ToChild::Call { id, hook, args, timeout_ms, chain, event_depth })) => {
+                Ok(Some(ToChild::Call { id, hook, args, timeout_ms, deadline_ns, chain, event_depth })) => {
                     let timeout = timeout_ms.map(Duration::from_millis);
-                    let ctx = CallContext { chain, event_depth, ..Default::default() };
+                    // The host's deadline, as an instant here: the time this call waited to be
+                    // read counts (it is refused if the deadline passed meanwhile).
+                    let deadline =
+                        deadline_ns.map(|d| Instant::now() + Duration::from_nanos(d.saturating_sub(monotonic_ns())));
+                    let ctx = CallContext { chain, event_depth, deadline, ..Default::default() };
                     let (link, shared) = (self.link.clone(), self.shared.clone());
                     let abort = Arc::new(Abort::default());
+                    // Cancelled before it was read: it is answered at once, without running.
+                    if let Some(code) = link.take_early_cancel(id) {
+                        abort.abort_with(code);
+                    }
                     link.running.lock().unwrap().insert(id, abort.clone());
                     // The plugin's thread writes the answer itself.
                     let reply = Reply::Func(Box::new(move |result| {
@@ -368,6 +394,7 @@ pub(crate) fn run(fd: i32, control: Option<i32>, parent: Option<u32>) -> i32 {
         early: Mutex::default(),
         pending: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
+        cancels: Mutex::new(HashMap::new()),
         next: AtomicU64::new(1),
     });
     // Hello first, on the call channel alone: a host of another protocol version learns it

@@ -9,8 +9,9 @@
 //! restarts it as after a crash, with `HEAP_LIMIT` as the reason.
 //!
 //! When the figure is read: after loading, while a call runs (each time the pump looks
-//! whether the call was cancelled, every 10 ms), and after a call that ran for a millisecond
-//! or more; a child that runs nothing does not grow.
+//! whether the call was cancelled, every 10 ms), after a call that ran for a millisecond or
+//! more, and every second while the pump waits for calls (the child's background work, its
+//! timers, may grow it meanwhile).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -82,6 +83,17 @@ impl ChildMemory {
         } else {
             self.guard.shrink(before - bytes);
         }
+    }
+
+    /// Runs `wait` (a `try_wait` on the child) with the pid locked; if it says the child ended
+    /// (and so was reaped), the pid is cleared before anything could signal it again.
+    pub(super) fn reaping(&self, wait: impl FnOnce() -> bool) -> bool {
+        let mut pid = self.pid.lock().unwrap();
+        let ended = wait();
+        if ended {
+            *pid = 0;
+        }
+        ended
     }
 
     /// Whether the guard stopped this child (and [`take_stop`](Self::take_stop) has not

@@ -34,10 +34,11 @@ use serde_json::Value;
 
 use super::memory::ChildMemory;
 use super::wire::{
-    Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, read_frame, write_frame,
+    Ask, ChildPlugin, HostDecl, HostKind, MAX_FRAME, PROTOCOL_VERSION, ToChild, ToParent, monotonic_ns, read_frame,
+    write_frame,
 };
 use super::{PARENT_PID_ENV, WORKER_CONTROL_FD_ENV, WORKER_FD_ENV};
-use crate::call::{CallContext, Job, MailboxRx, ON_LOAD, Reply, next_job, refuse_queued};
+use crate::call::{CallContext, Inbox, Job, MailboxRx, ON_LOAD, Reply, Request, next_job, refuse_queued};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
 use crate::engine::{Engine, MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
@@ -59,8 +60,35 @@ const CANCEL_CHECK: Duration = Duration::from_millis(10);
 /// Longest wait between restarts of a child that keeps crashing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a write to the child may block (its socket buffer full) before the child is
-/// taken for hung.
+/// taken for hung, at least: a child busy with background work reads its next call only when
+/// that turn ends, up to a call time limit later (see `write_timeout`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an idle pump reads its child's resident memory.
+const IDLE_MEMORY_CHECK: Duration = Duration::from_secs(1);
+
+/// The pump's mailbox while it waits for a call: every [`IDLE_MEMORY_CHECK`] it reports the
+/// child's memory to the engine's guard.
+struct IdleWatch<'a> {
+    rx: &'a mut MailboxRx,
+    memory: &'a ChildMemory,
+}
+
+impl Inbox for IdleWatch<'_> {
+    fn recv(&mut self) -> Option<Request> {
+        loop {
+            match self.rx.recv_timeout(IDLE_MEMORY_CHECK) {
+                Ok(req) => return Some(req),
+                Err(RecvTimeoutError::Timeout) => self.memory.refresh(),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Request> {
+        self.rx.try_recv()
+    }
+}
 
 /// The call the child is running now, as the host knows it: what the child asks on its behalf
 /// is checked against this, never against what the child claims.
@@ -162,10 +190,16 @@ impl ChildProc {
     /// was sent to it. Anything else waiting in the answer queue is a protocol violation,
     /// treated the same.
     fn ended(&mut self) -> bool {
-        if self.process.try_wait().ok().flatten().is_some() {
+        if self.exited() {
             return true;
         }
         self.answers.try_recv().is_ok()
+    }
+
+    /// Whether the process has exited (reaping it, with its pid taken off the memory guard).
+    fn exited(&mut self) -> bool {
+        let process = &mut self.process;
+        self.memory.reaping(|| process.try_wait().ok().flatten().is_some())
     }
 
     /// Kills the child and waits for it and its threads; returns how it ended.
@@ -259,8 +293,13 @@ impl Pump {
                 return;
             }
         };
-        // `Recycle`: the engine's memory guard stopped the child while it was idle.
-        while let Some(job) = next_job(&mut rx, || self.after_total_stop(&mut child)) {
+        // `Recycle`: the engine's memory guard stopped the child while it was idle. While the
+        // pump waits, the child's memory is looked at now and then: its background work
+        // (timers) may grow it between calls.
+        let memory = self.memory.clone();
+        while let Some(job) =
+            next_job(&mut IdleWatch { rx: &mut rx, memory: &memory }, || self.after_total_stop(&mut child))
+        {
             if let Some(e) = job.refusal(self.shared.is_closed()) {
                 job.refuse(e);
                 continue;
@@ -329,7 +368,7 @@ impl Pump {
             let _ = c.send(&ToChild::Stop);
             // A child that does not stop promptly is killed.
             let deadline = Instant::now() + GRACE;
-            while c.process.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            while !c.exited() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
             c.kill();
@@ -401,6 +440,7 @@ impl Pump {
             hook: hook.to_owned(),
             args,
             timeout_ms: Some(limit.as_millis().min(u64::MAX as u128) as u64),
+            deadline_ns: u64::try_from(limit.as_nanos()).ok().map(|n| monotonic_ns().saturating_add(n)),
             chain: ctx.chain,
             event_depth: ctx.event_depth,
         };
@@ -590,14 +630,15 @@ impl Pump {
         let fail = |msg: String| Error::new(ErrorCode::LoadFailed, msg);
         let (mine, theirs) = UnixStream::pair().map_err(|e| fail(format!("cannot create a channel: {e}")))?;
         // A child that stops reading must not block the host's writes for good.
-        mine.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
+        let write_timeout = WRITE_TIMEOUT.max(self.config.limits.call_timeout.saturating_add(GRACE));
+        mine.set_write_timeout(Some(write_timeout)).map_err(|e| fail(e.to_string()))?;
         let writer = Arc::new(Mutex::new(mine.try_clone().map_err(|e| fail(e.to_string()))?));
         // The second channel carries what must reach the child while its plugin's thread runs
         // (cancellations, answers to async requests); the first, read by that thread itself,
         // what it waits for (calls, answers to its blocking requests).
         let (control, theirs_control) =
             UnixStream::pair().map_err(|e| fail(format!("cannot create a channel: {e}")))?;
-        control.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
+        control.set_write_timeout(Some(write_timeout)).map_err(|e| fail(e.to_string()))?;
         let control = Arc::new(Mutex::new(control));
         // The threads come first: if the process cannot start, dropping its end of the channel
         // ends them, and nothing is left behind.

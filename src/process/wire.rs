@@ -86,6 +86,10 @@ pub(crate) enum ToChild {
         hook: String,
         args: Value,
         timeout_ms: Option<u64>,
+        /// When the host stops waiting, on `CLOCK_MONOTONIC` (which both processes share), in
+        /// nanoseconds: a call that waits in the child (behind the plugin's background work)
+        /// gets only what is left, and is refused once it has passed.
+        deadline_ns: Option<u64>,
         chain: Vec<String>,
         event_depth: u32,
     },
@@ -148,6 +152,14 @@ pub(crate) enum ToParent {
         level: u32,
         msg: String,
     },
+}
+
+/// Now on `CLOCK_MONOTONIC`, in nanoseconds: a clock both sides of the channel read alike.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// Writes one frame.

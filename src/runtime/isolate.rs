@@ -311,9 +311,6 @@ impl PluginIsolate {
                 // A listener that throws is logged by the prelude; a termination just ends it.
                 let _ = abort_call.call(tc, undefined, &[code.into(), message.into()]);
             }
-            // The terminated code may have been a timer callback: the timers left go on.
-            let restart = v8::Local::new(tc, &self.restart_timers);
-            let _ = restart.call(tc, undefined, &[]);
         }
         let runtime = &mut self.runtime;
         rt.block_on(async {
@@ -325,6 +322,20 @@ impl PluginIsolate {
             })
             .await;
         });
+        if slot.disarm() {
+            self.runtime.v8_isolate().cancel_terminate_execution();
+        }
+        // What was terminated (the call, or a timer callback in the turn above) may have cut
+        // the timer pump off mid-run: the timers left go on. Last, so that nothing after it
+        // can cut it off again; it runs no plugin code (the pump's first step is a sleep).
+        slot.arm(Instant::now() + ABANDON_LIMIT);
+        {
+            deno_core::scope!(scope, &mut self.runtime);
+            v8::tc_scope!(let tc, scope);
+            let restart = v8::Local::new(tc, &self.restart_timers);
+            let undefined = v8::undefined(tc).into();
+            let _ = restart.call(tc, undefined, &[]);
+        }
         if slot.disarm() {
             self.runtime.v8_isolate().cancel_terminate_execution();
         }
@@ -575,7 +586,8 @@ impl PluginIsolate {
                 // and look again after the next request.
                 tracing::warn!(target: "isola::plugin", "background work failed: {e}");
                 self.hint.set();
-                Background::Request
+                // Not at once (it may fail the same way): wait for a request as usual.
+                Background::Idle
             }
             Turn::Stopped if self.budget.exceeded() => Background::Poisoned,
             Turn::Stopped => {
