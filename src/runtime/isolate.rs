@@ -499,7 +499,8 @@ impl PluginIsolate {
         }
         let terminated = slot.disarm();
         self.check_shared_budget();
-        let r = self.settle(r, terminated, || format!("the call took longer than {} ms", timeout.as_millis()));
+        let r = self
+            .settle(r, terminated, || format!("the call took longer than {} ms", timeout.as_micros().div_ceil(1000)));
         self.calls_since_heap_check += 1;
         if self.calls_since_heap_check >= 64 {
             self.refresh_heap_used();
