@@ -882,6 +882,11 @@
       i = m;
     }
   }
+  // The heap again from the live timers alone.
+  function rebuildHeap() {
+    heap.length = 0;
+    for (const [id, t] of timers) heapPush([t.due, t.seq, id]);
+  }
   function earliest() {
     while (heap.length > 0) {
       const [due, seq, id] = heap[0];
@@ -957,10 +962,7 @@
     timers.set(id, t);
     heapPush([t.due, t.seq, id]);
     // Cleared timers leave entries behind: keep the heap within a small multiple of the live.
-    if (heap.length > 2 * timers.size + 64) {
-      heap.length = 0;
-      for (const [tid, x] of timers) heapPush([x.due, x.seq, tid]);
-    }
+    if (heap.length > 2 * timers.size + 64) rebuildHeap();
     if (!pumping) startPump(0);
     else if (t.due < armed) op_isola_timer_wake();
     return id;
@@ -981,8 +983,7 @@
     pumping = false;
     inPump = false;
     armed = Infinity;
-    heap.length = 0;
-    for (const [id, t] of timers) heapPush([t.due, t.seq, id]);
+    rebuildHeap();
     // Not a callback now: isola calls this with a short limit of its own.
     if (timers.size > 0) startPump(1);
   }

@@ -212,16 +212,6 @@ impl Inbox for MailboxRx {
     }
 }
 
-impl Inbox for Receiver<Request> {
-    fn recv(&mut self) -> Option<Request> {
-        Receiver::recv(self).ok()
-    }
-
-    fn try_recv(&mut self) -> Option<Request> {
-        Receiver::try_recv(self).ok()
-    }
-}
-
 /// Waits for the next hook to run: `None` once the mailbox is stopped or gone. `Recycle`
 /// requests on the way run `recycle`.
 pub(crate) fn next_job(inbox: &mut (impl Inbox + ?Sized), mut recycle: impl FnMut()) -> Option<Job> {

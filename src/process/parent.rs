@@ -134,7 +134,6 @@ pub(crate) fn spawn(
         crashes: 0,
         last_crash: None,
         sources: Vec::new(),
-        stop_error: None,
         in_flight: Arc::default(),
         replies: Arc::default(),
         memory,
@@ -261,8 +260,12 @@ struct Pump {
     sources: Vec<(std::path::PathBuf, std::path::PathBuf, String)>,
     /// The child under the engine's total memory limit.
     memory: Arc<ChildMemory>,
-    /// Why the memory guard last stopped the child, for the call it was running.
-    stop_error: Option<Error>,
+}
+
+/// How a child was lost (see [`Pump::lost`]), with the error its call gets.
+enum Lost {
+    Crashed(Error),
+    Stopped(Error),
 }
 
 impl Pump {
@@ -307,12 +310,7 @@ impl Pump {
             let Job { hook, args, timeout, ctx, reply, abort } = job;
             // A child that died while idle costs no call: notice it before sending, restart.
             if child.as_mut().is_some_and(ChildProc::ended) {
-                let how = child.take().map(ChildProc::kill).unwrap_or_default();
-                let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})"));
-                if self.lost(e).is_none() {
-                    self.stop_error = None;
-                    child = self.restart().ok();
-                }
+                self.replace_dead(&mut child);
             }
             if child.is_none() {
                 match self.restart() {
@@ -342,12 +340,11 @@ impl Pump {
                     let how = child.take().map(ChildProc::kill).unwrap_or_default();
                     let e = Error { message: format!("{} ({how})", e.message), ..e };
                     match self.lost(e) {
-                        Some(crash) => Err(crash),
-                        None => {
+                        Lost::Crashed(e) => Err(e),
+                        Lost::Stopped(e) => {
                             // Stopped for the engine's total: restarted at once, as in thread mode.
-                            let r = Err(self.total_error());
                             child = self.restart().ok();
-                            r
+                            Err(e)
                         }
                     }
                 }
@@ -520,53 +517,45 @@ impl Pump {
         }
     }
 
-    /// Records a lost child. A crash (returned as is) is restarted by the next call, with
-    /// backoff; a child the engine's memory guard stopped (`None`) is for the caller to
-    /// restart at once, its error from [`total_error`](Self::total_error).
-    fn lost(&mut self, e: Error) -> Option<Error> {
-        match self.memory.take_stop() {
-            None => {
-                self.crashed(&e);
-                Some(e)
-            }
-            Some((limit, usage)) => {
-                let error = Error::new(
-                    ErrorCode::HeapLimit,
-                    format!(
-                        "the engine's total memory limit of {} MiB was reached and this plugin's process held the most ({} MiB); the process was stopped and the plugin is restarted",
-                        limit >> 20,
-                        usage >> 20
-                    ),
-                );
-                self.shared.set_pid(self.generation, None);
-                self.shared.stats.fold_remote(self.generation);
-                self.shared.stats.record_restart();
-                self.set_status(PluginStatus::Restarting);
-                tracing::warn!(plugin = %self.id(), "{}", error.message);
-                self.stop_error = Some(error.clone());
-                let error = error.in_context(self.id(), None);
-                self.shared.emit(LifecycleEvent::Restarted { plugin: self.id().to_owned(), error });
-                None
-            }
-        }
+    /// Records a lost child: a crash (restarted by the next call, with backoff), or a stop by
+    /// the engine's memory guard (for the caller to restart at once), with the error to give.
+    fn lost(&mut self, e: Error) -> Lost {
+        let Some((limit, usage)) = self.memory.take_stop() else {
+            self.crashed(&e);
+            return Lost::Crashed(e);
+        };
+        let error = Error::new(
+            ErrorCode::HeapLimit,
+            format!(
+                "the engine's total memory limit of {} MiB was reached and this plugin's process held the most ({} MiB); the process was stopped and the plugin is restarted",
+                limit >> 20,
+                usage >> 20
+            ),
+        );
+        self.shared.set_pid(self.generation, None);
+        self.shared.stats.fold_remote(self.generation);
+        self.shared.stats.record_restart();
+        self.set_status(PluginStatus::Restarting);
+        tracing::warn!(plugin = %self.id(), "{}", error.message);
+        let event = error.clone().in_context(self.id(), None);
+        self.shared.emit(LifecycleEvent::Restarted { plugin: self.id().to_owned(), error: event });
+        Lost::Stopped(error)
     }
 
-    /// The error of the last stop by the engine's memory guard.
-    fn total_error(&mut self) -> Error {
-        self.stop_error
-            .take()
-            .unwrap_or_else(|| Error::new(ErrorCode::HeapLimit, "the engine's total memory limit was reached"))
+    /// Replaces a child found dead while idle: a crash is restarted by the next call, a stop
+    /// by the memory guard at once.
+    fn replace_dead(&mut self, child: &mut Option<ChildProc>) {
+        let how = child.take().map(ChildProc::kill).unwrap_or_default();
+        let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})"));
+        if let Lost::Stopped(_) = self.lost(e) {
+            *child = self.restart().ok();
+        }
     }
 
     /// A `Recycle` request: if the memory guard stopped the idle child, restart it now.
     fn after_total_stop(&mut self, child: &mut Option<ChildProc>) {
         if self.memory.was_stopped() && child.is_some() {
-            let how = child.take().map(ChildProc::kill).unwrap_or_default();
-            let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin's process ended while idle ({how})"));
-            if self.lost(e).is_none() {
-                self.stop_error = None;
-                *child = self.restart().ok();
-            }
+            self.replace_dead(child);
         }
     }
 
