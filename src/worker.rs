@@ -212,9 +212,6 @@ impl Worker {
                 // never more than this plugin's own limit.
                 timeout = timeout.min(self.config.limits.call_timeout);
             }
-            if let Some(d) = ctx.deadline {
-                timeout = timeout.min(d.saturating_duration_since(started));
-            }
             let r = iso.call(&hook, &args, timeout, ctx, abort.as_ref(), &slot, &rt);
             self.shared.set_unstuck();
             // An error isola threw into the plugin was counted when it was thrown.

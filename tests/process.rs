@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{PluginDir, test_host};
 use isola::engine::Isolation;
 use isola::events::LifecycleEvent;
-use isola::{Engine, ErrorCode, HostApi, Manager, PluginStatus};
+use isola::{CallOptions, Engine, ErrorCode, HostApi, Manager, PluginStatus};
 use serde_json::{Value, json};
 
 fn process_engine(host: HostApi) -> Engine {
@@ -616,4 +616,29 @@ fn a_call_waiting_behind_background_work_gets_what_is_left_of_its_deadline_and_t
     assert!(t.elapsed() < Duration::from_millis(2900), "answered after {:?}", t.elapsed());
     assert_eq!(h.process_id(), Some(pid), "the child was not killed");
     assert_eq!(h.call_blocking::<_, String>("ok", ()).unwrap(), "ok");
+}
+
+#[test]
+fn a_timeout_names_the_limit_the_caller_set_even_after_waiting_in_the_child() {
+    let dir = PluginDir::new();
+    let engine = Engine::builder()
+        .host(test_host())
+        .isolation(Isolation::Process)
+        .worker_program(env!("CARGO_BIN_EXE_isola"))
+        .call_timeout(Duration::from_secs(2))
+        .build();
+    let m = Manager::new(engine);
+    let busy = "start() { setTimeout(() => { const end = Date.now() + 300; while (Date.now() < end) {} }, 1); return 1; }";
+    let h = m.load(dir.module("p", &format!("export default {{ {busy}, slow() {{ for (;;) {{}} }} }};"))).unwrap();
+    h.call_blocking::<_, i64>("start", ()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // Read by the child about 280 ms late, the call has less than its limit left: it stops
+    // at the host's deadline, and says which limit it broke (not what was left of it).
+    let t = Instant::now();
+    let e = h
+        .call_blocking_with::<_, Value>("slow", (), CallOptions::default().timeout(Duration::from_millis(600)))
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(e.message.contains("longer than 600 ms"), "{e}");
+    assert!(t.elapsed() < Duration::from_millis(1500), "answered after {:?}", t.elapsed());
 }

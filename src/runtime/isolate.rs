@@ -453,7 +453,10 @@ impl PluginIsolate {
     }
 
     /// Calls `hook` with positional `args` (a JSON array; `null` means none), stopping it
-    /// `timeout` from now, or as soon as `abort` says so (or the slot is interrupted).
+    /// `timeout` from now or at the caller's deadline (`ctx.deadline`) if that comes first, or
+    /// as soon as `abort` says so (or the slot is interrupted). A `TIMEOUT` names `timeout`,
+    /// the limit the caller stated, not the few microseconds less that were left of it when
+    /// the call was read.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn call(
         &mut self,
@@ -472,7 +475,7 @@ impl PluginIsolate {
                 format!("the plugin has no hook `{hook}` (its hooks: {known})"),
             ));
         };
-        let deadline = deadline_after(timeout);
+        let deadline = ctx.deadline.map_or(deadline_after(timeout), |d| d.min(deadline_after(timeout)));
         // Each call gets its own scope: what it starts is abandoned if it ends early, while
         // work an earlier call left running is not.
         let epoch = self.current.borrow().epoch.wrapping_add(1);
