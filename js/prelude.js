@@ -296,11 +296,10 @@
 
   delete globalThis.__isolaPrelude;
   delete globalThis.__isolaWeb;
+  globalThis.__isolaWasm(core);
+  delete globalThis.__isolaWasm;
   delete globalThis.Deno;
   delete globalThis.__bootstrap;
-  // WebAssembly memory is allocated outside the ArrayBuffer allocator that enforces the
-  // memory budget, so it is not offered.
-  delete globalThis.WebAssembly;
   defineProperty(globalThis, "host", { value: host, enumerable: false, writable: false, configurable: false });
   defineProperty(globalThis, "console", { value: console, enumerable: false, writable: true, configurable: true });
 

@@ -30,9 +30,10 @@ pub struct PluginStats {
     pub restarts: u64,
     /// V8 heap in use, bytes (refreshed every few dozen calls and at load).
     pub heap_used: u64,
-    /// Bytes held by ArrayBuffer backing stores.
+    /// Bytes held by ArrayBuffer backing stores, WebAssembly memories included (a wasm
+    /// memory is the backing store of its `memory.buffer`).
     pub array_buffer_bytes: u64,
-    /// The memory budget (heap + ArrayBuffers), bytes.
+    /// The memory budget (heap + ArrayBuffers + wasm memories), bytes.
     pub heap_limit: u64,
     /// CPU time the plugin's thread has used (thread CPU clock), including loading.
     #[serde(with = "duration_micros")]

@@ -232,7 +232,7 @@ fn the_sandbox_offers_nothing_but_host_and_console() {
         v,
         json!({
             "Deno": "undefined", "bootstrap": "undefined", "require": "undefined", "process": "undefined",
-            "fetch": "undefined", "WebAssembly": "undefined", "setTimeout": "function",
+            "fetch": "undefined", "WebAssembly": "object", "setTimeout": "function",
             "XMLHttpRequest": "undefined", "host": "object", "console": "function", "globals": []
         })
     );

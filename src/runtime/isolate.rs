@@ -25,6 +25,7 @@ use super::memory::{Breach, MemoryBudget};
 use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
 use super::snapshot::{PRELUDE_GLOBAL, snapshot};
+use super::wasm::{WasmBudget, isola_wasm};
 use super::watchdog::DeadlineSlot;
 use super::web::{BackgroundHint, isola_web};
 use crate::call::{CallContext, Inbox};
@@ -80,6 +81,14 @@ pub(crate) struct PluginIsolate {
     restart_timers: v8::Global<v8::Function>,
     /// Set when the plugin may have work pending after a call (see [`Self::background`]).
     hint: BackgroundHint,
+}
+
+impl Drop for PluginIsolate {
+    fn drop(&mut self) {
+        // Before the isolate goes (fields drop after this): its wasm memories' stores are let
+        // go while it still lives.
+        self.budget.forget_wasm();
+    }
 }
 
 /// What [`PluginIsolate::background`] ended with.
@@ -149,14 +158,15 @@ impl PluginIsolate {
         let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
         let mut runtime = JsRuntime::new(RuntimeOptions {
             module_loader: Some(Rc::new(PluginLoader::new(source.import_root(), cfg.sources.clone()))),
-            extensions: vec![isola_ops::init(table), isola_web::init()],
+            extensions: vec![isola_ops::init(table), isola_web::init(), isola_wasm::init()],
             create_params: Some(params),
             startup_snapshot: Some(snapshot()),
             ..Default::default()
         });
+        runtime.op_state().borrow_mut().put(WasmBudget(budget.clone()));
         let handle = runtime.v8_isolate().thread_safe_handle();
         budget.set_isolate(handle.clone());
-        slot.set_isolate(handle);
+        slot.set_isolate(handle, &budget);
         let b = budget.clone();
         runtime.add_near_heap_limit_callback(move |current, _initial| b.heap_full(current));
         budget.watch_gc(runtime.v8_isolate());
@@ -273,9 +283,11 @@ impl PluginIsolate {
         self.hooks.keys().cloned().collect()
     }
 
-    /// Bytes of V8 heap in use (as of the last check) and the budget.
+    /// Bytes of V8 heap in use (as of the last check), of ArrayBuffers and wasm memories,
+    /// and the budget.
     pub(crate) fn memory(&self) -> (usize, usize, usize) {
-        (self.budget.heap_used(), self.budget.array_buffer_bytes(), self.budget.limit())
+        let outside = self.budget.array_buffer_bytes().saturating_add(self.budget.wasm_bytes());
+        (self.budget.heap_used(), outside, self.budget.limit())
     }
 
     /// Re-reads V8's heap statistics. Costs about a microsecond, so calls do it now and then
@@ -347,6 +359,7 @@ impl PluginIsolate {
     /// breaks the budget if they really are (garbage never does). Plugins with few buffers
     /// skip this (one atomic load).
     fn check_shared_budget(&mut self) {
+        self.budget.settle_wasm(self.runtime.v8_isolate());
         let buffers = self.budget.array_buffer_bytes();
         if buffers < self.budget.limit() / 4 || self.budget.exceeded() {
             return;

@@ -14,9 +14,16 @@
 //! ([`LARGEST_OBJECT`]) and terminates the JS; the isolate is then thrown away. The price is a
 //! brief overshoot above the budget, bounded by that room plus what V8 needs to unwind
 //! (measured in `tests/containment.rs`, documented in the README).
+//!
+//! WebAssembly memories are the third part of the budget. V8 allocates them itself, not
+//! through the allocator, and grows them from inside wasm code; isola holds each one's backing
+//! store (see `src/runtime/wasm.rs` for how every memory is found) and reads its length, which
+//! V8 keeps current as the memory grows in place: when a memory is made, when a call ends, and
+//! every [`WASM_POLL`] from the watchdog while a call of a plugin with memories runs.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deno_core::v8;
@@ -37,6 +44,26 @@ const AB_ASKS: u32 = 4;
 /// Backing stores at least this large read the live heap figure before they are charged (a
 /// microsecond, small next to allocating and zeroing them); smaller ones use the last GC's.
 const LIVE_HEAP_FROM: usize = 64 << 10;
+
+/// How often the watchdog reads the wasm memories of a plugin whose call is running. A memory
+/// grows in one step but costs memory only as its pages are written: in this time a plugin can
+/// write a few MiB past its budget before it is stopped (measured in `tests/wasm.rs`).
+pub(crate) const WASM_POLL: Duration = Duration::from_millis(2);
+
+/// One wasm memory being counted.
+struct WasmMemory {
+    id: u64,
+    store: Store,
+}
+
+/// A wasm memory's backing store, read from the watchdog's thread.
+struct Store(v8::SharedRef<v8::BackingStore>);
+
+// SAFETY: off the isolate's thread only `byte_length` is read (V8 keeps it in an atomic, for
+// memories that grow while other threads read them) and the reference count is changed
+// (std::shared_ptr's is atomic); V8 frees backing stores from any thread.
+unsafe impl Send for Store {}
+unsafe impl Sync for Store {}
 
 /// The isolate a budget belongs to, and the thread it runs on.
 struct Home {
@@ -64,6 +91,14 @@ pub(crate) struct MemoryBudget {
     limit: usize,
     /// Bytes currently held by ArrayBuffer backing stores.
     array_buffers: AtomicUsize,
+    /// The wasm memories being counted, and their bytes as last read.
+    wasm: Mutex<Vec<WasmMemory>>,
+    wasm_bytes: AtomicUsize,
+    /// How many memories `wasm` holds (read without its lock).
+    wasm_count: AtomicUsize,
+    next_wasm_id: AtomicU64,
+    /// The watchdog asked the isolate to check its memories (see [`MemoryBudget::poll_wasm`]).
+    wasm_check_pending: AtomicBool,
     /// V8 heap in use as of the last GC (or the last explicit refresh).
     heap_used: AtomicUsize,
     /// Set once the budget was broken; the isolate must then be discarded.
@@ -92,6 +127,11 @@ impl MemoryBudget {
         let budget = Arc::new(MemoryBudget {
             limit,
             array_buffers: AtomicUsize::new(0),
+            wasm: Mutex::new(Vec::new()),
+            wasm_bytes: AtomicUsize::new(0),
+            wasm_count: AtomicUsize::new(0),
+            next_wasm_id: AtomicU64::new(1),
+            wasm_check_pending: AtomicBool::new(false),
             heap_used: AtomicUsize::new(0),
             exceeded: AtomicBool::new(false),
             breach: Mutex::new(None),
@@ -144,6 +184,98 @@ impl MemoryBudget {
 
     pub(crate) fn array_buffer_bytes(&self) -> usize {
         self.array_buffers.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of wasm memory, as last read.
+    pub(crate) fn wasm_bytes(&self) -> usize {
+        self.wasm_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Starts counting a wasm memory's backing store; `None` if it is counted already (a
+    /// memory one instance exports and another imports). Read its length with
+    /// [`settle_wasm`](Self::settle_wasm).
+    pub(crate) fn track_wasm(&self, store: v8::SharedRef<v8::BackingStore>) -> Option<u64> {
+        let mut list = self.wasm.lock().unwrap();
+        let data = store.data();
+        if list.iter().any(|m| m.store.0.data() == data) {
+            return None;
+        }
+        let id = self.next_wasm_id.fetch_add(1, Ordering::Relaxed);
+        list.push(WasmMemory { id, store: Store(store) });
+        self.wasm_count.store(list.len(), Ordering::Relaxed);
+        Some(id)
+    }
+
+    /// Stops counting a memory that was collected.
+    pub(crate) fn untrack_wasm(&self, id: u64) {
+        let mut list = self.wasm.lock().unwrap();
+        list.retain(|m| m.id != id);
+        self.wasm_count.store(list.len(), Ordering::Relaxed);
+        drop(list);
+        self.sample_wasm();
+    }
+
+    /// Lets go of every memory (the isolate is being dropped: its stores go with it).
+    pub(crate) fn forget_wasm(&self) {
+        self.wasm.lock().unwrap().clear();
+        self.wasm_count.store(0, Ordering::Relaxed);
+        self.sample_wasm();
+    }
+
+    /// Reads the memories' lengths now and reports the change to the guard.
+    fn sample_wasm(&self) -> usize {
+        let bytes = self.wasm.lock().unwrap().iter().map(|m| m.store.0.byte_length()).sum::<usize>();
+        let old = self.wasm_bytes.swap(bytes, Ordering::Relaxed);
+        if bytes > old {
+            if self.guard.grow(bytes - old) {
+                self.guard.enforce(self.addr());
+            }
+        } else {
+            self.guard.shrink(old - bytes);
+        }
+        bytes
+    }
+
+    /// Whether heap, ArrayBuffers and wasm memories together are over the budget.
+    fn over(&self) -> bool {
+        self.heap_used().saturating_add(self.array_buffer_bytes()).saturating_add(self.wasm_bytes()) > self.limit
+    }
+
+    /// On the isolate's thread: reads the wasm memories and, if they take the plugin over
+    /// its budget, collects garbage (memories that are garbage stop being counted) and breaks
+    /// the budget if it still is. Costs one atomic load for a plugin without memories.
+    pub(crate) fn settle_wasm(&self, isolate: &mut v8::Isolate) {
+        if self.wasm_count.load(Ordering::Relaxed) == 0 && self.wasm_bytes() == 0 {
+            return;
+        }
+        self.sample_wasm();
+        if !self.over() || self.exceeded() {
+            return;
+        }
+        // A full GC on this thread, now; its weak callbacks run before it returns.
+        isolate.memory_pressure_notification(v8::MemoryPressureLevel::Critical);
+        self.sample_wasm();
+        if self.over() {
+            self.trip(Breach::Own);
+        }
+    }
+
+    /// From the watchdog, while a call runs: reads the wasm memories and, when they take the
+    /// plugin over its budget, asks the isolate to [`settle_wasm`](Self::settle_wasm) at its
+    /// next interrupt check (a wasm loop checks at every iteration). Returns whether the
+    /// plugin has memories to watch.
+    pub(crate) fn poll_wasm(&self) -> bool {
+        if self.wasm_count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.sample_wasm();
+        if self.over() && !self.exceeded() && !self.wasm_check_pending.swap(true, Ordering::SeqCst) {
+            let data = self as *const MemoryBudget as *mut c_void;
+            if let Some(h) = self.isolate.lock().unwrap().as_ref() {
+                h.request_interrupt(check_wasm, data);
+            }
+        }
+        true
     }
 
     /// Whether the budget was broken (by the heap or by ArrayBuffers).
@@ -205,7 +337,7 @@ impl MemoryBudget {
             return false;
         }
         let heap = self.live_heap(len).unwrap_or_else(|| self.heap_used());
-        let room = self.limit.saturating_sub(heap);
+        let room = self.limit.saturating_sub(heap).saturating_sub(self.wasm_bytes());
         let mut cur = self.array_buffers.load(Ordering::Relaxed);
         loop {
             let next = cur.saturating_add(len);
@@ -279,7 +411,7 @@ impl MemoryBudget {
 
 impl Consumer for MemoryBudget {
     fn usage(&self) -> usize {
-        self.heap_used().saturating_add(self.array_buffer_bytes())
+        self.heap_used().saturating_add(self.array_buffer_bytes()).saturating_add(self.wasm_bytes())
     }
 
     fn stopping(&self) -> bool {
@@ -298,7 +430,7 @@ impl Consumer for MemoryBudget {
 impl Drop for MemoryBudget {
     fn drop(&mut self) {
         // The isolate (and with it every backing store) is gone: give back what was reported.
-        self.guard.shrink(self.heap_used().saturating_add(self.array_buffer_bytes()));
+        self.guard.shrink(self.usage());
     }
 }
 
@@ -319,6 +451,16 @@ unsafe extern "C" fn gc_epilogue(
         // No GC may start inside a GC callback: ask for one where V8 handles interrupts.
         isolate.thread_safe_handle().request_interrupt(collect_garbage, data);
     }
+}
+
+unsafe extern "C" fn check_wasm(isolate: v8::UnsafeRawIsolatePtr, data: *mut c_void) {
+    // SAFETY: `data` is the budget that asked (see `poll_wasm`), which outlives the isolate.
+    let budget = unsafe { &*(data as *const MemoryBudget) };
+    let mut ptr = isolate;
+    // SAFETY: V8 runs interrupts on the isolate's thread with a live isolate.
+    let isolate = unsafe { v8::Isolate::ref_from_raw_isolate_ptr_mut(&mut ptr) };
+    budget.wasm_check_pending.store(false, Ordering::SeqCst);
+    budget.settle_wasm(isolate);
 }
 
 unsafe extern "C" fn collect_garbage(isolate: v8::UnsafeRawIsolatePtr, _data: *mut c_void) {

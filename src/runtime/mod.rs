@@ -10,5 +10,6 @@ pub(crate) mod memory;
 pub(crate) mod ops;
 pub(crate) mod peers;
 pub(crate) mod snapshot;
+pub(crate) mod wasm;
 pub(crate) mod watchdog;
 pub(crate) mod web;

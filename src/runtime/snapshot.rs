@@ -11,11 +11,14 @@ use std::sync::OnceLock;
 use deno_core::{JsRuntime, JsRuntimeForSnapshot, RuntimeOptions};
 
 use super::ops::{HostTable, isola_ops};
+use super::wasm::isola_wasm;
 use super::web::isola_web;
 
 const PRELUDE: &str = include_str!("../../js/prelude.js");
 /// The web platform globals, evaluated into the snapshot itself (see the file's header).
 const WEB: &str = include_str!("../../js/web.js");
+/// The `WebAssembly` wrappers that keep wasm memories inside the budget (see its header).
+const WASM: &str = include_str!("../../js/wasm.js");
 
 /// V8 flags for every isolate in the process, set before V8 starts.
 ///
@@ -44,12 +47,13 @@ pub(crate) fn snapshot() -> &'static [u8] {
         v8::V8::set_flags_from_string(V8_FLAGS);
         JsRuntime::init_platform(None);
         let mut runtime = JsRuntimeForSnapshot::new(RuntimeOptions {
-            extensions: vec![isola_ops::init(HostTable::empty()), isola_web::init()],
+            extensions: vec![isola_ops::init(HostTable::empty()), isola_web::init(), isola_wasm::init()],
             ..Default::default()
         });
         runtime
             .execute_script("ext:isola/web.js", WEB.replace("__ISOLA_VERSION__", env!("CARGO_PKG_VERSION")))
             .expect("isola's web globals must evaluate");
+        runtime.execute_script("ext:isola/wasm.js", WASM).expect("isola's WebAssembly wrappers must evaluate");
         runtime
             .execute_script("ext:isola/prelude.js", format!("globalThis.{PRELUDE_GLOBAL} = ({PRELUDE});"))
             .expect("isola's prelude must compile");

@@ -18,6 +18,10 @@
 //! unbounded. So while a slot stays `TERMINATED`, the watchdog requests termination again every
 //! [`REFIRE`]: whatever plugin code runs past its deadline, however it was entered, is stopped
 //! within that.
+//!
+//! The watchdog also reads the WebAssembly memories of a plugin whose call runs, every
+//! [`WASM_POLL`]: wasm code grows its memory where no callback sees it (see
+//! `MemoryBudget::poll_wasm`). A plugin without memories costs nothing here.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use deno_core::v8;
 
+use super::memory::{MemoryBudget, WASM_POLL};
 use crate::cancel::Interrupt;
 use crate::engine::STUCK_GRACE;
 use crate::error::ErrorCode;
@@ -66,6 +71,8 @@ pub(crate) struct DeadlineSlot {
     stuck: AtomicBool,
     /// What to do when the thread stays busy [`STUCK_GRACE`] past a termination.
     on_stuck: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The running isolate's memory budget, whose wasm memories are read while a call runs.
+    budget: Mutex<Weak<MemoryBudget>>,
 }
 
 impl DeadlineSlot {
@@ -79,6 +86,7 @@ impl DeadlineSlot {
             terminated_at: AtomicU64::new(0),
             stuck: AtomicBool::new(false),
             on_stuck: OnceLock::new(),
+            budget: Mutex::new(Weak::new()),
         });
         watchdog().register(&slot);
         slot
@@ -90,9 +98,10 @@ impl DeadlineSlot {
         let _ = self.on_stuck.set(f);
     }
 
-    /// Which isolate to terminate (changes when a plugin restarts).
-    pub(crate) fn set_isolate(&self, handle: v8::IsolateHandle) {
+    /// Which isolate to terminate (changes when a plugin restarts), and its budget.
+    pub(crate) fn set_isolate(&self, handle: v8::IsolateHandle, budget: &Arc<MemoryBudget>) {
         *self.isolate.lock().unwrap() = Some(handle);
+        *self.budget.lock().unwrap() = Arc::downgrade(budget);
     }
 
     /// Starts enforcing `deadline`.
@@ -151,6 +160,11 @@ impl DeadlineSlot {
             return None;
         }
         if d != TERMINATED && d > now {
+            if let Some(b) = self.budget.lock().unwrap().upgrade()
+                && b.poll_wasm()
+            {
+                return Some(d.min(now.saturating_add(WASM_POLL.as_nanos() as u64)));
+            }
             return Some(d);
         }
         if self.state.compare_exchange(d, TERMINATING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
@@ -173,6 +187,12 @@ impl DeadlineSlot {
         }
         None
     }
+}
+
+/// Makes the watchdog look again within `within`: a plugin whose call is running just made
+/// its first wasm memory, which the watchdog must start reading before the call's deadline.
+pub(crate) fn look_again_within(within: Duration) {
+    DeadlineSlot::wake_for(ticks(Instant::now() + within));
 }
 
 impl Interrupt for DeadlineSlot {
