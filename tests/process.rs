@@ -594,13 +594,7 @@ fn the_kernel_out_of_memory_killer_prefers_a_plugin_process_to_the_host() {
 #[test]
 fn a_call_waiting_behind_background_work_gets_what_is_left_of_its_deadline_and_the_child_lives() {
     let dir = PluginDir::new();
-    let engine = Engine::builder()
-        .host(test_host())
-        .isolation(Isolation::Process)
-        .worker_program(env!("CARGO_BIN_EXE_isola"))
-        .call_timeout(Duration::from_secs(2))
-        .build();
-    let m = Manager::new(engine);
+    let m = Manager::new(process_engine(test_host()));
     let h = m
         .load(dir.module("p", "export default { start() { setTimeout(() => { for (;;) {} }, 1); return 1; }, ok() { return 'ok'; }, slow() { for (;;) {} } };"))
         .unwrap();
@@ -621,13 +615,7 @@ fn a_call_waiting_behind_background_work_gets_what_is_left_of_its_deadline_and_t
 #[test]
 fn a_timeout_names_the_limit_the_caller_set_even_after_waiting_in_the_child() {
     let dir = PluginDir::new();
-    let engine = Engine::builder()
-        .host(test_host())
-        .isolation(Isolation::Process)
-        .worker_program(env!("CARGO_BIN_EXE_isola"))
-        .call_timeout(Duration::from_secs(2))
-        .build();
-    let m = Manager::new(engine);
+    let m = Manager::new(process_engine(test_host()));
     let busy = "start() { setTimeout(() => { const end = Date.now() + 300; while (Date.now() < end) {} }, 1); return 1; }";
     let h = m.load(dir.module("p", &format!("export default {{ {busy}, slow() {{ for (;;) {{}} }} }};"))).unwrap();
     h.call_blocking::<_, i64>("start", ()).unwrap();
