@@ -39,6 +39,12 @@
     if (e !== null && typeof e === "object") {
       const d = getOwnPropertyDescriptor(e, "code");
       if (d !== undefined && typeof d.value === "string") weakMapSet(issued, e, d.value);
+      // A host's `HostError` data arrives as JSON text; the plugin gets the value as `e.data`.
+      const h = getOwnPropertyDescriptor(e, "hostData");
+      if (h !== undefined && typeof h.value === "string") {
+        delete e.hostData;
+        defineProperty(e, "data", { value: parse(h.value), writable: true, enumerable: false, configurable: true });
+      }
     }
     return e;
   }

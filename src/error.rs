@@ -204,6 +204,11 @@ pub struct Error {
     /// Every manifest problem, for `MANIFEST_INVALID`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub diagnostics: Vec<Diagnostic>,
+    /// What a host function's [`HostError`](crate::HostError) added for the plugin
+    /// (`{"hostCode": …, "data": …}`), carried with a `HOST_ERROR` from a plugin's process to
+    /// the host and back.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<Box<serde_json::Value>>,
     /// Whether isola threw this error into the plugin (and counted it in the plugin's stats
     /// there) before the hook let it escape; keeps it from being counted twice.
     #[serde(skip)]
@@ -221,6 +226,7 @@ impl Error {
             hook: None,
             js: None,
             diagnostics: Vec::new(),
+            detail: None,
             issued: false,
         }
     }

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,6 +24,7 @@ pub const RESERVED_NAMES: &[&str] = &["storage", "events", "plugins", "signal"];
 
 thread_local! {
     static CURRENT_PLUGIN: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+    static CURRENT_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// Inside a host function: the id of the plugin that called it (`None` elsewhere).
@@ -44,6 +46,39 @@ pub fn current_plugin() -> Option<String> {
     CURRENT_PLUGIN.with(|c| c.borrow().as_deref().map(str::to_owned))
 }
 
+/// Inside a host function: when the hook call that invoked it must end (`None` elsewhere).
+///
+/// A synchronous host function that waits for something (another process, a lock) should
+/// wait no longer than this: nothing can interrupt it, so the plugin's time limit only takes
+/// effect once it returns. An async host function needs it less (the plugin stops awaiting at
+/// its deadline and the future is dropped), but may read it when it is called, before its
+/// first `.await`.
+///
+/// ```
+/// use std::time::Instant;
+/// let host = isola::HostApi::new().func("wait", |(): ()| {
+///     let deadline = isola::call_deadline().unwrap_or_else(Instant::now);
+///     Ok(deadline.saturating_duration_since(Instant::now()).as_millis() as u64)
+/// });
+/// assert_eq!(isola::call_deadline(), None);
+/// # let _ = host;
+/// ```
+pub fn call_deadline() -> Option<Instant> {
+    CURRENT_DEADLINE.with(std::cell::Cell::get)
+}
+
+/// Runs `f` (a host function being invoked) with [`call_deadline`] answering `deadline`.
+pub(crate) fn with_deadline<T>(deadline: Option<Instant>, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<Instant>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT_DEADLINE.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(CURRENT_DEADLINE.with(|c| c.replace(deadline)));
+    f()
+}
+
 /// Marks the calling thread as serving `plugin` (done once by each plugin thread).
 pub(crate) fn set_current_plugin(plugin: &str) {
     CURRENT_PLUGIN.with(|c| *c.borrow_mut() = Some(plugin.into()));
@@ -55,11 +90,79 @@ pub(crate) fn set_current_plugin(plugin: &str) {
 pub(crate) struct HostFnError {
     pub code: ErrorCode,
     pub message: String,
+    /// What a [`HostError`] added: `{"hostCode": …, "data": …}`.
+    pub detail: Option<Value>,
 }
 
 impl HostFnError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        HostFnError { code, message: message.into() }
+        HostFnError { code, message: message.into(), detail: None }
+    }
+
+    pub(crate) fn with_detail(mut self, detail: Option<Value>) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// An error a host function returns to tell the plugin more than a message: a code of the
+/// host's own (`e.hostCode` in JS), data (`e.data`), or that it timed out (`e.code` is then
+/// `TIMEOUT` instead of `HOST_ERROR`).
+///
+/// Return it from a host function as the `anyhow::Error` (`Err(HostError::new(..).into())`);
+/// any other error reaches the plugin as its message alone. `e.code` stays isola's vocabulary
+/// (`HOST_ERROR` or `TIMEOUT`), so that a plugin can always tell where an error came from.
+///
+/// ```
+/// use isola::{HostApi, HostError};
+/// let host = HostApi::new().func("user", |(id,): (u32,)| -> anyhow::Result<String> {
+///     Err(HostError::new(format!("no user {id}")).code("NOT_FOUND").into())
+/// });
+/// // In the plugin: try { host.user(7) } catch (e) { e.code === "HOST_ERROR"; e.hostCode === "NOT_FOUND" }
+/// # let _ = host;
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct HostError {
+    message: String,
+    code: Option<Value>,
+    data: Option<Value>,
+    timeout: bool,
+}
+
+impl HostError {
+    /// An error with this message (and no code of its own).
+    pub fn new(message: impl Into<String>) -> Self {
+        HostError { message: message.into(), code: None, data: None, timeout: false }
+    }
+
+    /// An error the plugin sees with code `TIMEOUT`: what the host waited for took too long.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        HostError { timeout: true, ..HostError::new(message) }
+    }
+
+    /// The host's own code for it (a string or a number), `e.hostCode` in the plugin.
+    pub fn code(mut self, code: impl Into<Value>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Data for the plugin (`e.data`), e.g. which field was wrong.
+    pub fn data(mut self, data: impl Into<Value>) -> Self {
+        self.data = Some(data.into());
+        self
+    }
+
+    fn into_fn_error(self) -> HostFnError {
+        let code = if self.timeout { ErrorCode::Timeout } else { ErrorCode::HostError };
+        let mut detail = serde_json::Map::new();
+        if let Some(c) = self.code {
+            detail.insert("hostCode".into(), c);
+        }
+        if let Some(d) = self.data {
+            detail.insert("data".into(), d);
+        }
+        HostFnError::new(code, self.message).with_detail((!detail.is_empty()).then_some(Value::Object(detail)))
     }
 }
 
@@ -119,7 +222,10 @@ fn encode_result<R: Serialize>(r: anyhow::Result<R>) -> Result<Value, HostFnErro
         Ok(v) => serde_json::to_value(v).map_err(|e| {
             HostFnError::new(ErrorCode::InvalidArgs, format!("host function result is not serialisable: {e}"))
         }),
-        Err(e) => Err(HostFnError::new(ErrorCode::HostError, format!("{e:#}"))),
+        Err(e) => Err(match e.downcast::<HostError>() {
+            Ok(h) => h.into_fn_error(),
+            Err(e) => HostFnError::new(ErrorCode::HostError, format!("{e:#}")),
+        }),
     }
 }
 
@@ -176,12 +282,13 @@ impl HostApi {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<R>> + 'static,
     {
-        let f = Arc::new(f);
         let erased = move |args: Value| -> AsyncFut {
-            let f = f.clone();
+            // `f` itself runs now, on the calling plugin's thread (so that it can read
+            // `call_deadline` and `current_plugin`); its future runs when polled.
+            let fut =
+                decode_args(args).and_then(|a| std::panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panicked));
             Box::pin(async move {
-                let fut = f(decode_args(args)?);
-                match (CatchUnwind(Box::pin(fut))).await {
+                match (CatchUnwind(Box::pin(fut?))).await {
                     Ok(r) => encode_result(r),
                     Err(panic) => Err(panicked(panic)),
                 }
@@ -258,6 +365,18 @@ impl HostApi {
     /// `call:PLUGIN` — come on top).
     pub fn declared_permissions(&self) -> std::collections::BTreeSet<&str> {
         self.permissions.values().map(String::as_str).collect()
+    }
+
+    /// Whether `name` may be registered (a JavaScript identifier, not one of
+    /// [`RESERVED_NAMES`]); the reason if not. The builder methods panic on a bad name, so a
+    /// host API built from input (a sidecar's client, a config file) checks here first.
+    ///
+    /// ```
+    /// assert!(isola::HostApi::check_name("lookup").is_ok());
+    /// assert!(isola::HostApi::check_name("storage").unwrap_err().contains("reserved"));
+    /// ```
+    pub fn check_name(name: &str) -> Result<(), String> {
+        check_name(name)
     }
 
     /// The registered names, sorted.

@@ -68,5 +68,5 @@ pub use cancel::CancelToken;
 pub use engine::{Engine, EngineBuilder, Limits};
 pub use error::{Error, ErrorCode, Result};
 pub use handle::{CallOptions, PluginHandle, PluginStatus, StatusChanges};
-pub use host::{HostApi, current_plugin};
+pub use host::{HostApi, HostError, call_deadline, current_plugin};
 pub use manager::Manager;

@@ -368,3 +368,56 @@ fn an_async_host_function_with_a_timeout_throws_a_catchable_timeout() {
 fn a_sync_host_function_cannot_have_a_timeout() {
     let _ = isola::HostApi::new().func("f", |(): ()| Ok(())).timeout("f", std::time::Duration::from_millis(1));
 }
+
+#[test]
+fn a_host_error_gives_the_plugin_its_code_and_data_and_host_functions_know_the_deadline() {
+    use isola::{HostApi, HostError};
+    use std::time::{Duration, Instant};
+    let host = HostApi::new()
+        .func("user", |(id,): (u32,)| -> anyhow::Result<Value> {
+            Err(HostError::new(format!("no user {id}")).code("NOT_FOUND").data(json!({"id": id})).into())
+        })
+        .async_func("later", |(): ()| async {
+            Err::<Value, _>(HostError::timeout("the backend took too long").code(504).into())
+        })
+        .func("plain", |(): ()| -> anyhow::Result<Value> { anyhow::bail!("just a message") })
+        .func("left", |(): ()| {
+            Ok(isola::call_deadline().map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64))
+        })
+        .async_func("leftLater", |(): ()| {
+            let d = isola::call_deadline();
+            async move { Ok(d.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)) }
+        });
+    let engine = common::builder().host(host).call_timeout(Duration::from_millis(800)).build();
+    let (_dir, _m, h) = common::load_module_with(
+        engine,
+        "const show = (e) => ({ message: e.message, code: e.code, hostCode: e.hostCode ?? null, data: e.data ?? null });
+         export default {
+           user() { try { host.user(7); } catch (e) { return show(e); } },
+           async later() { try { await host.later(); } catch (e) { return show(e); } },
+           plain() { try { host.plain(); } catch (e) { return show(e); } },
+           async left() { return [host.left(), await host.leftLater()]; },
+           escapes() { host.user(1); },
+         };",
+    );
+    let r: Value = h.call_blocking("user", ()).unwrap();
+    assert_eq!(r, json!({"message": "no user 7", "code": "HOST_ERROR", "hostCode": "NOT_FOUND", "data": {"id": 7}}));
+    let r: Value = h.call_blocking("later", ()).unwrap();
+    assert_eq!(r, json!({"message": "the backend took too long", "code": "TIMEOUT", "hostCode": 504, "data": null}));
+    let r: Value = h.call_blocking("plain", ()).unwrap();
+    assert_eq!(r, json!({"message": "just a message", "code": "HOST_ERROR", "hostCode": null, "data": null}));
+    // Inside a host function, the hook's deadline: at most the call's 800 ms (or its own limit).
+    let left: Vec<Option<u64>> = h.call_blocking("left", ()).unwrap();
+    for ms in &left {
+        let ms = ms.expect("a deadline inside a host function");
+        assert!(ms > 500 && ms <= 800, "{left:?}");
+    }
+    let opts = isola::CallOptions::default().timeout(Duration::from_millis(100));
+    let left: Vec<Option<u64>> = h.call_blocking_with("left", (), opts).unwrap();
+    assert!(left.iter().all(|ms| ms.is_some_and(|ms| ms <= 100)), "{left:?}");
+    assert_eq!(isola::call_deadline(), None, "outside a host function there is none");
+    // Escaping the hook, it is the host's HOST_ERROR, with the message.
+    let e = h.call_blocking::<_, Value>("escapes", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::HostError, "{e}");
+    assert!(e.message.contains("no user 1"), "{e}");
+}

@@ -616,7 +616,8 @@ fn a_call_waiting_behind_background_work_gets_what_is_left_of_its_deadline_and_t
 fn a_timeout_names_the_limit_the_caller_set_even_after_waiting_in_the_child() {
     let dir = PluginDir::new();
     let m = Manager::new(process_engine(test_host()));
-    let busy = "start() { setTimeout(() => { const end = Date.now() + 300; while (Date.now() < end) {} }, 1); return 1; }";
+    let busy =
+        "start() { setTimeout(() => { const end = Date.now() + 300; while (Date.now() < end) {} }, 1); return 1; }";
     let h = m.load(dir.module("p", &format!("export default {{ {busy}, slow() {{ for (;;) {{}} }} }};"))).unwrap();
     h.call_blocking::<_, i64>("start", ()).unwrap();
     std::thread::sleep(Duration::from_millis(20));

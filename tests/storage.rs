@@ -204,13 +204,16 @@ fn an_acknowledged_write_survives_sigkill() {
     let dir = PluginDir::new();
     dir.module_with_manifest("kv", &manifest("kv", json!({})), KV);
     let serve = || {
-        common::isola_command()
+        let mut child = common::isola_command()
             .args(["serve", dir.path().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let init = json!({"jsonrpc": "2.0", "id": "init", "method": "initialize", "params": {"protocolVersion": 1}});
+        writeln!(child.stdin.as_mut().unwrap(), "{init}").unwrap();
+        child
     };
     let call = |child: &mut std::process::Child,
                 out: &mut BufReader<std::process::ChildStdout>,

@@ -110,7 +110,10 @@ fn real_modules_run_and_share_memory_with_javascript() {
     // The memory isola exports to count it, and the start function it runs itself, are not
     // the plugin's to see; the start function ran once.
     assert_eq!(h.call_blocking::<_, Value>("internals", ()).unwrap(), json!([["started", "pages"], 1, 2]));
-    assert_eq!(h.call_blocking::<_, Value>("originals", ()).unwrap(), json!([true, true, true, "undefined", "undefined"]));
+    assert_eq!(
+        h.call_blocking::<_, Value>("originals", ()).unwrap(),
+        json!([true, true, true, "undefined", "undefined"])
+    );
 }
 
 #[test]
@@ -200,7 +203,10 @@ fn instances_made_in_a_loop_are_heap_limit() {
 #[test]
 fn one_memory_larger_than_the_budget_is_heap_limit() {
     in_child("one_memory_larger_than_the_budget_is_heap_limit", || {
-        bomb("export default { big() { return new WebAssembly.Memory({ initial: 4096 }).buffer.byteLength; } };", "big");
+        bomb(
+            "export default { big() { return new WebAssembly.Memory({ initial: 4096 }).buffer.byteLength; } };",
+            "big",
+        );
     });
 }
 
@@ -247,8 +253,16 @@ fn shared_memories_and_bad_modules_are_refused_clearly() {
     );
     let (_d, _m, h) = load_module_with(engine(64, 5_000), &src);
     let said = |hook: &str| h.call_blocking::<_, String>(hook, ()).unwrap();
-    assert!(said("sharedMemory").starts_with("TypeError:") && said("sharedMemory").contains("shared"), "{}", said("sharedMemory"));
-    assert!(said("sharedModule").starts_with("CompileError:") && said("sharedModule").contains("shared"), "{}", said("sharedModule"));
+    assert!(
+        said("sharedMemory").starts_with("TypeError:") && said("sharedMemory").contains("shared"),
+        "{}",
+        said("sharedMemory")
+    );
+    assert!(
+        said("sharedModule").starts_with("CompileError:") && said("sharedModule").contains("shared"),
+        "{}",
+        said("sharedModule")
+    );
     assert!(said("garbage").starts_with("CompileError:") && said("garbage").contains("\\0asm"), "{}", said("garbage"));
     assert!(said("notBytes").starts_with("TypeError:"), "{}", said("notBytes"));
     assert_eq!(said("rejected"), "CompileError");
@@ -257,7 +271,10 @@ fn shared_memories_and_bad_modules_are_refused_clearly() {
 #[test]
 fn a_plugin_whose_module_fails_at_load_names_it() {
     let dir = PluginDir::new();
-    let path = dir.module("broken", "new WebAssembly.Module(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 99]));\nexport default {};");
+    let path = dir.module(
+        "broken",
+        "new WebAssembly.Module(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 99]));\nexport default {};",
+    );
     let m = Manager::new(engine(64, 5_000));
     let e = m.load(path).unwrap_err();
     assert_eq!(e.code, ErrorCode::LoadFailed, "{e}");

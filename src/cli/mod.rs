@@ -133,16 +133,26 @@ enum Command {
         #[command(subcommand)]
         action: DataAction,
     },
-    /// Serve DIR over JSON-RPC 2.0 on stdin/stdout, one message per line (methods: call, list,
-    /// stats, reload; lifecycle events arrive as `event` notifications).
+    /// Serve DIR to another program over JSON-RPC 2.0: on stdin/stdout, one message per line,
+    /// or over WebSocket with `--listen`. The client sends `initialize` first, with the host
+    /// functions it serves to plugins; then `call`, `emit`, `dispatch`, `command`, `load`, ...
+    /// (the README has the protocol).
     ///
-    /// Example: `echo '{"jsonrpc":"2.0","id":1,"method":"call","params":{"plugin":"greeter","hook":"greet","args":["Ada"]}}' | isola serve plugins`
+    /// Example: `isola serve plugins`, `isola serve plugins --listen 127.0.0.1:7700`
     Serve {
         /// The plugin directory.
         dir: PathBuf,
         /// Reload plugins when their files change.
         #[arg(long)]
         watch: bool,
+        /// Speak the protocol over WebSocket on this address instead of stdin/stdout (one
+        /// session per connection), e.g. `--listen 127.0.0.1:7700` (port 0: any free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The token clients must present (`Authorization: Bearer TOKEN`, or `token` in
+        /// `initialize`); required to listen on anything but a loopback address.
+        #[arg(long, value_name = "TOKEN", env = "ISOLA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Runs one process-isolated plugin for a host (started by isola itself, never by hand).
     #[command(hide = true)]
@@ -185,19 +195,31 @@ pub fn main() -> ExitCode {
     } else {
         isola::engine::Isolation::Thread
     };
-    let mut builder = Engine::builder();
-    if let Some(mb) = cli.global.total_memory {
-        builder = builder.total_memory_limit_mb(mb);
+    // One storage for every engine of this process (`serve` makes one per session).
+    let storage = Storage::in_dir(data_dir(&cli.global));
+    let (total_memory, seccomp, heap_limit, timeout) =
+        (cli.global.total_memory, cli.global.seccomp, cli.global.heap_limit, cli.global.timeout);
+    let make_engine = move |host: isola::HostApi, policy: isola::permissions::Policy| {
+        let mut builder = Engine::builder();
+        if let Some(mb) = total_memory {
+            builder = builder.total_memory_limit_mb(mb);
+        }
+        builder
+            .isolation(isolation)
+            .seccomp(seccomp)
+            .host(host)
+            .policy(policy)
+            .heap_limit_mb(heap_limit)
+            .call_timeout(Duration::from_millis(timeout))
+            .storage(storage.clone())
+            .build()
+    };
+    if let Command::Serve { dir, watch, listen, token } = cli.command {
+        // Plugins under `serve` get the host API the client declares, not the demo one.
+        let ctx = serve::Context { dir, watch, token, engine: Box::new(make_engine) };
+        return exit(serve::serve(ctx, listen));
     }
-    let engine = builder
-        .isolation(isolation)
-        .seccomp(cli.global.seccomp)
-        .host(demo_host::demo_host())
-        .heap_limit_mb(cli.global.heap_limit)
-        .call_timeout(Duration::from_millis(cli.global.timeout))
-        .storage(Storage::in_dir(data_dir(&cli.global)))
-        .build();
-    let manager = Manager::new(engine);
+    let manager = Manager::new(make_engine(demo_host::demo_host(), Default::default()));
     let ok = match cli.command {
         Command::List { dir, json } => list(&manager, &dir, json),
         Command::Call { dir, plugin, args, json } => call(&manager, &dir, &plugin, &args, json),
@@ -220,8 +242,7 @@ pub fn main() -> ExitCode {
                 false
             }
         },
-        Command::Serve { dir, watch } => return exit(serve::serve(manager, &dir, watch)),
-        Command::Worker => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Worker => unreachable!("handled above"),
     };
     manager.shutdown();
     exit(ok)
@@ -340,7 +361,7 @@ fn call(manager: &Manager, dir: &Path, target: &str, rest: &[String], json: bool
 }
 
 /// Finds the folder or script of plugin `id` in `dir` without loading the others.
-fn find_plugin(dir: &Path, id: &str) -> isola::Result<PathBuf> {
+pub(crate) fn find_plugin(dir: &Path, id: &str) -> isola::Result<PathBuf> {
     let found = isola::source::discover(dir)?;
     let mut known = Vec::new();
     for item in found {

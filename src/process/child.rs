@@ -240,7 +240,7 @@ fn host_gone() -> Error {
 }
 
 fn to_host_fn_error(e: Error) -> HostFnError {
-    HostFnError::new(e.code, e.message)
+    HostFnError::new(e.code, e.message).with_detail(e.detail.map(|d| *d))
 }
 
 /// Storage that lives in the parent (its one database, its quota).

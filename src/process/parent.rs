@@ -1023,12 +1023,17 @@ impl HostSide {
                     )));
                 }
                 let item = host.items().find(|(n, _)| *n == name).map(|(_, item)| item.clone());
+                let deadline = running.deadline;
                 let r = match item {
-                    Some(HostItem::Sync(f)) => f(args),
-                    Some(HostItem::Async(f)) => f(args).await,
+                    Some(HostItem::Sync(f)) => crate::host::with_deadline(deadline, || f(args)),
+                    Some(HostItem::Async(f)) => crate::host::with_deadline(deadline, || f(args)).await,
                     _ => return Err(Error::new(ErrorCode::HostError, format!("no host function `{name}`"))),
                 };
-                r.map_err(|e| Error::new(e.code, e.message))
+                r.map_err(|e| {
+                    let mut out = Error::new(e.code, e.message);
+                    out.detail = e.detail.map(Box::new);
+                    out
+                })
             }
             Ask::Storage { op, key, value } => {
                 if !holds(STORAGE) {

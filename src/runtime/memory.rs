@@ -23,8 +23,8 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use deno_core::v8;
 

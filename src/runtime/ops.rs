@@ -201,6 +201,16 @@ impl From<crate::Error> for HostOpError {
     }
 }
 
+/// A [`HostError`](crate::HostError)'s code as a JS property value: strings and numbers as
+/// they are, anything else as its JSON text.
+fn property(v: &serde_json::Value) -> PropertyValue {
+    match v {
+        serde_json::Value::String(s) => PropertyValue::String(Cow::Owned(s.clone())),
+        serde_json::Value::Number(n) => PropertyValue::Number(n.as_f64().unwrap_or(f64::NAN)),
+        other => PropertyValue::String(Cow::Owned(other.to_string())),
+    }
+}
+
 impl std::fmt::Display for HostOpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.message)
@@ -220,7 +230,17 @@ impl JsErrorClass for HostOpError {
 
     fn get_additional_properties(&self) -> deno_error::AdditionalProperties {
         let code = PropertyValue::String(Cow::Borrowed(self.0.code.as_str()));
-        Box::new(std::iter::once((Cow::Borrowed("code"), code)))
+        let mut props = vec![(Cow::Borrowed("code"), code)];
+        // A host's own code and data (`HostError`); the prelude parses `hostData` into `data`.
+        if let Some(d) = &self.0.detail {
+            if let Some(c) = d.get("hostCode") {
+                props.push((Cow::Borrowed("hostCode"), property(c)));
+            }
+            if let Some(data) = d.get("data") {
+                props.push((Cow::Borrowed("hostData"), PropertyValue::String(Cow::Owned(data.to_string()))));
+            }
+        }
+        Box::new(props.into_iter())
     }
 
     fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
@@ -261,7 +281,9 @@ fn op_isola_host_sync(state: &mut OpState, #[smi] id: u32, #[string] args: &str)
         let g = table.sync_fns.get(id as usize).ok_or_else(|| unknown(id))?;
         table.check(g)?;
         check_size(&format!("the argument list of host.{}", g.name), args, table.max_args)?;
-        let out = (g.f)(parse_args(args)?).map_err(HostOpError)?;
+        let deadline = table.current.borrow().deadline;
+        let args = parse_args(args)?;
+        let out = crate::host::with_deadline(Some(deadline), || (g.f)(args)).map_err(HostOpError)?;
         Ok(out.to_string())
     })
 }
@@ -307,16 +329,19 @@ async fn op_isola_host_async(
     #[string] args: String,
 ) -> Result<String, HostOpError> {
     guarded_async(async move {
-        let (f, scope) = {
+        let (f, scope, deadline) = {
             let state = state.borrow();
             let table = state.borrow::<HostTable>();
             let g = table.async_fns.get(id as usize).ok_or_else(|| unknown(id))?;
             table.check(g)?;
             check_size(&format!("the argument list of host.{}", g.name), &args, table.max_args)?;
-            (g.f.clone(), table.current.borrow_mut().scope())
+            let mut current = table.current.borrow_mut();
+            (g.f.clone(), current.scope(), current.deadline)
         };
+        let args = parse_args(&args)?;
+        let call = crate::host::with_deadline(Some(deadline), || f(args));
         let out = tokio::select! {
-            out = f(parse_args(&args)?) => out.map_err(HostOpError)?,
+            out = call => out.map_err(HostOpError)?,
             // The call that started it ended early: drop the host's future.
             () = scope.cancelled() => return Err(abandoned()),
         };

@@ -353,7 +353,8 @@ mod tests {
         let Prepared::Rewritten(out) = prepare(&m, 4 << 16).unwrap() else { panic!("not rewritten") };
         assert_eq!(parsed_exports(&out), ["f", "\0isola:memory:0", "\0isola:start"]);
         let mem = split(&out).unwrap().into_iter().find(|s| s.id == MEMORY).unwrap();
-        let m = MemorySectionReader::new(BinaryReader::new(mem.content, 0)).unwrap().into_iter().next().unwrap().unwrap();
+        let m =
+            MemorySectionReader::new(BinaryReader::new(mem.content, 0)).unwrap().into_iter().next().unwrap().unwrap();
         assert_eq!((m.initial, m.maximum), (1, Some(4)));
         assert!(split(&out).unwrap().iter().all(|s| s.id != START));
     }
