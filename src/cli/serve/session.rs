@@ -108,7 +108,7 @@ impl PolicyDecl {
 }
 
 /// Requests of one session running at once; more wait (see [`Session::run`]).
-pub const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_IN_FLIGHT: usize = 256;
 /// How many requests, and how much request text, may wait for a place before isola stops
 /// reading the client.
 pub const MAX_WAITING: usize = 1024;
@@ -283,7 +283,10 @@ impl Session {
     }
 
     async fn send(&self, msg: Value) {
-        let _ = self.out.send(msg.to_string()).await;
+        // Only the text waits for room in the queue, not the value as well.
+        let text = msg.to_string();
+        drop(msg);
+        let _ = self.out.send(text).await;
     }
 
     /// Takes one message: answers at once, `initialize` started, requests into `waiting`.
