@@ -64,6 +64,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// that turn ends, up to a call time limit later (see `write_timeout`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A call that ran at least this long is followed by a read of the child's resident memory
+/// before its caller hears the answer.
+const LONG_CALL: Duration = Duration::from_millis(1);
 /// How often an idle pump reads its child's resident memory.
 const IDLE_MEMORY_CHECK: Duration = Duration::from_secs(1);
 
@@ -108,6 +111,9 @@ type Running = Arc<Mutex<Option<InFlight>>>;
 struct Pending {
     id: u64,
     reply: Reply,
+    /// When the call was sent: one that ran a while may have grown the process, which the
+    /// engine's total must know before the caller hears (see [`Reader::run`]).
+    sent: Instant,
 }
 
 type Replies = Arc<Mutex<Option<Pending>>>;
@@ -441,7 +447,7 @@ impl Pump {
             chain: ctx.chain,
             event_depth: ctx.event_depth,
         };
-        *self.replies.lock().unwrap() = reply.map(|reply| Pending { id, reply });
+        *self.replies.lock().unwrap() = reply.map(|reply| Pending { id, reply, sent: started });
         let r = self.exchange(c, id, &msg, deadline.and_then(|d| d.checked_add(GRACE)), limit, started, abort);
         *self.in_flight.lock().unwrap() = None;
         let reply = self.replies.lock().unwrap().take().map(|p| p.reply);
@@ -483,7 +489,7 @@ impl Pump {
                 self.shared.stats.set_remote(self.generation, *stats);
                 // A call that ran a while may have grown the process (one that ran longer
                 // than a tick was read meanwhile too).
-                if started.elapsed() >= Duration::from_millis(1) {
+                if started.elapsed() >= LONG_CALL {
                     c.memory.refresh();
                 }
                 if reportable(&status) {
@@ -654,6 +660,7 @@ impl Pump {
             generation: self.generation,
             answers: answers_tx,
             replies: self.replies.clone(),
+            memory: self.memory.clone(),
             host: host_tx,
             inline: side(&writer),
             runtime: rt.handle().clone(),
@@ -858,6 +865,9 @@ struct Reader {
     answers: Sender<Option<ToParent>>,
     /// The caller of the running call, answered from here.
     replies: Replies,
+    /// The child's memory under the engine's total, read again before a long call's caller
+    /// hears its answer.
+    memory: Arc<ChildMemory>,
     host: tokio::sync::mpsc::UnboundedSender<(u64, Ask)>,
     /// Answers the requests that need not wait, right here.
     inline: HostSide,
@@ -902,6 +912,12 @@ impl Reader {
                             self.shared.stats.set_remote(self.generation, (*stats).clone());
                             if self.shared.is_current(self.generation) && reportable(&status) {
                                 self.shared.set_status(status);
+                            }
+                            // A call that ran a while may have grown the process: the caller
+                            // must find it counted when it hears (a quick one is read at the
+                            // next tick, sparing every short call a read of /proc).
+                            if p.sent.elapsed() >= LONG_CALL {
+                                self.memory.refresh();
                             }
                             let ended = result.as_ref().map(|_| Value::Null).map_err(Clone::clone);
                             p.reply.send(result);
