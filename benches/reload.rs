@@ -60,49 +60,140 @@ fn reload_latency(c: &mut Criterion) {
     g.finish();
 }
 
-fn serve_round_trip(c: &mut Criterion) {
-    let (dir, _manager) = setup();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isola"))
-        .args(["serve", dir.path().to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+/// One connection to `isola serve`: a message out, the next message in.
+trait Wire {
+    fn send(&mut self, text: &str);
+    fn recv(&mut self) -> String;
+}
+
+struct Pipes {
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Wire for Pipes {
+    fn send(&mut self, text: &str) {
+        writeln!(self.stdin, "{text}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+    fn recv(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+}
+
+impl Wire for tungstenite::WebSocket<std::net::TcpStream> {
+    fn send(&mut self, text: &str) {
+        tungstenite::WebSocket::send(self, tungstenite::Message::text(text)).unwrap();
+    }
+    fn recv(&mut self) -> String {
+        loop {
+            if let tungstenite::Message::Text(t) = self.read().unwrap() {
+                return t.as_str().to_owned();
+            }
+        }
+    }
+}
+
+/// The next reply: events skipped, `host` requests answered with their first argument.
+fn next_reply(w: &mut dyn Wire) -> String {
+    loop {
+        let line = w.recv();
+        if line.contains("\"method\":\"event\"") {
+            continue;
+        }
+        if line.contains("\"method\":\"host\"") {
+            let req: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let reply = serde_json::json!({"jsonrpc": "2.0", "id": req["id"], "result": req["params"]["args"][0]});
+            w.send(&reply.to_string());
+            continue;
+        }
+        return line;
+    }
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":1,"host":{"functions":[{"name":"echo"}]}}}"#;
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"call","params":{"plugin":"rt","hook":"v"}}"#;
+const HOST_CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"call","params":{"plugin":"rt","hook":"h"}}"#;
+
+fn serve_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rt")).unwrap();
+    std::fs::write(dir.path().join("rt/plugin.json"), r#"{"id":"rt","name":"rt","version":"1.0.0","apiVersion":1}"#)
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let mut next_reply = |stdout: &mut BufReader<_>| loop {
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
-        if !line.contains("\"method\":\"event\"") {
-            return;
+    std::fs::write(
+        dir.path().join("rt/main.js"),
+        "export default { v() { return 1; }, async h() { return await host.echo(2); } };",
+    )
+    .unwrap();
+    dir
+}
+
+fn serve_round_trip(c: &mut Criterion) {
+    let dir = serve_dir();
+    let spawn = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_isola"))
+            .arg("serve")
+            .arg(dir.path())
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(&[]);
+    let mut stdio = Pipes { stdin: child.stdin.take().unwrap(), stdout: BufReader::new(child.stdout.take().unwrap()) };
+    let mut ws_child = spawn(&["--listen", "127.0.0.1:0"]);
+    let mut err = BufReader::new(ws_child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "isola serve --listen did not start");
+        if let Some(a) = line.trim().strip_prefix("isola: listening on ws://") {
+            break a.to_owned();
         }
     };
-    let req = r#"{"jsonrpc":"2.0","id":1,"method":"call","params":{"plugin":"live","hook":"v"}}"#;
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
+
     let mut g = c.benchmark_group("serve");
-    g.bench_function("JSON-RPC call round trip, one at a time", |b| {
-        b.iter(|| {
-            writeln!(stdin, "{req}").unwrap();
-            stdin.flush().unwrap();
-            next_reply(&mut stdout);
-        })
-    });
+    for (name, wire) in [("stdio", &mut stdio as &mut dyn Wire), ("websocket", &mut ws as &mut dyn Wire)] {
+        wire.send(INIT);
+        next_reply(wire);
+        g.bench_function(format!("{name}: hook call round trip"), |b| {
+            b.iter(|| {
+                wire.send(CALL);
+                next_reply(wire);
+            })
+        });
+        g.bench_function(format!("{name}: hook calling a client host function, round trip"), |b| {
+            b.iter(|| {
+                wire.send(HOST_CALL);
+                let r = next_reply(wire);
+                debug_assert!(r.contains("\"result\":2"), "{r}");
+            })
+        });
+    }
     const N: u64 = 1000;
     g.throughput(Throughput::Elements(N));
-    g.bench_function("1000 JSON-RPC calls in flight", |b| {
-        let batch: String = (0..N).map(|_| format!("{req}\n")).collect();
+    g.bench_function("stdio: 1000 calls in flight", |b| {
+        let batch: String = (0..N).map(|_| format!("{CALL}\n")).collect();
         b.iter(|| {
-            stdin.write_all(batch.as_bytes()).unwrap();
-            stdin.flush().unwrap();
+            stdio.stdin.write_all(batch.as_bytes()).unwrap();
+            stdio.stdin.flush().unwrap();
             for _ in 0..N {
-                next_reply(&mut stdout);
+                next_reply(&mut stdio);
             }
         })
     });
     g.finish();
-    drop(stdin);
+    drop(stdio);
     child.wait().unwrap();
+    let _ = ws.close(None);
+    ws_child.kill().unwrap();
+    ws_child.wait().unwrap();
 }
 
 fn chain_of_ten(c: &mut Criterion) {

@@ -233,8 +233,18 @@ fn lookup_handler() -> rpc::HostHandler {
 
 #[test]
 fn plugins_call_host_functions_the_client_serves() {
+    host_functions_served_by_the_client(&[]);
+}
+
+#[test]
+fn process_isolated_plugins_call_host_functions_the_client_serves() {
+    // The child forwards the call to isola, which asks the client: codes and data cross both.
+    host_functions_served_by_the_client(&["--isolation", "process"]);
+}
+
+fn host_functions_served_by_the_client(extra: &[&str]) {
     let dir = asker_plugins();
-    let (child, mut c) = started(&dir, &[], asker_host());
+    let (child, mut c) = started(&dir, extra, asker_host());
     c.host = lookup_handler();
     assert_eq!(c.ask("call", json!({"plugin": "asker", "hook": "lookup", "args": ["ada"]}))["result"], "ADA");
     let req = c.host_requests.last().unwrap().clone();
@@ -731,4 +741,51 @@ fn a_client_that_disconnects_has_its_calls_cancelled() {
     assert_eq!(d.ask("call", json!({"plugin": "fast", "hook": "echo", "args": [7]}))["result"], 7);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// `node` with what it needs for a global `WebSocket` (a flag before Node 22); `None` when
+/// Node is not installed.
+fn node() -> Option<Command> {
+    let has = |flag: Option<&str>| {
+        let mut c = Command::new("node");
+        c.args(flag).args(["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"]);
+        c.output().ok().map(|o| o.status.success())
+    };
+    let flag = match has(None)? {
+        true => None,
+        false if has(Some("--experimental-websocket")) == Some(true) => Some("--experimental-websocket"),
+        false => None,
+    };
+    let mut c = Command::new("node");
+    c.args(flag);
+    Some(c)
+}
+
+#[test]
+fn the_node_example_client_serves_host_functions_over_stdio_and_websocket() {
+    for mode in [None, Some("--ws")] {
+        let Some(mut node) = node() else {
+            eprintln!("node is not installed; skipping the Node client example");
+            return;
+        };
+        let out = node
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node/isola_client.mjs"))
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins"))
+            .args(mode)
+            .env("ISOLA", env!("CARGO_BIN_EXE_isola"))
+            .env("ISOLA_DATA_DIR", common::data_dir())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{mode:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("plugin says: greeting Ada"), "host.log served by Node: {stdout}");
+        assert!(stdout.contains("Hello, Ada! App version: 2.0"), "{stdout}");
+        assert!(stdout.contains("Sunny in London; Sunny in Arlington; Sunny in Helsinki"), "{stdout}");
+        assert!(stdout.contains("no user with id 9"), "a JavaScript error reached the plugin: {stdout}");
+        assert!(stdout.contains("event: loaded greeter"), "{stdout}");
+        assert!(stdout.contains("chat payload after the chain: hello 🙂"), "{stdout}");
+        if mode.is_some() {
+            assert!(stdout.contains("connected to ws://127.0.0.1:"), "{stdout}");
+        }
+    }
 }

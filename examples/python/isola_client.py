@@ -46,8 +46,8 @@ class Isola:
     """One `isola serve` process. `host` maps names to Python functions served to plugins:
     `{"lookup": fn}` or `{"lookup": (fn, {"async": False, "permission": "users"})}`."""
 
-    def __init__(self, plugin_dir, isola="isola", host=None, values=None, policy=None, watch=False, on_event=None):
-        args = [isola, "serve", plugin_dir] + (["--watch"] if watch else [])
+    def __init__(self, plugin_dir, isola="isola", host=None, values=None, policy=None, watch=False, on_event=None, extra_args=()):
+        args = [isola, *extra_args] + ["serve", plugin_dir] + (["--watch"] if watch else [])
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self._ids = itertools.count(1)
         self._pending = {}

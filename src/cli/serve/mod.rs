@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 /// Messages waiting to be written to one client. When it is full (the client stopped
 /// reading), isola stops reading that client's requests.
 pub const OUTBOX: usize = 32;
+/// Messages read ahead of the session (a stdin line, a WebSocket message).
+pub const INCOMING: usize = 16;
 /// Queued after a session's last message: its writer stops there (an empty message is
 /// never a protocol message), whoever else still holds a sender.
 pub const END: &str = "";
@@ -56,18 +58,21 @@ pub fn serve(ctx: Context, listen: Option<SocketAddr>) -> bool {
 fn stdio(ctx: Arc<Context>, rt: &tokio::runtime::Runtime) {
     let (out, mut outbox) = mpsc::channel::<String>(OUTBOX);
     let writer = std::thread::spawn(move || {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
         while let Some(msg) = outbox.blocking_recv() {
             if msg == END {
                 break;
             }
-            if writeln!(stdout, "{msg}").and_then(|()| stdout.flush()).is_err() {
+            // Flushed when nothing more is queued: one write for a burst of answers.
+            let ok = writeln!(stdout, "{msg}").is_ok() && (!outbox.is_empty() || stdout.flush().is_ok());
+            if !ok {
                 break; // the client went away
             }
         }
+        let _ = stdout.flush();
     });
-    // One line at a time: the reader waits until the session takes the line it read.
-    let (lines, incoming) = mpsc::channel::<String>(1);
+    // The reader stays at most INCOMING lines ahead of the session.
+    let (lines, incoming) = mpsc::channel::<String>(INCOMING);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         while let Some(line) = read_line(&mut stdin) {

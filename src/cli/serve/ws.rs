@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::session::{AtEnd, Context, Session};
-use super::{END, MAX_MESSAGE_BYTES, OUTBOX};
+use super::{END, INCOMING, MAX_MESSAGE_BYTES, OUTBOX};
 
 pub async fn listen(addr: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
     if !addr.ip().is_loopback() && ctx.token.is_none() {
@@ -65,6 +65,8 @@ async fn connection(stream: TcpStream, ctx: Arc<Context>) -> Result<(), tokio_tu
             Err(refusal)
         }
     };
+    // Answers are small and latency matters: no Nagle delay.
+    let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
     let socket = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await?;
     let (mut sink, mut source) = socket.split();
@@ -75,13 +77,15 @@ async fn connection(stream: TcpStream, ctx: Arc<Context>) -> Result<(), tokio_tu
             if msg == END {
                 break;
             }
-            if sink.send(Message::text(msg)).await.is_err() {
+            // Flushed when nothing more is queued: one write for a burst of answers.
+            let sent = sink.feed(Message::text(msg)).await;
+            if sent.is_err() || (outbox.is_empty() && sink.flush().await.is_err()) {
                 return;
             }
         }
         let _ = sink.close().await;
     });
-    let (messages, incoming) = mpsc::channel::<String>(1);
+    let (messages, incoming) = mpsc::channel::<String>(INCOMING);
     let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             let text = match msg {
