@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use isola::{CallOptions, Engine, HostApi, Manager};
 
+fn host() -> HostApi {
+    HostApi::new().func("add", |(a, b): (f64, f64)| Ok(a + b)).value("config", serde_json::json!({"v": 1}))
+}
+
 fn engine() -> Engine {
-    Engine::new(HostApi::new().func("add", |(a, b): (f64, f64)| Ok(a + b)).value("config", serde_json::json!({"v": 1})))
+    Engine::new(host())
 }
 
 const PLUGIN: &str = "let n = 0;
@@ -53,6 +57,37 @@ fn cold_start(c: &mut Criterion) {
             total
         })
     });
+}
+
+/// Loading with a warm pool of ready isolates: the latency from `load` to ready, with a
+/// thread waiting (the pool refills between loads, off the timed path). The CPU each pooled
+/// isolate cost is printed after.
+fn warm_start(c: &mut Criterion) {
+    let dir = plugin_dir();
+    let manager = Manager::new(Engine::builder().host(host()).warm_pool(2).build());
+    let ready = |m: &Manager| {
+        while m.pool_stats().unwrap().ready == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    c.bench_function("warm_start (load from a warm pool + evaluate + ready)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                ready(&manager);
+                let t = Instant::now();
+                manager.load(dir.path().join("bench")).unwrap();
+                total += t.elapsed();
+                manager.unload("bench").unwrap();
+            }
+            total
+        })
+    });
+    let stats = manager.pool_stats().unwrap();
+    println!(
+        "warm pool: {} isolates made, {} µs of CPU each (thread + tokio + isolate from the snapshot)",
+        stats.made, stats.cpu_us_per_isolate
+    );
 }
 
 fn hook_call(c: &mut Criterion) {
@@ -185,5 +220,5 @@ fn compute(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cold_start, hook_call, host_function, timeout_precision, storage, compute);
+criterion_group!(benches, cold_start, warm_start, hook_call, host_function, timeout_precision, storage, compute);
 criterion_main!(benches);

@@ -282,6 +282,19 @@ impl Shared {
         Ok(mailbox.replace(tx))
     }
 
+    /// A thread that took over serving this plugin (a restart on a warm pool thread), to be
+    /// joined with the others. Joined at once if the plugin was closed meanwhile (it then
+    /// finds its mailbox stopped and ends).
+    pub(crate) fn adopt_thread(&self, thread: JoinHandle<()>) {
+        let _mailbox = self.mailbox.read().unwrap();
+        if self.closed.load(Ordering::Acquire) {
+            drop(_mailbox);
+            let _ = thread.join();
+            return;
+        }
+        self.threads.lock().unwrap().push(thread);
+    }
+
     /// A thread serving this plugin can be interrupted through `on` (see [`close`](Self::close)).
     pub(crate) fn add_interrupt(&self, on: Weak<dyn Interrupt>) {
         let mut all = self.interrupts.lock().unwrap();

@@ -54,6 +54,7 @@ pub mod manager;
 pub mod manifest;
 mod memory_guard;
 pub mod permissions;
+mod pool;
 pub mod process;
 mod registry;
 mod runtime;

@@ -26,9 +26,12 @@ use crate::engine::{Engine, Isolation};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent, LifecycleEvents};
 use crate::handle::{PluginHandle, PluginStatus, Shared, call_mailbox};
+use crate::pool::WarmPool;
 pub use crate::registry::PluginInfo;
 use crate::registry::{Entry, Registry};
+use crate::runtime::isolate::MIN_HEAP_BYTES;
 use crate::source::{PluginSource, guess_id, is_plugin_path, plugin_paths};
+use crate::stats::PoolStats;
 use crate::waits::WaitGraph;
 use crate::watch::Watcher;
 use crate::{links::Links, worker};
@@ -80,6 +83,8 @@ struct Inner {
     /// What plugins' isolates use to reach each other.
     links: Arc<Links>,
     watcher: Mutex<Option<Watcher>>,
+    /// Ready isolates for plugins to start on (see `pool.rs`); gone at shutdown.
+    pool: Mutex<Option<Arc<WarmPool>>>,
 }
 
 /// A plugin whose thread was started and is evaluating its code.
@@ -123,8 +128,19 @@ impl Manager {
                 tracing::warn!("{err}");
             }
         });
-        let inner =
-            Arc::new(Inner { engine, registry, bus, _background: background, links, watcher: Mutex::new(None) });
+        let pool = (engine.warm_pool() > 0).then(|| {
+            let heap_limit = engine.limits().heap_limit.max(MIN_HEAP_BYTES);
+            Arc::new(WarmPool::new(engine.warm_pool(), heap_limit, engine.memory_guard().clone()))
+        });
+        let inner = Arc::new(Inner {
+            engine,
+            registry,
+            bus,
+            _background: background,
+            links,
+            watcher: Mutex::new(None),
+            pool: Mutex::new(pool),
+        });
         Manager { inner, events_rt: Mutex::new(Some(rt)) }
     }
 
@@ -140,6 +156,18 @@ impl Manager {
     /// ```
     pub fn events(&self) -> LifecycleEvents {
         self.inner.bus.subscribe()
+    }
+
+    /// What the warm pool has done ([`EngineBuilder::warm_pool`](crate::EngineBuilder::warm_pool)):
+    /// isolates ready now, made and taken so far, and CPU per isolate. `None` without a pool.
+    ///
+    /// ```no_run
+    /// let manager = isola::Manager::new(isola::Engine::builder().warm_pool(2).build());
+    /// let pool = manager.pool_stats().unwrap();
+    /// println!("{} ready, {} µs of CPU each", pool.ready, pool.cpu_us_per_isolate);
+    /// ```
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        self.inner.pool.lock().unwrap().as_ref().map(|p| p.stats())
     }
 
     /// Watches `dir` and keeps the plugins in sync with it: a changed plugin is reloaded
@@ -294,6 +322,8 @@ impl Manager {
         for e in &entries {
             e.handle.shared().join();
         }
+        // Its waiting threads end with it (a plugin thread may still hold it for a moment).
+        drop(self.inner.pool.lock().unwrap().take());
         if let Some(rt) = self.events_rt.lock().unwrap().take() {
             rt.shutdown_background();
         }
@@ -392,7 +422,10 @@ impl Inner {
     /// Starts a plugin version where its configuration says: a thread, or a child process.
     fn spawn(&self, config: Arc<PluginConfig>, shared: Arc<Shared>) -> Result<worker::Starting> {
         match config.isolation {
-            Isolation::Thread => worker::spawn(&self.engine, config, shared, self.links.clone()),
+            Isolation::Thread => {
+                let pool = self.pool.lock().unwrap().clone();
+                worker::spawn(&self.engine, config, shared, self.links.clone(), pool.as_ref())
+            }
             Isolation::Process => crate::process::spawn(&self.engine, config, shared, self.links.clone()),
         }
     }

@@ -245,3 +245,18 @@ fn clock_time(clock: libc::clockid_t) -> Duration {
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// What a manager's warm pool has done (see
+/// [`EngineBuilder::warm_pool`](crate::EngineBuilder::warm_pool) and
+/// [`Manager::pool_stats`](crate::Manager::pool_stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Threads waiting with a ready isolate now.
+    pub ready: usize,
+    /// Threads made ready since the pool started.
+    pub made: u64,
+    /// Threads given a plugin.
+    pub taken: u64,
+    /// Mean CPU time one pool thread took to get ready, in microseconds.
+    pub cpu_us_per_isolate: u64,
+}

@@ -19,7 +19,8 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Shared};
-use crate::runtime::isolate::{Background, IsolateConfig, PluginIsolate};
+use crate::pool::{WarmPool, WarmThread};
+use crate::runtime::isolate::{Background, BareIsolate, IsolateConfig, MIN_HEAP_BYTES, PluginIsolate};
 use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::Peers;
 use crate::runtime::watchdog::DeadlineSlot;
@@ -30,7 +31,7 @@ pub(crate) const ON_UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::f
 
 /// Stack for plugin threads: V8 stops JS recursion at about 1 MiB of stack; the rest is for
 /// Rust frames and host functions.
-const STACK_SIZE: usize = 4 << 20;
+pub(crate) const STACK_SIZE: usize = 4 << 20;
 
 /// A plugin thread that is starting: wait for it with [`Starting::wait`].
 pub(crate) struct Starting {
@@ -69,13 +70,15 @@ pub(crate) fn spawn(
     config: Arc<PluginConfig>,
     shared: Arc<Shared>,
     peers: Arc<dyn Peers>,
+    pool: Option<&Arc<WarmPool>>,
 ) -> Result<Starting, Error> {
-    spawn_with(engine, config, shared, peers, Arc::default(), None)
+    spawn_with(engine, config, shared, peers, Arc::default(), None, pool)
 }
 
 /// [`spawn`], loading the plugin from `sources` where they hold a file (and recording there
 /// what it reads from disk), and serving `inbox` instead of the mailbox if one is given (the
-/// returned [`Starting::tx`] then reaches nobody).
+/// returned [`Starting::tx`] then reaches nobody). A thread from `pool` is used when one is
+/// ready for this plugin's budget.
 pub(crate) fn spawn_with(
     engine: &Engine,
     config: Arc<PluginConfig>,
@@ -83,6 +86,7 @@ pub(crate) fn spawn_with(
     peers: Arc<dyn Peers>,
     sources: Arc<SourceCache>,
     inbox: Option<Box<dyn Inbox>>,
+    pool: Option<&Arc<WarmPool>>,
 ) -> Result<Starting, Error> {
     let (tx, rx) = crate::call::mailbox(config.limits.mailbox_capacity);
     let rx: Box<dyn Inbox> = inbox.unwrap_or_else(|| Box::new(rx));
@@ -90,12 +94,34 @@ pub(crate) fn spawn_with(
     let engine = engine.clone();
     let id = config.id().to_owned();
     let generation = shared.next_generation();
-    let thread = std::thread::Builder::new()
-        .name(format!("isola:{id}"))
-        .stack_size(STACK_SIZE)
-        .spawn(move || Worker { engine, config, shared, peers, sources, generation }.run(rx, ready_tx))
-        .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
+    let heap_limit = config.limits.heap_limit.max(MIN_HEAP_BYTES);
+    let worker = Worker { engine, config, shared, peers, sources, generation, pool: pool.cloned() };
+    let thread = match pool.and_then(|p| p.take(heap_limit)) {
+        Some(warm) => warm.assign(Box::new(move |rt, bare| {
+            name_thread(&format!("isola:{id}"));
+            worker.run(rx, ready_tx, Some((rt, bare)));
+        })),
+        None => std::thread::Builder::new()
+            .name(format!("isola:{id}"))
+            .stack_size(STACK_SIZE)
+            .spawn(move || worker.run(rx, ready_tx, None))
+            .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?,
+    };
     Ok(Starting { tx, thread, generation, ready })
+}
+
+/// Names the calling thread (a pool thread taking a plugin), as `ps` and debuggers show it;
+/// Linux keeps the first 15 bytes.
+fn name_thread(name: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+        bytes.push(0);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr()) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
 }
 
 struct Worker {
@@ -107,16 +133,39 @@ struct Worker {
     sources: Arc<SourceCache>,
     /// This version's number (see `Shared::next_generation`).
     generation: u64,
+    /// Where a restart after `HEAP_LIMIT` may find a ready isolate.
+    pool: Option<Arc<WarmPool>>,
 }
 
 impl Worker {
-    fn run(self, rx: Box<dyn Inbox>, ready: Sender<Result<Vec<String>, Error>>) {
+    /// [`run`](Self::run) for a restart handed over to a pool thread (see
+    /// [`hand_off`](Self::hand_off)).
+    fn run_restarted(self, rx: Box<dyn Inbox>, rt: tokio::runtime::Runtime, bare: BareIsolate) {
+        self.run_with(rx, None, Some((rt, bare)));
+    }
+
+    /// Serves the plugin on this thread; `warm` is a pool thread's runtime and isolate.
+    fn run(
+        self,
+        rx: Box<dyn Inbox>,
+        ready: Sender<Result<Vec<String>, Error>>,
+        warm: Option<(tokio::runtime::Runtime, BareIsolate)>,
+    ) {
+        self.run_with(rx, Some(ready), warm);
+    }
+
+    fn run_with(
+        self,
+        rx: Box<dyn Inbox>,
+        ready: Option<Sender<Result<Vec<String>, Error>>>,
+        warm: Option<(tokio::runtime::Runtime, BareIsolate)>,
+    ) {
         crate::host::set_current_plugin(self.config.id());
         self.shared.stats.register_thread();
         // Every host-side panic isola knows of is caught where it happens; should isola's own
         // code here still panic, the plugin is reported crashed instead of vanishing silently
         // (its callers get PLUGIN_CRASHED as the mailbox closes).
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(rx, ready)));
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(rx, ready, warm)));
         if let Err(panic) = served {
             let what = crate::host::panic_message(&*panic);
             let error = Error::new(ErrorCode::PluginCrashed, format!("the plugin's thread panicked: {what}"))
@@ -128,14 +177,29 @@ impl Worker {
         self.shared.stats.unregister_thread();
     }
 
-    fn serve(&self, mut rx: Box<dyn Inbox>, ready: Sender<Result<Vec<String>, Error>>) {
+    /// Loads the plugin and answers its mailbox until it stops. `ready` hears how loading
+    /// went; without it this thread is a restart, taken over from a thread whose isolate broke
+    /// its budget (see [`hand_off`](Self::hand_off)).
+    fn serve(
+        &self,
+        mut rx: Box<dyn Inbox>,
+        ready: Option<Sender<Result<Vec<String>, Error>>>,
+        warm: Option<(tokio::runtime::Runtime, BareIsolate)>,
+    ) {
         let id = self.config.id();
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = ready.send(Err(Error::new(ErrorCode::LoadFailed, format!("cannot start tokio: {e}"))));
-                return;
-            }
+        let (rt, bare) = match warm {
+            Some((rt, bare)) => (rt, Some(bare)),
+            None => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => (rt, None),
+                Err(e) => {
+                    let e = Error::new(ErrorCode::LoadFailed, format!("cannot start tokio: {e}"));
+                    match ready {
+                        Some(ready) => drop(ready.send(Err(e))),
+                        None => self.restart_failed(e),
+                    }
+                    return;
+                }
+            },
         };
         // deno_core expects to be created and polled inside a tokio context.
         let _guard = rt.enter();
@@ -148,16 +212,25 @@ impl Worker {
                 shared.set_stuck();
             }
         }));
-        let mut isolate = match self.load(&slot, &rt) {
-            Ok(i) => {
-                let _ = ready.send(Ok(i.hook_names()));
+        let mut isolate = match (self.load(bare, &slot, &rt), ready) {
+            (Ok(i), ready) => {
+                if let Some(ready) = ready {
+                    let _ = ready.send(Ok(i.hook_names()));
+                }
                 Some(i)
             }
-            Err(e) => {
+            (Err(e), Some(ready)) => {
                 let _ = ready.send(Err(e));
                 return;
             }
+            // A restart that failed: calls are answered with why, as on the same thread.
+            (Err(e), None) => {
+                self.restart_failed(e);
+                None
+            }
         };
+        // A ready isolate from the pool to restart on, when this one breaks its budget.
+        let mut hand_off = None;
 
         loop {
             // An isolate the engine's memory guard stopped while idle is discarded before it
@@ -225,8 +298,21 @@ impl Worker {
             let heap_error = poisoned.then(|| r.as_ref().err().cloned().unwrap_or_else(|| iso.heap_limit_error()));
             self.answer(reply, r);
             if let Some(error) = heap_error {
-                self.restart(&mut isolate, error.in_context(id, Some(&hook)), &slot, &rt);
+                let error = error.in_context(id, Some(&hook));
+                let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
+                let warm = self.pool.as_ref().filter(|_| !self.shared.is_closed()).and_then(|p| p.take(heap_limit));
+                if let Some(warm) = warm {
+                    self.announce_restart(error);
+                    drop(isolate.take());
+                    hand_off = Some(warm);
+                    break;
+                }
+                self.restart(&mut isolate, error, &slot, &rt);
             }
+        }
+        if let Some(warm) = hand_off {
+            self.hand_off(warm, rx);
+            return;
         }
         if self.shared.is_closed() {
             // Unloaded or shut down: `onUnload` may flush state, briefly.
@@ -265,23 +351,54 @@ impl Worker {
         slot: &DeadlineSlot,
         rt: &tokio::runtime::Runtime,
     ) {
+        self.announce_restart(error);
+        // Drop first: V8 wants isolates on one thread disposed in reverse order.
+        drop(isolate.take());
+        match self.load(None, slot, rt) {
+            Ok(i) => *isolate = Some(i),
+            Err(e) => self.restart_failed(e),
+        }
+    }
+
+    /// Says that the plugin is being restarted, and why.
+    fn announce_restart(&self, error: Error) {
         let id = self.config.id();
         self.shared.set_status(PluginStatus::Restarting);
         self.shared.emit(LifecycleEvent::Restarted { plugin: id.to_owned(), error });
-        // Drop first: V8 wants isolates on one thread disposed in reverse order.
-        drop(isolate.take());
         self.shared.stats.record_restart();
         tracing::warn!(plugin = %id, "memory limit exceeded; restarting the plugin");
-        match self.load(slot, rt) {
-            Ok(i) => *isolate = Some(i),
-            Err(e) => {
-                tracing::error!(plugin = %id, "restart failed: {e}");
-                let error = e.in_context(id, None);
-                self.shared.update_info(|info| info.last_error = Some(error.clone()));
-                self.shared.set_status(PluginStatus::Failed);
-                self.shared.emit(LifecycleEvent::RestartFailed { plugin: id.to_owned(), error });
-            }
-        }
+    }
+
+    /// Says that a restart failed: calls are answered with `error` from now on.
+    fn restart_failed(&self, e: Error) {
+        let id = self.config.id();
+        tracing::error!(plugin = %id, "restart failed: {e}");
+        let error = e.in_context(id, None);
+        self.shared.update_info(|info| info.last_error = Some(error.clone()));
+        self.shared.set_status(PluginStatus::Failed);
+        self.shared.emit(LifecycleEvent::RestartFailed { plugin: id.to_owned(), error });
+    }
+
+    /// Restarts the plugin on `warm`, a pool thread with a ready isolate: it takes over this
+    /// thread's mailbox (calls queued meanwhile wait there) and this thread ends. Why not on
+    /// this thread: an isolate belongs to the thread that made it, and making one here would
+    /// cost the plugin's callers a cold start.
+    fn hand_off(&self, warm: WarmThread, rx: Box<dyn Inbox>) {
+        let next = Worker {
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            peers: self.peers.clone(),
+            sources: self.sources.clone(),
+            generation: self.generation,
+            pool: self.pool.clone(),
+        };
+        let name = format!("isola:{}", self.config.id());
+        let thread = warm.assign(Box::new(move |rt, bare| {
+            name_thread(&name);
+            next.run_restarted(rx, rt, bare);
+        }));
+        self.shared.adopt_thread(thread);
     }
 
     /// Sends a call's answer, or, for `onLoad` (no caller), reports a failure as an event.
@@ -297,7 +414,12 @@ impl Worker {
         }
     }
 
-    fn load(&self, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) -> Result<PluginIsolate, Error> {
+    fn load(
+        &self,
+        bare: Option<BareIsolate>,
+        slot: &DeadlineSlot,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<PluginIsolate, Error> {
         let cfg = IsolateConfig {
             plugin: &self.config,
             host: self.engine.host(),
@@ -307,7 +429,7 @@ impl Worker {
             sources: self.sources.clone(),
             guard: self.engine.memory_guard(),
         };
-        let loaded = PluginIsolate::new(&cfg, slot, rt);
+        let loaded = PluginIsolate::new(bare, &cfg, slot, rt);
         self.shared.set_unstuck();
         let iso = loaded?;
         let shared = Arc::downgrade(&self.shared);

@@ -459,15 +459,21 @@ fn serve(link: Arc<Link>, mut control: UnixStream, plugin: ChildPlugin) -> i32 {
     let sources = Arc::new(SourceCache::with_files(files));
     // The plugin's thread reads its calls from the call channel itself.
     let inbox = Box::new(CallChannel { link: link.clone(), shared: shared.clone(), ended: false });
-    let starting =
-        match crate::worker::spawn_with(&engine, Arc::new(config), shared.clone(), peers, sources.clone(), Some(inbox))
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default(), sources: Vec::new() });
-                return 0;
-            }
-        };
+    let starting = match crate::worker::spawn_with(
+        &engine,
+        Arc::new(config),
+        shared.clone(),
+        peers,
+        sources.clone(),
+        Some(inbox),
+        None,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = link.send(&ToParent::Loaded { result: Err(e), stats: Box::default(), sources: Vec::new() });
+            return 0;
+        }
+    };
     // The control channel is read from before the plugin has loaded: its top-level code may
     // already await the host, and the replies must be read while it waits. It goes on while
     // calls run (cancellations, replies to async requests).

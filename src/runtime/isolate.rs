@@ -20,7 +20,7 @@ use deno_core::error::{CoreError, CoreErrorKind, JsError};
 use deno_core::{JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions, serde_v8, v8};
 use serde_json::Value;
 
-use super::loader::{PluginLoader, SourceCache};
+use super::loader::{LateLoader, PluginLoader, SourceCache};
 use super::memory::{Breach, MemoryBudget};
 use super::ops::{Current, Grant, HostTable, isola_ops};
 use super::peers::Peers;
@@ -130,14 +130,61 @@ impl From<Error> for Failure {
     }
 }
 
+/// A V8 isolate made from the startup snapshot inside its memory budget, not yet given to a
+/// plugin: the part of a cold start that does not depend on the plugin (and so what a warm
+/// pool makes ahead of time, see `pool.rs`). Must be used on the thread that made it.
+pub(crate) struct BareIsolate {
+    runtime: JsRuntime,
+    budget: Arc<MemoryBudget>,
+    /// Imports resolve nowhere until the plugin is known.
+    loader: Rc<LateLoader>,
+    heap_limit: usize,
+}
+
+impl BareIsolate {
+    /// Creates an isolate whose memory budget is `heap_limit` bytes (at least
+    /// [`MIN_HEAP_BYTES`]), counted under `guard`. Call inside a tokio context.
+    pub(crate) fn new(heap_limit: usize, guard: &Arc<MemoryGuard>) -> BareIsolate {
+        let heap_limit = heap_limit.max(MIN_HEAP_BYTES);
+        let budget = MemoryBudget::new(heap_limit, guard);
+        let loader = Rc::new(LateLoader::default());
+        let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
+        let mut runtime = JsRuntime::new(RuntimeOptions {
+            module_loader: Some(loader.clone()),
+            // The host table is the plugin's: put in its place when the plugin is known.
+            extensions: vec![isola_ops::init(HostTable::empty()), isola_web::init(), isola_wasm::init()],
+            create_params: Some(params),
+            startup_snapshot: Some(snapshot()),
+            ..Default::default()
+        });
+        runtime.op_state().borrow_mut().put(WasmBudget(budget.clone()));
+        budget.set_isolate(runtime.v8_isolate().thread_safe_handle());
+        let b = budget.clone();
+        runtime.add_near_heap_limit_callback(move |current, _initial| b.heap_full(current));
+        budget.watch_gc(runtime.v8_isolate());
+        // Counted from the start: a waiting isolate holds memory too.
+        budget.set_heap_used(runtime.v8_isolate().get_heap_statistics().used_heap_size(), false);
+        BareIsolate { runtime, budget, loader, heap_limit }
+    }
+}
+
 impl PluginIsolate {
     /// Creates the isolate, installs the prelude and evaluates the plugin, all within the
-    /// load deadline and the memory budget.
-    pub(crate) fn new(cfg: &IsolateConfig, slot: &DeadlineSlot, rt: &tokio::runtime::Runtime) -> Result<Self, Error> {
+    /// load deadline and the memory budget. Starts from `bare` (made ahead of time by a warm
+    /// pool) when it fits: made with this plugin's budget and not stopped meanwhile.
+    pub(crate) fn new(
+        bare: Option<BareIsolate>,
+        cfg: &IsolateConfig,
+        slot: &DeadlineSlot,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Self, Error> {
         let source = &cfg.plugin.source;
         let load_timeout = cfg.plugin.limits.load_timeout;
         let heap_limit = cfg.plugin.limits.heap_limit.max(MIN_HEAP_BYTES);
-        let budget = MemoryBudget::new(heap_limit, cfg.guard);
+        let bare = bare
+            .filter(|b| b.heap_limit == heap_limit && !b.budget.exceeded())
+            .unwrap_or_else(|| BareIsolate::new(heap_limit, cfg.guard));
+        let BareIsolate { mut runtime, budget, loader, .. } = bare;
         let current = Rc::new(RefCell::new(Current {
             callers: Vec::new(),
             event_depth: 0,
@@ -155,21 +202,10 @@ impl PluginIsolate {
             peers: cfg.peers.clone(),
             max_args: cfg.plugin.limits.max_result_bytes,
         });
-        let params = v8::CreateParams::default().heap_limits(0, heap_limit).array_buffer_allocator(budget.allocator());
-        let mut runtime = JsRuntime::new(RuntimeOptions {
-            module_loader: Some(Rc::new(PluginLoader::new(source.import_root(), cfg.sources.clone()))),
-            extensions: vec![isola_ops::init(table), isola_web::init(), isola_wasm::init()],
-            create_params: Some(params),
-            startup_snapshot: Some(snapshot()),
-            ..Default::default()
-        });
-        runtime.op_state().borrow_mut().put(WasmBudget(budget.clone()));
+        runtime.op_state().borrow_mut().put(table);
+        loader.bind(PluginLoader::new(source.import_root(), cfg.sources.clone()));
         let handle = runtime.v8_isolate().thread_safe_handle();
-        budget.set_isolate(handle.clone());
         slot.set_isolate(handle, &budget);
-        let b = budget.clone();
-        runtime.add_near_heap_limit_callback(move |current, _initial| b.heap_full(current));
-        budget.watch_gc(runtime.v8_isolate());
         let helpers = runtime
             .execute_script("ext:isola/setup.js", format!("{PRELUDE_GLOBAL}({spec})"))
             .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("isola prelude failed: {e}")))?;

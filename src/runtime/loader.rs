@@ -157,3 +157,40 @@ impl ModuleLoader for PluginLoader {
         ModuleLoadResponse::Sync(load())
     }
 }
+
+/// The module loader of an isolate made before its plugin was known (see `BareIsolate`): it
+/// refuses every import until [`bind`](Self::bind) gives it the plugin's [`PluginLoader`].
+#[derive(Default)]
+pub(crate) struct LateLoader(std::cell::RefCell<Option<std::rc::Rc<PluginLoader>>>);
+
+impl LateLoader {
+    /// From now on, imports are the plugin's.
+    pub(crate) fn bind(&self, loader: PluginLoader) {
+        *self.0.borrow_mut() = Some(std::rc::Rc::new(loader));
+    }
+
+    fn bound(&self) -> Result<std::rc::Rc<PluginLoader>, JsErrorBox> {
+        self.0
+            .borrow()
+            .clone()
+            .ok_or_else(|| JsErrorBox::type_error("imports are not available before the plugin is loaded"))
+    }
+}
+
+impl ModuleLoader for LateLoader {
+    fn resolve(&self, specifier: &str, referrer: &str, kind: ResolutionKind) -> Result<ModuleSpecifier, JsErrorBox> {
+        self.bound()?.resolve(specifier, referrer, kind)
+    }
+
+    fn load(
+        &self,
+        spec: &ModuleSpecifier,
+        referrer: Option<&ModuleLoadReferrer>,
+        options: ModuleLoadOptions,
+    ) -> ModuleLoadResponse {
+        match self.bound() {
+            Ok(loader) => loader.load(spec, referrer, options),
+            Err(e) => ModuleLoadResponse::Sync(Err(e)),
+        }
+    }
+}

@@ -92,7 +92,11 @@ pub fn test_host() -> HostApi {
 /// `ISOLA_TEST_ISOLATION=process` every plugin runs in a child process (the `isola` binary as
 /// its worker), otherwise on a thread. `.ci/run` runs those suites both ways.
 pub fn builder() -> EngineBuilder {
-    let b = Engine::builder();
+    let mut b = Engine::builder();
+    // `ISOLA_TEST_WARM_POOL=N` starts thread plugins from a warm pool of N isolates.
+    if let Some(n) = std::env::var("ISOLA_TEST_WARM_POOL").ok().and_then(|n| n.parse().ok()) {
+        b = b.warm_pool(n);
+    }
     if !process_mode() {
         return b;
     }
