@@ -35,6 +35,8 @@ pub(crate) struct PluginConfig {
     pub commands: Vec<CommandSpec>,
     /// Thread or process: the engine's, or more if the manifest asks.
     pub isolation: Isolation,
+    /// A fresh instance for every call (manifest `stateless`).
+    pub stateless: bool,
 }
 
 impl PluginConfig {
@@ -52,6 +54,7 @@ impl PluginConfig {
             events: manifest.map(|m| m.events.clone()).unwrap_or_default(),
             commands: manifest.map(|m| m.commands.clone()).unwrap_or_default(),
             isolation: engine.isolation().max(manifest.and_then(|m| m.isolation).unwrap_or_default()),
+            stateless: manifest.is_some_and(|m| m.stateless),
             source,
         }
     }

@@ -292,7 +292,10 @@ impl Shared {
             let _ = thread.join();
             return;
         }
-        self.threads.lock().unwrap().push(thread);
+        let mut threads = self.threads.lock().unwrap();
+        // A stateless plugin hands over after every call: forget the threads that ended.
+        threads.retain(|t| !t.is_finished());
+        threads.push(thread);
     }
 
     /// A thread serving this plugin can be interrupted through `on` (see [`close`](Self::close)).

@@ -98,6 +98,10 @@ pub struct Manifest {
     /// ask for more isolation than the host's default, never less.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
+    /// Every call runs on a fresh instance of the plugin (`"stateless": true`): nothing a call
+    /// leaves behind (module state, timers, pending promises) reaches the next one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateless: bool,
 }
 
 const KNOWN_FIELDS: &[&str] = &[
@@ -112,6 +116,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "events",
     "commands",
     "isolation",
+    "stateless",
 ];
 const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs", "storageBytes", "storageValueBytes", "storageKeys"];
 
@@ -465,6 +470,18 @@ impl Manifest {
                 }
             },
         };
+        let stateless = match obj.get("stateless") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => {
+                c.error(
+                    "$.stateless",
+                    "wrong_type",
+                    format!("`stateless` must be true or false, found {}", type_name(other)),
+                );
+                false
+            }
+        };
         let events = c.events(obj.get("events"));
         let commands = c.commands(obj.get("commands"));
 
@@ -483,6 +500,7 @@ impl Manifest {
             events,
             commands,
             isolation,
+            stateless,
         };
         Ok((manifest, c.diags))
     }

@@ -299,19 +299,31 @@ impl Worker {
             self.answer(reply, r);
             if let Some(error) = heap_error {
                 let error = error.in_context(id, Some(&hook));
-                let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
-                let warm = self.pool.as_ref().filter(|_| !self.shared.is_closed()).and_then(|p| p.take(heap_limit));
-                if let Some(warm) = warm {
+                if let Some(warm) = self.warm_thread() {
                     self.announce_restart(error);
                     drop(isolate.take());
                     hand_off = Some(warm);
                     break;
                 }
                 self.restart(&mut isolate, error, &slot, &rt);
+            } else if self.config.stateless && !self.shared.is_closed() {
+                // The next call gets a fresh instance, made now rather than when it comes:
+                // on a ready pool thread if there is one (which starts on it before this
+                // thread disposes of the old one), else here.
+                if let Some(warm) = self.warm_thread() {
+                    hand_off = Some(warm);
+                    break;
+                }
+                drop(isolate.take());
+                match self.load(None, &slot, &rt) {
+                    Ok(i) => isolate = Some(i),
+                    Err(e) => self.restart_failed(e),
+                }
             }
         }
         if let Some(warm) = hand_off {
             self.hand_off(warm, rx);
+            drop(isolate);
             return;
         }
         if self.shared.is_closed() {
@@ -358,6 +370,12 @@ impl Worker {
             Ok(i) => *isolate = Some(i),
             Err(e) => self.restart_failed(e),
         }
+    }
+
+    /// A ready pool thread for this plugin's budget, unless the plugin is closing.
+    fn warm_thread(&self) -> Option<WarmThread> {
+        let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
+        self.pool.as_ref().filter(|_| !self.shared.is_closed()).and_then(|p| p.take(heap_limit))
     }
 
     /// Says that the plugin is being restarted, and why.

@@ -421,3 +421,42 @@ fn a_host_error_gives_the_plugin_its_code_and_data_and_host_functions_know_the_d
     assert_eq!(e.code, ErrorCode::HostError, "{e}");
     assert!(e.message.contains("no user 1"), "{e}");
 }
+
+/// `"stateless": true`: every call runs on a fresh instance of the plugin, so module state,
+/// timers and pending promises a call leaves behind never reach the next call (with or
+/// without a warm pool, on a thread or in a process).
+#[test]
+fn a_stateless_plugin_runs_every_call_on_a_fresh_instance() {
+    let dir = common::PluginDir::new();
+    let manifest = r#"{"id":"fresh","name":"fresh","version":"1.0.0","apiVersion":1,"stateless":true}"#;
+    let path = dir.module_with_manifest(
+        "fresh",
+        manifest,
+        "let n = 0; globalThis.leak ??= 0;
+        export default {
+            inc() { globalThis.leak++; return [++n, globalThis.leak]; },
+            later() { setTimeout(() => { n = 100; }, 1); return new Promise(() => {}).constructor.name; },
+        };",
+    );
+    let m = Manager::new(common::engine());
+    let h = m.load(path).unwrap();
+    for _ in 0..5 {
+        assert_eq!(h.call_blocking::<_, (u32, u32)>("inc", ()).unwrap(), (1, 1));
+    }
+    assert_eq!(h.call_blocking::<_, String>("later", ()).unwrap(), "Promise");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(h.call_blocking::<_, (u32, u32)>("inc", ()).unwrap(), (1, 1), "the timer died with its instance");
+    // Calls queued at once each get their own instance too.
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || h.call_blocking::<_, (u32, u32)>("inc", ()).unwrap())
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.join().unwrap(), (1, 1));
+    }
+    assert_eq!(h.stats().restarts, 0, "a fresh instance is not a restart");
+    assert_eq!(h.status(), isola::PluginStatus::Ready);
+    m.shutdown();
+}

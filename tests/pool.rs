@@ -203,3 +203,48 @@ fn pooled_isolates_count_under_the_total_memory_limit() {
     assert!(engine.memory_in_use() < (256 << 10), "given back at shutdown: {} bytes", engine.memory_in_use());
     assert!(Manager::new(Engine::default()).pool_stats().is_none(), "no pool unless asked");
 }
+
+#[test]
+fn a_stateless_plugin_takes_a_fresh_instance_from_the_pool_after_every_call() {
+    let _one = serial();
+    let dir = PluginDir::new();
+    let m = Manager::new(pooled(2));
+    until_ready(&m, 2);
+    let path = dir.module_with_manifest(
+        "fresh",
+        &manifest("fresh", json!({"stateless": true})),
+        "let n = 0; export default { inc() { return ++n; } };",
+    );
+    let h = m.load(path).unwrap();
+    let taken = m.pool_stats().unwrap().taken;
+    for i in 1..=20 {
+        // Two ready: enough for this call's successor and, should the last call's successor
+        // not be taken yet, for that one too.
+        until_ready(&m, 2);
+        assert_eq!(h.call_blocking::<_, u64>("inc", ()).unwrap(), 1, "call {i}");
+    }
+    // The instance for the next call was taken as soon as each call was answered.
+    // (The last one may still be taking its successor.)
+    assert!(m.pool_stats().unwrap().taken >= taken + 19, "{:?}", m.pool_stats());
+    // Threads that handed over are gone, not piled up.
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(threads_named("isola:fresh") <= 2, "{} threads", threads_named("isola:fresh"));
+    m.unload("fresh").unwrap();
+    assert_eq!(threads_named("isola:fresh"), 0);
+    m.shutdown();
+}
+
+#[test]
+fn stateless_must_be_a_boolean() {
+    let _one = serial();
+    let dir = PluginDir::new();
+    let m = Manager::new(pooled(0));
+    let path = dir.module_with_manifest("bad", &manifest("bad", json!({"stateless": "yes"})), "export default {};");
+    let e = m.load(path).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ManifestInvalid, "{e}");
+    assert!(
+        e.diagnostics.iter().any(|d| d.path == "$.stateless" && d.message.contains("true or false")),
+        "{:?}",
+        e.diagnostics
+    );
+}

@@ -445,6 +445,7 @@ fn serve(link: Arc<Link>, mut control: UnixStream, plugin: ChildPlugin) -> i32 {
         events: Vec::new(),
         commands: Vec::new(),
         isolation: Isolation::Thread,
+        stateless: plugin.source.manifest().is_some_and(|m| m.stateless),
         source: plugin.source,
     };
     // Lifecycle events inside the child (a restart after HEAP_LIMIT, a failed onLoad) go to
