@@ -152,7 +152,7 @@ fn make(heap_limit: usize, guard: &Arc<MemoryGuard>) -> Option<(WarmThread, u64)
     let guard = guard.clone();
     let thread = std::thread::Builder::new()
         .name("isola:warm".into())
-        .stack_size(crate::worker::STACK_SIZE)
+        .stack_size(crate::runtime::isolate::STACK_SIZE)
         .spawn(move || {
             let started = thread_cpu_ns();
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };

@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Shared};
 use crate::pool::{WarmPool, WarmThread};
-use crate::runtime::isolate::{Background, BareIsolate, IsolateConfig, MIN_HEAP_BYTES, PluginIsolate};
+use crate::runtime::isolate::{Background, BareIsolate, IsolateConfig, MIN_HEAP_BYTES, PluginIsolate, STACK_SIZE};
 use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::Peers;
 use crate::runtime::watchdog::DeadlineSlot;
@@ -28,10 +28,6 @@ use crate::runtime::watchdog::DeadlineSlot;
 /// Time limit for `onUnload` when a plugin is unloaded or shut down: enough to flush state to
 /// the host, short enough that unloading stays prompt whatever the plugin does.
 pub(crate) const ON_UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Stack for plugin threads: V8 stops JS recursion at about 1 MiB of stack; the rest is for
-/// Rust frames and host functions.
-pub(crate) const STACK_SIZE: usize = 4 << 20;
 
 /// A plugin thread that is starting: wait for it with [`Starting::wait`].
 pub(crate) struct Starting {

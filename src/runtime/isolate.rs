@@ -43,6 +43,10 @@ use crate::storage::Storage;
 /// MiB of heap, and V8 aborts the process (rather than failing) if it cannot even start.
 pub(crate) const MIN_HEAP_BYTES: usize = 8 << 20;
 
+/// Stack for a thread that runs an isolate (a plugin's, or a warm pool's): V8 stops JS
+/// recursion at about 1 MiB of stack; the rest is for Rust frames and host functions.
+pub(crate) const STACK_SIZE: usize = 4 << 20;
+
 /// How long plugin code may run while an abandoned call's promises settle.
 const ABANDON_LIMIT: Duration = Duration::from_millis(20);
 
