@@ -206,6 +206,16 @@ pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     (MailboxTx { tx, ready: ready.clone(), queued: queued.clone(), capacity }, MailboxRx { rx, ready, queued })
 }
 
+impl Drop for MailboxRx {
+    fn drop(&mut self) {
+        // What is still queued is dropped with it (its callers hear the plugin is gone): count
+        // it out, or a mailbox left full would answer BUSY for good.
+        while self.rx.try_recv().is_ok() {
+            self.took();
+        }
+    }
+}
+
 impl MailboxRx {
     /// The next request, waiting at most `timeout`.
     pub(crate) fn recv_timeout(

@@ -91,7 +91,7 @@ pub(crate) fn spawn_with(
     let id = config.id().to_owned();
     let generation = shared.next_generation();
     let heap_limit = config.limits.heap_limit.max(MIN_HEAP_BYTES);
-    let worker = Worker { engine, config, shared, peers, sources, generation, pool: pool.cloned() };
+    let worker = Worker { engine, config, shared, peers, sources, generation, pool: pool.map(Arc::downgrade) };
     let thread = match pool.and_then(|p| p.take(heap_limit)) {
         Some(warm) => warm.assign(Box::new(move |rt, bare| {
             name_thread(&format!("isola:{id}"));
@@ -129,8 +129,9 @@ struct Worker {
     sources: Arc<SourceCache>,
     /// This version's number (see `Shared::next_generation`).
     generation: u64,
-    /// Where a restart after `HEAP_LIMIT` may find a ready isolate.
-    pool: Option<Arc<WarmPool>>,
+    /// Where a restart after `HEAP_LIMIT` may find a ready isolate. Weak: the pool ends with
+    /// its manager, even while a stuck plugin thread lives on.
+    pool: Option<std::sync::Weak<WarmPool>>,
 }
 
 impl Worker {
@@ -302,7 +303,8 @@ impl Worker {
                     break;
                 }
                 self.restart(&mut isolate, error, &slot, &rt);
-            } else if self.config.stateless && !self.shared.is_closed() {
+            } else if self.config.stateless && !self.shared.is_closed() && self.shared.is_current(self.generation) {
+                // (A version replaced by a reload only answers what is queued for it.)
                 // The next call gets a fresh instance, made now rather than when it comes:
                 // on a ready pool thread if there is one (which starts on it before this
                 // thread disposes of the old one), else here.
@@ -371,7 +373,7 @@ impl Worker {
     /// A ready pool thread for this plugin's budget, unless the plugin is closing.
     fn warm_thread(&self) -> Option<WarmThread> {
         let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
-        self.pool.as_ref().filter(|_| !self.shared.is_closed()).and_then(|p| p.take(heap_limit))
+        self.pool.as_ref().filter(|_| !self.shared.is_closed()).and_then(|p| p.upgrade()?.take(heap_limit))
     }
 
     /// Says that the plugin is being restarted, and why.
