@@ -303,8 +303,7 @@ impl Worker {
                     break;
                 }
                 self.restart(&mut isolate, error, &slot, &rt);
-            } else if self.config.stateless && !self.shared.is_closed() && self.shared.is_current(self.generation) {
-                // (A version replaced by a reload only answers what is queued for it.)
+            } else if self.config.stateless && !self.shared.is_closed() {
                 // The next call gets a fresh instance, made now rather than when it comes:
                 // on a ready pool thread if there is one (which starts on it before this
                 // thread disposes of the old one), else here.
