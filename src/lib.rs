@@ -61,6 +61,7 @@ mod runtime;
 pub mod source;
 pub mod stats;
 pub mod storage;
+pub mod typescript;
 mod waits;
 mod watch;
 mod worker;

@@ -78,7 +78,7 @@ pub struct Manifest {
     /// Optional one-line description.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub description: Option<String>,
-    /// Entry module, relative to the plugin folder (default `main.js`).
+    /// Entry module, relative to the plugin folder (default `main.js`; `main.ts` for TypeScript).
     pub main: String,
     /// The manifest format version; only [`SUPPORTED_API_VERSION`] is accepted.
     pub api_version: u64,
@@ -515,7 +515,7 @@ impl Manifest {
     }
 }
 
-/// `main` must stay inside the plugin folder and be a JavaScript module.
+/// `main` must stay inside the plugin folder and be a JavaScript or TypeScript module.
 fn check_main(main: &str) -> Result<(), String> {
     let p = std::path::Path::new(main);
     if p.is_absolute() || main.starts_with('/') || main.starts_with('\\') {
@@ -524,8 +524,9 @@ fn check_main(main: &str) -> Result<(), String> {
     if p.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
         return Err(format!("`main` must stay inside the plugin folder, found `{main}`"));
     }
-    if !(main.ends_with(".js") || main.ends_with(".mjs")) {
-        return Err(format!("`main` must be a `.js` or `.mjs` file, found `{main}`"));
+    let typescript = crate::typescript::is_typescript(p);
+    if !(main.ends_with(".js") || main.ends_with(".mjs") || typescript) {
+        return Err(format!("`main` must be a `.js`, `.mjs`, `.ts` or `.mts` file, found `{main}`"));
     }
     Ok(())
 }

@@ -85,6 +85,8 @@ pub(crate) struct PluginIsolate {
     restart_timers: v8::Global<v8::Function>,
     /// Set when the plugin may have work pending after a call (see [`Self::background`]).
     hint: BackgroundHint,
+    /// The module loader (bound to this plugin's folder), for what it knows about a failed load.
+    loader: Rc<LateLoader>,
 }
 
 impl Drop for PluginIsolate {
@@ -207,7 +209,7 @@ impl PluginIsolate {
             max_args: cfg.plugin.limits.max_result_bytes,
         });
         runtime.op_state().borrow_mut().put(table);
-        loader.bind(PluginLoader::new(source.import_root(), cfg.sources.clone()));
+        loader.bind(PluginLoader::new(source.import_root(), cfg.sources.clone(), false));
         let handle = runtime.v8_isolate().thread_safe_handle();
         slot.set_isolate(handle, &budget);
         let helpers = runtime
@@ -241,6 +243,7 @@ impl PluginIsolate {
             abort_call,
             restart_timers,
             hint,
+            loader,
         };
         let deadline = deadline_after(load_timeout);
         slot.arm(deadline);
@@ -435,7 +438,10 @@ impl PluginIsolate {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let ns = match rt.block_on(tokio::time::timeout(remaining, load)) {
                     Err(_) => return Err(Failure::Terminated),
-                    Ok(r) => r.map_err(|e| self.core_failure(e))?,
+                    Ok(r) => r.map_err(|e| match self.loader.take_failure() {
+                        Some(info) => Failure::Error(typescript_error(info)),
+                        None => self.core_failure(e),
+                    })?,
                 };
                 deno_core::scope!(scope, &mut self.runtime);
                 let ns = v8::Local::new(scope, ns);
@@ -919,6 +925,13 @@ fn js_error(e: &JsError, root_url: &str) -> Error {
     }
     let text = if message.is_empty() { name } else { format!("{name}: {message}") };
     let mut err = Error::new(ErrorCode::JsError, text);
+    err.js = Some(Box::new(info));
+    err
+}
+
+/// A TypeScript syntax error as an isola error, at its place in the `.ts` file.
+fn typescript_error(info: JsErrorInfo) -> Error {
+    let mut err = Error::new(ErrorCode::LoadFailed, format!("SyntaxError: {}", info.message));
     err.js = Some(Box::new(info));
     err
 }

@@ -4,7 +4,13 @@
 //! every specifier against the importing module, then refuses anything that is not a `file:`
 //! URL under the plugin's (canonicalised) root — absolute paths elsewhere, `..` escapes,
 //! symlinks pointing out, `http:`, `node:`, `npm:`, bare names.
+//!
+//! TypeScript files (`.ts`, `.mts`) are transpiled here as they load (see
+//! [`crate::typescript`]); their source maps stay with the loader, where deno_core looks for
+//! them when it maps an error's frames back to the `.ts` lines.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,13 +19,25 @@ use deno_core::{
     ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSource, ModuleSourceCode,
     ModuleSpecifier, ModuleType, ResolutionKind,
 };
+use base64::Engine as _;
 use deno_error::JsErrorBox;
+
+use crate::error::JsErrorInfo;
+use crate::typescript;
 
 pub(crate) struct PluginLoader {
     /// What imports may reach: the plugin's folder, or for a script plugin the script itself
     /// (a script lives among the other plugins, whose files are not its to read).
     root: PathBuf,
     sources: Arc<SourceCache>,
+    /// Source maps of the TypeScript modules loaded so far, by module URL.
+    maps: RefCell<HashMap<String, Arc<str>>>,
+    /// Whether transpiled code carries its source map inline (`//# sourceMappingURL=data:`),
+    /// which a debugger needs to show the `.ts` text; otherwise the map costs no heap.
+    inline_maps: bool,
+    /// The TypeScript syntax error that stopped the last load, with its position in the `.ts`
+    /// file: deno_core reports a loader's error as text, and isola's error wants it typed.
+    failure: RefCell<Option<JsErrorInfo>>,
 }
 
 /// The source text of every file a plugin version has loaded, kept for the life of that
@@ -67,8 +85,46 @@ impl SourceCache {
 }
 
 impl PluginLoader {
-    pub(crate) fn new(root: &Path, sources: Arc<SourceCache>) -> Self {
-        PluginLoader { root: root.to_path_buf(), sources }
+    pub(crate) fn new(root: &Path, sources: Arc<SourceCache>, inline_maps: bool) -> Self {
+        PluginLoader {
+            root: root.to_path_buf(),
+            sources,
+            maps: RefCell::default(),
+            inline_maps,
+            failure: RefCell::default(),
+        }
+    }
+
+    /// The TypeScript module `spec` (text `code`) as JavaScript, keeping its source map.
+    fn transpile(&self, spec: &ModuleSpecifier, path: &Path, code: &str) -> Result<String, JsErrorBox> {
+        match typescript::transpile(spec.as_str(), code) {
+            Ok(out) => {
+                self.maps.borrow_mut().insert(spec.to_string(), out.map.clone());
+                Ok(if self.inline_maps {
+                    format!("{}\n//# sourceMappingURL=data:application/json;base64,{}", out.code, base64::engine::general_purpose::STANDARD.encode(out.map.as_bytes()))
+                } else {
+                    out.code.to_string()
+                })
+            }
+            Err(e) => {
+                let file = self.rel(path);
+                let text = format!("{file}:{}:{}: {}", e.line, e.column, e.message);
+                *self.failure.borrow_mut() = Some(JsErrorInfo {
+                    name: "SyntaxError".into(),
+                    message: e.message,
+                    stack: Some(format!("SyntaxError: {text}")),
+                    file: Some(file),
+                    line: Some(e.line),
+                    column: Some(e.column),
+                });
+                Err(JsErrorBox::new("SyntaxError", text))
+            }
+        }
+    }
+
+    /// The TypeScript syntax error that stopped the last load, if that is what stopped it.
+    pub(crate) fn take_failure(&self) -> Option<JsErrorInfo> {
+        self.failure.borrow_mut().take()
     }
 
     /// The file `spec` names, as imported and as it really is, if the plugin may read it.
@@ -152,11 +208,17 @@ impl ModuleLoader for PluginLoader {
                 .map_err(|e| JsErrorBox::type_error(format!("cannot read \"{}\": {e}", self.rel(&path))))?;
             let module_type =
                 if real.extension().is_some_and(|e| e == "json") { ModuleType::Json } else { ModuleType::JavaScript };
-            Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.to_string().into()), spec, None))
+            let code = if typescript::is_typescript(&path) { self.transpile(spec, &path, &code)? } else { code.to_string() };
+            Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.into()), spec, None))
         };
         ModuleLoadResponse::Sync(load())
     }
+
+    fn get_source_map(&self, file_name: &str) -> Option<Cow<'_, [u8]>> {
+        self.maps.borrow().get(file_name).map(|m| Cow::Owned(m.as_bytes().to_vec()))
+    }
 }
+
 
 /// The module loader of an isolate made before its plugin was known (see `BareIsolate`): it
 /// refuses every import until [`bind`](Self::bind) gives it the plugin's [`PluginLoader`].
@@ -167,6 +229,11 @@ impl LateLoader {
     /// From now on, imports are the plugin's.
     pub(crate) fn bind(&self, loader: PluginLoader) {
         *self.0.borrow_mut() = Some(std::rc::Rc::new(loader));
+    }
+
+    /// The TypeScript syntax error that stopped the last load, if any.
+    pub(crate) fn take_failure(&self) -> Option<JsErrorInfo> {
+        self.0.borrow().as_ref().and_then(|l| l.take_failure())
     }
 
     fn bound(&self) -> Result<std::rc::Rc<PluginLoader>, JsErrorBox> {
@@ -192,5 +259,10 @@ impl ModuleLoader for LateLoader {
             Ok(loader) => loader.load(spec, referrer, options),
             Err(e) => ModuleLoadResponse::Sync(Err(e)),
         }
+    }
+
+    fn get_source_map(&self, file_name: &str) -> Option<Cow<'_, [u8]>> {
+        let loader = self.0.borrow().clone()?;
+        loader.get_source_map(file_name).map(|m| Cow::Owned(m.into_owned()))
     }
 }
