@@ -201,6 +201,15 @@ pub struct HostApi {
     items: BTreeMap<String, HostItem>,
     /// item name -> the permission a plugin needs to use it.
     permissions: BTreeMap<String, String>,
+    /// item name -> its TypeScript type and a line of documentation (see [`HostApi::describe`]).
+    descriptions: BTreeMap<String, Description>,
+}
+
+/// What [`HostApi::describe`] says about an item, for the generated `isola.d.ts`.
+#[derive(Clone, Debug)]
+pub(crate) struct Description {
+    pub ts_type: String,
+    pub doc: String,
 }
 
 impl std::fmt::Debug for HostApi {
@@ -354,6 +363,32 @@ impl HostApi {
         };
         self.items.insert(name.to_owned(), HostItem::Async(Arc::new(limited)));
         self
+    }
+
+    /// Describes `name` for plugin authors: its TypeScript type as plugins see it and one line
+    /// of documentation. [`crate::typings::declarations`] (and `isola types`) put both into the
+    /// `isola.d.ts` that gives editors autocompletion for `host`. For a function, the type is
+    /// a function type; for an async function its result is a `Promise`, as in JavaScript.
+    /// Items left undescribed are typed loosely (`(...args: any[]) => unknown`; a value by its
+    /// JSON shape).
+    ///
+    /// # Panics
+    /// If `name` is not registered (describe it after registering it).
+    ///
+    /// ```
+    /// let host = isola::HostApi::new()
+    ///     .func("log", |(msg,): (String,)| Ok(()))
+    ///     .describe("log", "(message: string) => void", "Writes a line to the host's log.");
+    /// assert!(isola::typings::declarations(&host).contains("log: (message: string) => void;"));
+    /// ```
+    pub fn describe(mut self, name: &str, ts_type: &str, doc: &str) -> Self {
+        assert!(self.items.contains_key(name), "no host item `{name}` to describe (register it first)");
+        self.descriptions.insert(name.to_owned(), Description { ts_type: ts_type.to_owned(), doc: doc.to_owned() });
+        self
+    }
+
+    pub(crate) fn description(&self, name: &str) -> Option<&Description> {
+        self.descriptions.get(name)
     }
 
     /// The permission `name` needs, if it is gated.

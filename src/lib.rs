@@ -62,6 +62,7 @@ pub mod source;
 pub mod stats;
 pub mod storage;
 pub mod typescript;
+pub mod typings;
 mod waits;
 mod watch;
 mod worker;

@@ -76,7 +76,8 @@ fn imports_type_only_imports_enums_and_classes_work() {
 #[test]
 fn a_syntax_error_is_load_failed_at_its_ts_line_and_column() {
     let dir = PluginDir::new();
-    let path = ts_plugin(&dir, "p", "const ok: number = 1;\nconst broken: = 2;\nexport default { ok() { return ok; } };\n");
+    let path =
+        ts_plugin(&dir, "p", "const ok: number = 1;\nconst broken: = 2;\nexport default { ok() { return ok; } };\n");
     let e = Manager::new(engine()).load(path).unwrap_err();
     assert_eq!(e.code, ErrorCode::LoadFailed, "{e}");
     assert_eq!(e.plugin.as_deref(), Some("p"));

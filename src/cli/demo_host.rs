@@ -27,4 +27,16 @@ pub fn demo_host() -> HostApi {
         })
         // Looking users up is not for every plugin: it needs the `users` permission.
         .requires("fetchUser", "users")
+        // What `isola types` and `isola new` write into isola.d.ts for plugin authors.
+        .describe(
+            "log",
+            "(message: string) => void",
+            "Writes a line to the host's log (shown by `isola -v` and `isola dev`).",
+        )
+        .describe("config", "{ readonly app: string; readonly version: string }", "The application's name and version.")
+        .describe(
+            "fetchUser",
+            "(id: number) => Promise<{ id: number; name: string; city: string }>",
+            "Looks a user up by id (1, 2 and 3 exist); rejects for an unknown id.",
+        )
 }

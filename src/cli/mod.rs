@@ -2,6 +2,7 @@
 
 mod demo_host;
 mod dev;
+mod new;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -154,6 +155,33 @@ enum Command {
         #[arg(long, value_name = "TOKEN", env = "ISOLA_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Write `isola.d.ts` into DIR: TypeScript declarations of `host` as this host offers it,
+    /// `console`, the web globals inside a plugin and the `Plugin` type, for editors and
+    /// `tsc --noEmit`.
+    ///
+    /// Example: `isola types plugins/inventory`, `isola types --stdout`
+    Types {
+        /// Where to write `isola.d.ts` (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Print the declarations instead of writing the file.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// Create a working plugin NAME in DIR: `plugin.json`, `main.js` (or `main.ts` with
+    /// `--ts`), `isola.d.ts` and a `tsconfig.json` for the editor.
+    ///
+    /// Example: `isola new hello --ts plugins`, then `isola dev plugins`
+    New {
+        /// The plugin id (also its folder's name).
+        name: String,
+        /// Where to create the plugin's folder (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Write the plugin in TypeScript (`main.ts`).
+        #[arg(long)]
+        ts: bool,
+    },
     /// Runs one process-isolated plugin for a host (started by isola itself, never by hand).
     #[command(hide = true)]
     Worker,
@@ -214,6 +242,11 @@ pub fn main() -> ExitCode {
             .storage(storage.clone())
             .build()
     };
+    match &cli.command {
+        Command::Types { dir, stdout } => return exit(types(dir, *stdout)),
+        Command::New { name, dir, ts } => return exit(create(name, dir, *ts, cli.global.quiet)),
+        _ => {}
+    }
     if let Command::Serve { dir, watch, listen, token } = cli.command {
         // Plugins under `serve` get the host API the client declares, not the demo one.
         let ctx = serve::Context { dir, watch, token, engine: Box::new(make_engine) };
@@ -242,10 +275,49 @@ pub fn main() -> ExitCode {
                 false
             }
         },
-        Command::Serve { .. } | Command::Worker => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Worker | Command::Types { .. } | Command::New { .. } => {
+            unreachable!("handled above")
+        }
     };
     manager.shutdown();
     exit(ok)
+}
+
+/// `isola types`: the demo host's declarations.
+fn types(dir: &Path, stdout: bool) -> bool {
+    let host = demo_host::demo_host();
+    if stdout {
+        print!("{}", isola::typings::declarations(&host));
+        return true;
+    }
+    match isola::typings::write(&host, dir) {
+        Ok(path) => {
+            println!("wrote {}", path.display());
+            true
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", dir.join("isola.d.ts").display());
+            false
+        }
+    }
+}
+
+/// `isola new`.
+fn create(name: &str, dir: &Path, ts: bool, quiet: bool) -> bool {
+    match new::new_plugin(&demo_host::demo_host(), dir, name, ts) {
+        Ok(folder) => {
+            if !quiet {
+                let main = if ts { "main.ts" } else { "main.js" };
+                println!("created {} (plugin.json, {main}, isola.d.ts, tsconfig.json)", folder.display());
+                println!("next: isola dev {}    then type {name}.hello(\"Ada\")", dir.display());
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
 }
 
 fn exit(ok: bool) -> ExitCode {

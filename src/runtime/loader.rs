@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
 use deno_core::{
     ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSource, ModuleSourceCode,
     ModuleSpecifier, ModuleType, ResolutionKind,
 };
-use base64::Engine as _;
 use deno_error::JsErrorBox;
 
 use crate::error::JsErrorInfo;
@@ -101,7 +101,11 @@ impl PluginLoader {
             Ok(out) => {
                 self.maps.borrow_mut().insert(spec.to_string(), out.map.clone());
                 Ok(if self.inline_maps {
-                    format!("{}\n//# sourceMappingURL=data:application/json;base64,{}", out.code, base64::engine::general_purpose::STANDARD.encode(out.map.as_bytes()))
+                    format!(
+                        "{}\n//# sourceMappingURL=data:application/json;base64,{}",
+                        out.code,
+                        base64::engine::general_purpose::STANDARD.encode(out.map.as_bytes())
+                    )
                 } else {
                     out.code.to_string()
                 })
@@ -208,7 +212,8 @@ impl ModuleLoader for PluginLoader {
                 .map_err(|e| JsErrorBox::type_error(format!("cannot read \"{}\": {e}", self.rel(&path))))?;
             let module_type =
                 if real.extension().is_some_and(|e| e == "json") { ModuleType::Json } else { ModuleType::JavaScript };
-            let code = if typescript::is_typescript(&path) { self.transpile(spec, &path, &code)? } else { code.to_string() };
+            let code =
+                if typescript::is_typescript(&path) { self.transpile(spec, &path, &code)? } else { code.to_string() };
             Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.into()), spec, None))
         };
         ModuleLoadResponse::Sync(load())
@@ -218,7 +223,6 @@ impl ModuleLoader for PluginLoader {
         self.maps.borrow().get(file_name).map(|m| Cow::Owned(m.as_bytes().to_vec()))
     }
 }
-
 
 /// The module loader of an isolate made before its plugin was known (see `BareIsolate`): it
 /// refuses every import until [`bind`](Self::bind) gives it the plugin's [`PluginLoader`].
