@@ -92,6 +92,19 @@ impl Default for Limits {
     }
 }
 
+/// Whether plugins can be debugged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InspectMode {
+    /// No inspector: `debugger;` statements do nothing and cost nothing.
+    #[default]
+    Off,
+    /// Every plugin's isolate has V8's inspector; sessions attach at any time.
+    On,
+    /// As `On`, and each plugin waits for a debugger before its first line runs (`isola dev
+    /// --inspect-brk`), pausing there.
+    BreakOnStart,
+}
+
 /// Shared configuration for plugins: the host API they see and their default limits.
 ///
 /// ```
@@ -119,6 +132,7 @@ struct EngineInner {
     worker_program: Option<PathBuf>,
     seccomp: bool,
     warm_pool: usize,
+    inspect: InspectMode,
     guard: Arc<MemoryGuard>,
 }
 
@@ -146,6 +160,7 @@ impl Engine {
             seccomp: false,
             total_memory_limit: None,
             warm_pool: 0,
+            inspect: InspectMode::Off,
         }
     }
 
@@ -183,7 +198,12 @@ impl Engine {
     /// How many ready isolates each [`Manager`](crate::Manager) keeps (see
     /// [`EngineBuilder::warm_pool`]).
     pub fn warm_pool(&self) -> usize {
-        self.inner.warm_pool
+        if self.inner.inspect == InspectMode::Off { self.inner.warm_pool } else { 0 }
+    }
+
+    /// Whether plugins can be debugged (see [`EngineBuilder::inspect`]).
+    pub fn inspect_mode(&self) -> InspectMode {
+        self.inner.inspect
     }
 
     /// The program started for process-isolated plugins (`None`: this very executable).
@@ -231,6 +251,7 @@ pub struct EngineBuilder {
     seccomp: bool,
     total_memory_limit: Option<usize>,
     warm_pool: usize,
+    inspect: InspectMode,
 }
 
 impl EngineBuilder {
@@ -330,6 +351,23 @@ impl EngineBuilder {
         self
     }
 
+    /// Makes plugins debuggable with V8's inspector (default [`InspectMode::Off`]): each
+    /// thread-isolated plugin's isolate accepts Chrome DevTools Protocol sessions
+    /// ([`PluginHandle::inspect`](crate::PluginHandle::inspect)), and its TypeScript carries
+    /// inline source maps so that a debugger shows the `.ts` text. While a debugger holds a
+    /// plugin paused, its call's time limit stops counting. Meant for development (`isola dev
+    /// --inspect`): the warm pool is not used, and process-isolated plugins cannot be inspected.
+    ///
+    /// ```
+    /// use isola::engine::InspectMode;
+    /// let engine = isola::Engine::builder().inspect(InspectMode::On).build();
+    /// assert_eq!(engine.inspect_mode(), InspectMode::On);
+    /// ```
+    pub fn inspect(mut self, mode: InspectMode) -> Self {
+        self.inspect = mode;
+        self
+    }
+
     /// A limit on the memory of all plugins together, in MiB (default: none). Each plugin
     /// keeps its own budget; when the sum of what the budgets count (V8 heap plus
     /// ArrayBuffers) passes this limit, the plugin holding the most is stopped with
@@ -362,6 +400,7 @@ impl EngineBuilder {
                 worker_program: self.worker_program,
                 seccomp: self.seccomp,
                 warm_pool: self.warm_pool,
+                inspect: self.inspect,
                 guard: MemoryGuard::new(self.total_memory_limit),
             }),
         }

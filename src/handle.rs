@@ -24,6 +24,7 @@ use crate::engine::STUCK_GRACE;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
 use crate::permissions::Permissions;
+use crate::runtime::inspector::{InspectorPort, InspectorSession};
 use crate::stats::{PluginStats, StatsCell};
 
 /// Where a plugin is in its life.
@@ -140,6 +141,8 @@ pub(crate) struct Shared {
     stuck_wake: tokio::sync::Notify,
     /// Every status change, for [`PluginHandle::status_changes`].
     changes: tokio::sync::broadcast::Sender<PluginStatus>,
+    /// Where debugger sessions reach the running isolate (engines with an inspector only).
+    inspector: Mutex<Option<InspectorPort>>,
 }
 
 /// What changes on (re)load.
@@ -169,7 +172,13 @@ impl Shared {
             stuck: AtomicBool::new(false),
             stuck_wake: tokio::sync::Notify::new(),
             changes: tokio::sync::broadcast::channel(STATUS_BACKLOG).0,
+            inspector: Mutex::new(None),
         })
+    }
+
+    /// The isolate now running the plugin takes debugger sessions at `port`.
+    pub(crate) fn set_inspector(&self, port: InspectorPort) {
+        *self.inspector.lock().unwrap() = Some(port);
     }
 
     /// A number for a version about to start.
@@ -577,6 +586,39 @@ impl PluginHandle {
     /// A snapshot of the plugin's counters.
     pub fn stats(&self) -> PluginStats {
         self.shared.stats.snapshot()
+    }
+
+    /// Opens a Chrome DevTools Protocol session with the plugin's isolate, for an engine built
+    /// with [`EngineBuilder::inspect`](crate::EngineBuilder::inspect). The session lasts as
+    /// long as this isolate: after a reload or restart, open a new one.
+    ///
+    /// ```no_run
+    /// # async fn f(plugin: isola::PluginHandle) {
+    /// let mut session = plugin.inspect().unwrap();
+    /// session.send(r#"{"id":1,"method":"Runtime.evaluate","params":{"expression":"1+1"}}"#);
+    /// println!("{}", session.recv().await.unwrap());
+    /// # }
+    /// ```
+    pub fn inspect(&self) -> Result<InspectorSession> {
+        let port = self.shared.inspector.lock().unwrap().clone();
+        let Some(port) = port else {
+            return Err(Error::new(
+                ErrorCode::InvalidArgs,
+                "this plugin cannot be debugged: build the engine with `.inspect(InspectMode::On)` \
+                 (`isola dev --inspect`) and thread isolation",
+            )
+            .plugin(&self.shared.id));
+        };
+        port.connect().ok_or_else(|| {
+            Error::new(ErrorCode::PluginCrashed, "the plugin's isolate is gone (unloaded or restarting)")
+                .plugin(&self.shared.id)
+        })
+    }
+
+    /// The `file:` URL of the entry the running isolate was made from, when it can be debugged
+    /// (what a debugger lists the plugin as).
+    pub fn inspect_url(&self) -> Option<String> {
+        self.shared.inspector.lock().unwrap().as_ref().filter(|p| p.is_open()).map(|p| p.url.clone())
     }
 
     /// Calls `hook` and waits for its result without blocking the async runtime.

@@ -73,3 +73,4 @@ pub use error::{Error, ErrorCode, Result};
 pub use handle::{CallOptions, PluginHandle, PluginStatus, StatusChanges};
 pub use host::{HostApi, HostError, call_deadline, current_plugin};
 pub use manager::Manager;
+pub use runtime::inspector::InspectorSession;

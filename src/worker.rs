@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorCode};
 use crate::events::LifecycleEvent;
 use crate::handle::{PluginStatus, Shared};
 use crate::pool::{WarmPool, WarmThread};
+use crate::runtime::inspector::InspectorPort;
 use crate::runtime::isolate::{Background, BareIsolate, IsolateConfig, MIN_HEAP_BYTES, PluginIsolate, STACK_SIZE};
 use crate::runtime::loader::SourceCache;
 use crate::runtime::peers::Peers;
@@ -342,7 +343,7 @@ impl Worker {
     fn recycle_if_poisoned(
         &self,
         isolate: &mut Option<PluginIsolate>,
-        slot: &DeadlineSlot,
+        slot: &Arc<DeadlineSlot>,
         rt: &tokio::runtime::Runtime,
     ) {
         if let Some(iso) = isolate.as_ref().filter(|i| i.poisoned()) {
@@ -357,7 +358,7 @@ impl Worker {
         &self,
         isolate: &mut Option<PluginIsolate>,
         error: Error,
-        slot: &DeadlineSlot,
+        slot: &Arc<DeadlineSlot>,
         rt: &tokio::runtime::Runtime,
     ) {
         self.announce_restart(error);
@@ -432,7 +433,7 @@ impl Worker {
     fn load(
         &self,
         bare: Option<BareIsolate>,
-        slot: &DeadlineSlot,
+        slot: &Arc<DeadlineSlot>,
         rt: &tokio::runtime::Runtime,
     ) -> Result<PluginIsolate, Error> {
         let cfg = IsolateConfig {
@@ -443,6 +444,8 @@ impl Worker {
             peers: self.peers.clone(),
             sources: self.sources.clone(),
             guard: self.engine.memory_guard(),
+            inspect: self.engine.inspect_mode(),
+            on_inspector: &|sessions, url| self.shared.set_inspector(InspectorPort::new(sessions, slot.clone(), url)),
         };
         let loaded = PluginIsolate::new(bare, &cfg, slot, rt);
         self.shared.set_unstuck();

@@ -2,6 +2,7 @@
 
 mod demo_host;
 mod dev;
+mod inspect;
 mod new;
 mod serve;
 
@@ -101,6 +102,15 @@ enum Command {
     Dev {
         /// The plugin directory.
         dir: PathBuf,
+        /// Let debuggers attach (Chrome DevTools, VS Code) at this loopback address: each plugin
+        /// is a target under `http://ADDR/json/list`. `debugger;` statements and breakpoints
+        /// pause the plugin, and its time limit stops counting while it is paused.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true, default_missing_value = "127.0.0.1:9229")]
+        inspect: Option<std::net::SocketAddr>,
+        /// As `--inspect`, and every plugin waits for a debugger before its first line runs,
+        /// pausing there.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true, default_missing_value = "127.0.0.1:9229", conflicts_with = "inspect")]
+        inspect_brk: Option<std::net::SocketAddr>,
     },
     /// Send EVENT with a JSON payload to every subscribed plugin and print each delivery.
     ///
@@ -227,8 +237,13 @@ pub fn main() -> ExitCode {
     let storage = Storage::in_dir(data_dir(&cli.global));
     let (total_memory, seccomp, heap_limit, timeout) =
         (cli.global.total_memory, cli.global.seccomp, cli.global.heap_limit, cli.global.timeout);
+    let (inspect_mode, inspect_addr) = match &cli.command {
+        Command::Dev { inspect: Some(a), .. } => (isola::engine::InspectMode::On, Some(*a)),
+        Command::Dev { inspect_brk: Some(a), .. } => (isola::engine::InspectMode::BreakOnStart, Some(*a)),
+        _ => (isola::engine::InspectMode::Off, None),
+    };
     let make_engine = move |host: isola::HostApi, policy: isola::permissions::Policy| {
-        let mut builder = Engine::builder();
+        let mut builder = Engine::builder().inspect(inspect_mode);
         if let Some(mb) = total_memory {
             builder = builder.total_memory_limit_mb(mb);
         }
@@ -262,7 +277,13 @@ pub fn main() -> ExitCode {
         }
         Command::Commands { dir } => commands(&manager, &dir),
         Command::Run { dir } => run(&manager, &dir, cli.global.quiet),
-        Command::Dev { dir } => dev::dev(&manager, &dir),
+        Command::Dev { dir, .. } => match inspect_addr {
+            Some(addr) => inspect::serve_while(&manager, addr, || dev::dev(&manager, &dir)).unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                false
+            }),
+            None => dev::dev(&manager, &dir),
+        },
         Command::Data { action: DataAction::Remove { plugin } } => match manager.remove_data(&plugin) {
             Ok(()) => {
                 if !cli.global.quiet {

@@ -31,7 +31,7 @@ use super::web::{BackgroundHint, isola_web};
 use crate::call::{CallContext, Inbox};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
-use crate::engine::capped;
+use crate::engine::{InspectMode, capped};
 use crate::error::{Error, ErrorCode, JsErrorInfo};
 use crate::host::HostApi;
 use crate::memory_guard::MemoryGuard;
@@ -62,7 +62,14 @@ pub(crate) struct IsolateConfig<'a> {
     pub sources: Arc<SourceCache>,
     /// The engine's limit on all plugins' memory together.
     pub guard: &'a Arc<MemoryGuard>,
+    /// Whether the isolate gets V8's inspector, and where its session sender and entry URL go.
+    pub inspect: InspectMode,
+    pub on_inspector: &'a dyn Fn(InspectorSessions, String),
 }
+
+/// Where debugger sessions for an isolate are sent (see `runtime::inspector`).
+pub(crate) type InspectorSessions =
+    deno_core::futures::channel::mpsc::UnboundedSender<deno_core::InspectorSessionProxy>;
 
 /// A loaded plugin: its runtime, its hooks, and its memory budget.
 pub(crate) struct PluginIsolate {
@@ -87,6 +94,11 @@ pub(crate) struct PluginIsolate {
     hint: BackgroundHint,
     /// The module loader (bound to this plugin's folder), for what it knows about a failed load.
     loader: Rc<LateLoader>,
+    /// V8's inspector is on: a debugger may pause the plugin at any point, and its messages
+    /// are served while the plugin is idle.
+    inspect: bool,
+    /// Wait for a debugger and pause before the plugin's first line (`--inspect-brk`).
+    break_on_start: bool,
 }
 
 impl Drop for PluginIsolate {
@@ -209,7 +221,8 @@ impl PluginIsolate {
             max_args: cfg.plugin.limits.max_result_bytes,
         });
         runtime.op_state().borrow_mut().put(table);
-        loader.bind(PluginLoader::new(source.import_root(), cfg.sources.clone(), false));
+        let inspect = cfg.inspect != InspectMode::Off;
+        loader.bind(PluginLoader::new(source.import_root(), cfg.sources.clone(), inspect));
         let handle = runtime.v8_isolate().thread_safe_handle();
         slot.set_isolate(handle, &budget);
         let helpers = runtime
@@ -244,12 +257,27 @@ impl PluginIsolate {
             restart_timers,
             hint,
             loader,
+            inspect,
+            break_on_start: false,
         };
+        if inspect {
+            // After isola's own setup (its prelude has run; a debugger lists it as `ext:` scripts).
+            this.runtime.maybe_init_inspector();
+            let url = match &source.kind {
+                SourceKind::Module { entry, .. } => ModuleSpecifier::from_file_path(entry),
+                SourceKind::Script { path } => ModuleSpecifier::from_file_path(path),
+            }
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+            (cfg.on_inspector)(this.runtime.inspector().get_session_sender(), url);
+            this.break_on_start = cfg.inspect == InspectMode::BreakOnStart;
+        }
         let deadline = deadline_after(load_timeout);
         slot.arm(deadline);
         // Reading the hooks runs plugin code too (getters, Proxy traps): keep the deadline on.
-        let loaded =
-            this.evaluate(source, &cfg.sources, deadline, rt).and_then(|exports| this.collect_hooks(exports, source));
+        let loaded = this
+            .evaluate(source, &cfg.sources, deadline, slot, rt)
+            .and_then(|exports| this.collect_hooks(exports, source));
         let terminated = slot.disarm();
         this.settle(loaded, terminated, || format!("loading took longer than {} ms", load_timeout.as_millis()))
             .map_err(|e| match e.code {
@@ -421,27 +449,38 @@ impl PluginIsolate {
         source: &PluginSource,
         cfg_sources: &SourceCache,
         deadline: Instant,
+        slot: &DeadlineSlot,
         rt: &tokio::runtime::Runtime,
     ) -> Result<v8::Global<v8::Value>, Failure> {
         match &source.kind {
             SourceKind::Module { entry, .. } => {
                 let url = ModuleSpecifier::from_file_path(entry)
                     .map_err(|_| Error::new(ErrorCode::LoadFailed, format!("bad entry path {}", entry.display())))?;
-                let runtime = &mut self.runtime;
-                let load = async {
-                    let id = runtime.load_main_es_module(&url).await?;
-                    let evaluated = runtime.mod_evaluate(id);
-                    runtime.run_event_loop(PollEventLoopOptions::default()).await?;
-                    evaluated.await?;
-                    runtime.get_module_namespace(id)
-                };
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let ns = match rt.block_on(tokio::time::timeout(remaining, load)) {
+                let mut remaining = deadline.saturating_duration_since(Instant::now());
+                if self.inspect {
+                    // A debugger may hold the load paused; the deadline slot, which stops its
+                    // clock during pauses, still bounds the running time.
+                    remaining = Duration::from_secs(24 * 3600);
+                }
+                // Fetching and compiling the modules runs none of their code.
+                let id = match rt.block_on(tokio::time::timeout(remaining, self.runtime.load_main_es_module(&url))) {
                     Err(_) => return Err(Failure::Terminated),
                     Ok(r) => r.map_err(|e| match self.loader.take_failure() {
                         Some(info) => Failure::Error(typescript_error(info)),
                         None => self.core_failure(e),
                     })?,
+                };
+                self.wait_for_debugger(&source.id, slot);
+                let runtime = &mut self.runtime;
+                let load = async {
+                    let evaluated = runtime.mod_evaluate(id);
+                    runtime.run_event_loop(PollEventLoopOptions::default()).await?;
+                    evaluated.await?;
+                    runtime.get_module_namespace(id)
+                };
+                let ns = match rt.block_on(tokio::time::timeout(remaining, load)) {
+                    Err(_) => return Err(Failure::Terminated),
+                    Ok(r) => r.map_err(|e| self.core_failure(e))?,
                 };
                 deno_core::scope!(scope, &mut self.runtime);
                 let ns = v8::Local::new(scope, ns);
@@ -461,6 +500,7 @@ impl PluginIsolate {
                     .map(|t| t.to_string())
                     .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot read {}: {e}", path.display())))?;
                 let url = ModuleSpecifier::from_file_path(path).map(|u| u.to_string()).unwrap_or_default();
+                self.wait_for_debugger(&source.id, slot);
                 self.runtime.execute_script(url, code).map_err(|e| self.js_failure(&e))?;
                 deno_core::scope!(scope, &mut self.runtime);
                 let global = scope.get_current_context().global(scope);
@@ -473,6 +513,18 @@ impl PluginIsolate {
                 })?;
                 Ok(v8::Global::new(scope, plugin))
             }
+        }
+    }
+
+    /// With `--inspect-brk`: blocks until a debugger attaches and says to run, then has V8
+    /// pause at the next statement, which is the plugin's first.
+    /// Waiting does not count against the load's time limit.
+    fn wait_for_debugger(&mut self, plugin: &str, slot: &DeadlineSlot) {
+        if std::mem::take(&mut self.break_on_start) {
+            tracing::info!(plugin, "waiting for a debugger before the first line runs");
+            slot.pause();
+            self.runtime.inspector().wait_for_session_and_break_on_next_statement();
+            slot.resume();
         }
     }
 
@@ -593,9 +645,12 @@ impl PluginIsolate {
         rt: &tokio::runtime::Runtime,
         stats: &StatsCell,
     ) -> Background {
-        if !self.hint.take() {
+        // With a debugger possibly attached, the idle plugin keeps serving its messages here
+        // (the event loop polls the inspector's sessions) until a request comes.
+        if !self.hint.take() && !self.inspect {
             return Background::Idle;
         }
+        let inspect = self.inspect;
         let (runtime, current, budget) = (&mut self.runtime, &self.current, &self.budget);
         enum Turn {
             Idle,
@@ -622,7 +677,8 @@ impl PluginIsolate {
                     return Turn::Stopped;
                 }
                 match polled {
-                    Poll::Ready(Ok(())) => return Turn::Idle,
+                    Poll::Ready(Ok(())) if !inspect => return Turn::Idle,
+                    Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Turn::Failed(e),
                     Poll::Pending => {}
                 }

@@ -4,6 +4,7 @@
 //! The runtime knows nothing of the manager: what it needs from the world around an isolate
 //! (other plugins, events) it asks through its own [`peers::Peers`] trait.
 
+pub(crate) mod inspector;
 pub(crate) mod isolate;
 pub(crate) mod loader;
 pub(crate) mod memory;

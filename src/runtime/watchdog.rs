@@ -40,6 +40,8 @@ pub(crate) const REFIRE: Duration = Duration::from_millis(5);
 const IDLE: u64 = 0;
 const TERMINATING: u64 = u64::MAX - 1;
 const TERMINATED: u64 = u64::MAX;
+/// Armed, but paused by a debugger: a deadline that never comes until it is resumed.
+const PAUSED: u64 = u64::MAX - 2;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -49,7 +51,7 @@ fn epoch() -> Instant {
 /// Nanoseconds since the process-wide epoch; never 0 so that 0 can mean "idle". A deadline
 /// too far away for a u64 of nanoseconds (~584 years) is "never", not a wrapped-around "now".
 fn ticks(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).clamp(1, TERMINATING - 1)
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).clamp(1, PAUSED - 1)
 }
 
 /// No early stop: the call ends at its deadline, as `TIMEOUT`.
@@ -73,6 +75,9 @@ pub(crate) struct DeadlineSlot {
     on_stuck: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// The running isolate's memory budget, whose wasm memories are read while a call runs.
     budget: Mutex<Weak<MemoryBudget>>,
+    /// While a debugger holds the plugin paused: how much of the deadline was left (ns) when
+    /// the pause began (see [`pause`](Self::pause)); 0 when not paused.
+    paused_left: AtomicU64,
 }
 
 impl DeadlineSlot {
@@ -87,6 +92,7 @@ impl DeadlineSlot {
             stuck: AtomicBool::new(false),
             on_stuck: OnceLock::new(),
             budget: Mutex::new(Weak::new()),
+            paused_left: AtomicU64::new(0),
         });
         watchdog().register(&slot);
         slot
@@ -137,6 +143,31 @@ impl DeadlineSlot {
         }
     }
 
+    /// A debugger paused the plugin: the clock of the running call stops until
+    /// [`resume`](Self::resume), so that a time limit applies to running time only.
+    pub(crate) fn pause(&self) {
+        let cur = self.state.load(Ordering::SeqCst);
+        if cur == IDLE || cur == TERMINATING || cur == TERMINATED || cur == PAUSED {
+            return;
+        }
+        let left = cur.saturating_sub(ticks(Instant::now())).max(1);
+        if self.state.compare_exchange(cur, PAUSED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            self.paused_left.store(left, Ordering::SeqCst);
+        }
+    }
+
+    /// The debugger let the plugin run again: what was left of the deadline counts from now.
+    pub(crate) fn resume(&self) {
+        let left = self.paused_left.swap(0, Ordering::SeqCst);
+        if left == 0 {
+            return;
+        }
+        let t = ticks(Instant::now()).saturating_add(left).min(PAUSED - 1);
+        if self.state.compare_exchange(PAUSED, t, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            Self::wake_for(t);
+        }
+    }
+
     /// Stops enforcing; returns true if the deadline passed and the isolate was (or is being)
     /// told to terminate. The caller must then cancel the termination on the isolate's thread.
     pub(crate) fn disarm(&self) -> bool {
@@ -147,6 +178,7 @@ impl DeadlineSlot {
                 continue;
             }
             if self.state.compare_exchange(cur, IDLE, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                self.paused_left.store(0, Ordering::SeqCst);
                 return cur == TERMINATED;
             }
         }
@@ -156,7 +188,7 @@ impl DeadlineSlot {
     /// when to look next.
     fn check(&self, now: u64) -> Option<u64> {
         let d = self.state.load(Ordering::SeqCst);
-        if d == IDLE || d == TERMINATING {
+        if d == IDLE || d == TERMINATING || d == PAUSED {
             return None;
         }
         if d != TERMINATED && d > now {
