@@ -25,7 +25,7 @@ fn the_bundled_typescript_plugin_runs() {
     let _: u64 = h.call_blocking("add", &(json!({"sku": "nut", "name": "Nut", "quantity": 4}),)).unwrap();
     let left: u64 = h.call_blocking("take", &(json!({"sku": "nut", "n": 5}),)).unwrap();
     assert_eq!(left, 2);
-    let report: serde_json::Value = h.call_blocking("report", &()).unwrap();
+    let report: serde_json::Value = h.call_blocking("report", ()).unwrap();
     // The enum compiled to a real object: `Level.Low` is the string "low".
     assert_eq!(report, json!({"total": 2, "low": ["nut"], "level": "low"}));
     let e = h.call_blocking::<_, u64>("take", &(json!({"sku": "bolt", "n": 1}),)).unwrap_err();
