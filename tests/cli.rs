@@ -123,11 +123,14 @@ fn list_json_is_machine_readable() {
     assert!(o.status.success());
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let ids: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["chatlog", "counter", "greeter", "moderator", "notes", "rewriter", "signup", "weather"]);
+    assert_eq!(
+        ids,
+        vec!["chatlog", "counter", "greeter", "inventory", "moderator", "notes", "rewriter", "signup", "weather"]
+    );
     let greeter = &v[2];
     assert_eq!(greeter["status"], "ready");
     assert_eq!(greeter["hooks"], serde_json::json!(["farewell", "greet"]));
-    assert_eq!(v[7]["permissions"]["granted"], serde_json::json!(["users"]));
+    assert_eq!(v[8]["permissions"]["granted"], serde_json::json!(["users"]));
 }
 
 #[test]

@@ -55,8 +55,8 @@ impl InspectorPort {
 /// both directions. Dropping it disconnects (a paused plugin then runs on).
 ///
 /// ```no_run
-/// # async fn f(engine: isola::Engine) {
-/// let mut session = engine.inspect("greeter").unwrap();
+/// # async fn f(plugin: isola::PluginHandle) {
+/// let mut session = plugin.inspect().unwrap();
 /// session.send(r#"{"id":1,"method":"Debugger.enable"}"#);
 /// while let Some(msg) = session.recv().await {
 ///     println!("{msg}");
