@@ -292,6 +292,14 @@ fn the_debugger_refuses_foreign_host_names() {
     assert!(status.contains("403"), "{status}");
     let (status, body) = dev.get("/json/version", "localhost");
     assert!(status.contains("200") && body.contains("isola/"), "{status} {body}");
+    // The WebSocket path holds a token only /json/list tells (which a web page cannot read):
+    // the plugin id alone does not reach the debugger.
+    let target = dev.target("p");
+    let url = target["webSocketDebuggerUrl"].as_str().unwrap();
+    assert!(url.len() > format!("ws://{}/ws/p", dev.addr).len() + 16, "{url}");
+    let stream = TcpStream::connect(&dev.addr).unwrap();
+    let guessed = tungstenite::client(format!("ws://{}/ws/p", dev.addr), stream);
+    assert!(guessed.is_err(), "a guessed path reached the debugger");
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! `/json/list` naming the targets, each with a `webSocketDebuggerUrl` that speaks CDP. Here a
 //! target is a plugin (`ws://ADDR/ws/PLUGIN`), and the WebSocket is bridged to the plugin's
 //! [`isola::InspectorSession`]. Loopback only, and the `Host` header must be a loopback name
-//! too, so that a web page cannot reach the debugger through DNS rebinding.
+//! too, so that a web page cannot reach the debugger through DNS rebinding. The WebSocket path
+//! carries a random token made at start (`/ws/TOKEN/PLUGIN`), which only `/json/list` tells:
+//! a web page may open a WebSocket to loopback, but it cannot read that list (no CORS), so it
+//! cannot guess where to connect.
 
 use std::net::SocketAddr;
 
@@ -27,13 +30,16 @@ pub fn serve_while<R>(manager: &Manager, addr: SocketAddr, body: impl FnOnce() -
     let listener = rt.block_on(TcpListener::bind(addr)).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     println!("debugger listening on http://{local}/json/list (open chrome://inspect, or attach VS Code)");
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no random source for the debugger's token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     Ok(std::thread::scope(|s| {
         s.spawn(move || {
             rt.block_on(async {
                 tokio::select! {
                     _ = stopped => {}
-                    () = accept(listener, local, manager) => {}
+                    () = accept(listener, local, &token, manager) => {}
                 }
             })
         });
@@ -43,33 +49,40 @@ pub fn serve_while<R>(manager: &Manager, addr: SocketAddr, body: impl FnOnce() -
     }))
 }
 
-async fn accept(listener: TcpListener, local: SocketAddr, manager: &Manager) {
+async fn accept(listener: TcpListener, local: SocketAddr, token: &str, manager: &Manager) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Some(head) = read_head(&stream).await else { continue };
-        if let Err(e) = answer(stream, &head, local, manager).await {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: not a reason to spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        // One request at a time (the manager is borrowed, not shared with tasks): a client
+        // that sends nothing holds the others up for at most a second.
+        let Some((head, len)) = read_head(&stream).await else { continue };
+        if let Err(e) = answer(stream, &head, len, local, token, manager).await {
             tracing::info!("inspector: {e}");
         }
     }
 }
 
-/// The request head, peeked (not consumed: a WebSocket handshake reads it again).
-async fn read_head(stream: &TcpStream) -> Option<String> {
+/// The request head and its length in bytes (with the blank line), peeked, not consumed: a
+/// WebSocket handshake reads it again.
+async fn read_head(stream: &TcpStream) -> Option<(String, usize)> {
     let mut buf = vec![0u8; MAX_HEAD];
-    for _ in 0..100 {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.peek(&mut buf)).await.ok()?.ok()?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
         if n == 0 {
             return None;
         }
         if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+            return Some((String::from_utf8_lossy(&buf[..end]).into_owned(), end + 4));
         }
-        if n == MAX_HEAD {
+        if n == MAX_HEAD || tokio::time::Instant::now() >= deadline {
             return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    None
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -85,13 +98,22 @@ fn loopback_host(host: &str) -> bool {
     matches!(name, Some("localhost" | "127.0.0.1" | "::1"))
 }
 
-async fn answer(mut stream: TcpStream, head: &str, local: SocketAddr, manager: &Manager) -> Result<(), String> {
-    let path = head.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("/").to_owned();
+async fn answer(
+    mut stream: TcpStream,
+    head: &str,
+    len: usize,
+    local: SocketAddr,
+    token: &str,
+    manager: &Manager,
+) -> Result<(), String> {
+    let target = head.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/").to_owned();
     let upgrade = header(head, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
+    let plugin = path.strip_prefix("/ws/").and_then(|rest| rest.strip_prefix(token)).and_then(|r| r.strip_prefix('/'));
+    if !(upgrade && plugin.is_some()) {
         // Consumed only now: a WebSocket handshake reads the head itself. (Closing a socket
         // with the request unread would reset the connection before the answer arrives.)
-        let mut consumed = vec![0u8; head.len() + 4];
+        let mut consumed = vec![0u8; len];
         let _ = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut consumed).await;
     }
     if !header(head, "host").is_some_and(loopback_host) {
@@ -99,7 +121,7 @@ async fn answer(mut stream: TcpStream, head: &str, local: SocketAddr, manager: &
             .await;
     }
     if upgrade {
-        let Some(id) = path.strip_prefix("/ws/") else {
+        let Some(id) = plugin else {
             return respond(&mut stream, "404 Not Found", "text/plain", "no such target").await;
         };
         let handle = match manager.handle(id) {
@@ -116,7 +138,7 @@ async fn answer(mut stream: TcpStream, head: &str, local: SocketAddr, manager: &
                 .into_iter()
                 .filter_map(|id| {
                     let url = manager.handle(&id).ok()?.inspect_url()?;
-                    let ws = format!("{local}/ws/{id}");
+                    let ws = format!("{local}/ws/{token}/{id}");
                     Some(json!({
                         "description": "isola plugin",
                         "devtoolsFrontendUrl": format!("devtools://devtools/bundled/js_app.html?experiments=true&v8only=true&ws={ws}"),

@@ -260,6 +260,7 @@ impl PluginIsolate {
             inspect,
             break_on_start: false,
         };
+        let mut port = None;
         if inspect {
             // After isola's own setup (its prelude has run; a debugger lists it as `ext:` scripts).
             this.runtime.maybe_init_inspector();
@@ -269,8 +270,15 @@ impl PluginIsolate {
             }
             .map(|u| u.to_string())
             .unwrap_or_default();
-            (cfg.on_inspector)(this.runtime.inspector().get_session_sender(), url);
             this.break_on_start = cfg.inspect == InspectMode::BreakOnStart;
+            let sessions = this.runtime.inspector().get_session_sender();
+            if this.break_on_start {
+                // The debugger must reach the plugin before its first line: now.
+                (cfg.on_inspector)(sessions, url);
+            } else {
+                // Once it loaded: a failed reload leaves the running version debuggable.
+                port = Some((sessions, url));
+            }
         }
         let deadline = deadline_after(load_timeout);
         slot.arm(deadline);
@@ -285,6 +293,9 @@ impl PluginIsolate {
                 _ => e,
             })?;
         this.refresh_heap_used();
+        if let Some((sessions, url)) = port {
+            (cfg.on_inspector)(sessions, url);
+        }
         Ok(this)
     }
 

@@ -151,8 +151,10 @@ impl DeadlineSlot {
             return;
         }
         let left = cur.saturating_sub(ticks(Instant::now())).max(1);
-        if self.state.compare_exchange(cur, PAUSED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            self.paused_left.store(left, Ordering::SeqCst);
+        // Written first: a `resume` that sees PAUSED must find what was left.
+        self.paused_left.store(left, Ordering::SeqCst);
+        if self.state.compare_exchange(cur, PAUSED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            self.paused_left.store(0, Ordering::SeqCst);
         }
     }
 
