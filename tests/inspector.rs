@@ -251,6 +251,31 @@ fn a_debugger_statement_in_typescript_pauses_with_a_source_map_for_the_ts_lines(
 }
 
 #[test]
+fn a_pause_after_an_await_does_not_count_against_the_time_limit() {
+    let dir = PluginDir::new();
+    dir.module(
+        "a",
+        "export default {\n  async later(n) {\n    await new Promise((r) => setTimeout(r, 5));\n    const x = n * 2;\n    debugger;\n    await new Promise((r) => setTimeout(r, 5));\n    return x;\n  },\n  async forever() { await new Promise(() => setTimeout(() => {}, 60000)); },\n};\n",
+    );
+    let mut dev = Dev::start(dir.path(), "--inspect", &["--timeout", "300"]);
+    dev.wait_for("watching");
+    let target = dev.target("a");
+    let mut cdp = Cdp::connect(target["webSocketDebuggerUrl"].as_str().unwrap());
+    cdp.call("Debugger.enable", json!({}));
+    dev.type_line("a.later(21)");
+    let paused = cdp.event("Debugger.paused");
+    let frame = &paused["callFrames"][0];
+    let x = cdp.call("Debugger.evaluateOnCallFrame", json!({"callFrameId": frame["callFrameId"], "expression": "x"}));
+    assert_eq!(x["result"]["value"], 42);
+    std::thread::sleep(Duration::from_millis(700));
+    cdp.call("Debugger.resume", json!({}));
+    dev.wait_line("42");
+    // An await that never ends is still stopped at the limit.
+    dev.type_line("a.forever()");
+    dev.wait_for("TIMEOUT");
+}
+
+#[test]
 fn inspect_brk_waits_for_a_debugger_and_pauses_before_the_first_line() {
     let dir = PluginDir::new();
     dir.module("b", "globalThis.started = Date.now();\nexport default { v() { return globalThis.started > 0; } };\n");

@@ -759,12 +759,14 @@ impl PluginIsolate {
         let runtime = &mut self.runtime;
         // An abort or unload while the hook awaits: no JS runs to terminate, so stop waiting.
         let interrupted = slot.interrupted();
+        let inspect = self.inspect;
         let r = rt.block_on(async {
+            // With a debugger, time spent paused does not count: the slot knows the deadline
+            // net of pauses. Otherwise the plain timer (no polling).
+            let expired = async { if inspect { slot.expired().await } else { tokio::time::sleep(remaining).await } };
             tokio::select! {
-                r = tokio::time::timeout(
-                    remaining,
-                    runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()),
-                ) => r.ok(),
+                r = runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()) => Some(r),
+                () = expired => None,
                 // What the hook awaits is left where it is: no JS runs until the next call.
                 () = interrupted => None,
             }

@@ -170,6 +170,28 @@ impl DeadlineSlot {
         }
     }
 
+    /// Completes once the running call's deadline has passed, counting only the time it was
+    /// not paused by a debugger. For a call that only awaits (no JS runs, so termination has
+    /// nothing to stop), this is what ends it; the wall-clock timeout would count pauses.
+    pub(crate) async fn expired(&self) {
+        loop {
+            let now = Instant::now();
+            let wait = match self.state.load(Ordering::SeqCst) {
+                IDLE | TERMINATING | TERMINATED => return,
+                PAUSED => Duration::from_millis(20),
+                t => {
+                    let left = Duration::from_nanos(t.saturating_sub(ticks(now)));
+                    if left.is_zero() {
+                        return;
+                    }
+                    // Looked at again now and then: a pause and resume moves the deadline.
+                    left.min(Duration::from_millis(50))
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Stops enforcing; returns true if the deadline passed and the isolate was (or is being)
     /// told to terminate. The caller must then cancel the termination on the isolate's thread.
     pub(crate) fn disarm(&self) -> bool {
