@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::PluginDir;
 use isola::HostApi;
@@ -112,44 +109,14 @@ fn isola_new_writes_plugins_that_run() {
 #[test]
 fn isola_dev_picks_up_a_new_plugin() {
     let dir = PluginDir::new();
-    let mut child = common::isola_command()
-        .arg("dev")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = String::new();
-        while Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                seen.push_str(&line);
-                seen.push('\n');
-                if line.contains(what) {
-                    return seen;
-                }
-            }
-        }
-        panic!("`{what}` never appeared:\n{seen}");
-    };
-    wait_for("watching");
+    let mut dev = common::dev::DevProcess::start(dir.path(), &[]);
+    dev.wait_for("watching");
     let (ok, out, err) = isola(&["new", "fresh", "--ts", "."], dir.path());
     assert!(ok, "{out}{err}");
-    wait_for("[loaded] fresh");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"fresh.hello(\"Dev\")\n").unwrap();
-    wait_for("Hello, Dev!");
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    dev.wait_for("[loaded] fresh");
+    dev.type_line("fresh.hello(\"Dev\")");
+    dev.wait_for("Hello, Dev!");
+    assert!(dev.finish());
 }
 
 /// The TypeScript compiler, installed from the npm registry into the target directory once.

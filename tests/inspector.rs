@@ -3,85 +3,43 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::PluginDir;
+use common::dev::DevProcess;
 use isola::{ErrorCode, Manager};
 use serde_json::{Value, json};
 
-/// `isola dev DIR --inspect=127.0.0.1:0` (or `--inspect-brk`), with its stdout as lines.
+/// `isola dev DIR --inspect=127.0.0.1:0` (or `--inspect-brk`), and the address it serves.
 struct Dev {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
+    dev: DevProcess,
     addr: String,
+}
+
+impl std::ops::Deref for Dev {
+    type Target = DevProcess;
+    fn deref(&self) -> &DevProcess {
+        &self.dev
+    }
+}
+
+impl std::ops::DerefMut for Dev {
+    fn deref_mut(&mut self) -> &mut DevProcess {
+        &mut self.dev
+    }
 }
 
 impl Dev {
     fn start(dir: &std::path::Path, flag: &str, extra: &[&str]) -> Dev {
-        let mut child = common::isola_command()
-            .arg("dev")
-            .arg(dir)
-            .arg(format!("{flag}=127.0.0.1:0"))
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut dev = Dev { child, stdin, lines, addr: String::new() };
+        let flag = format!("{flag}=127.0.0.1:0");
+        let mut args = vec![flag.as_str()];
+        args.extend(extra);
+        let dev = DevProcess::start(dir, &args);
         let line = dev.wait_for("debugger listening on http://");
-        dev.addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
-        dev
-    }
-
-    fn wait_for(&self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = String::new();
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if line.contains(what) {
-                    return line;
-                }
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-        }
-        panic!("`{what}` never appeared in isola dev's output:\n{seen}");
-    }
-
-    /// Waits for a line that is exactly `line` (a hook's printed result).
-    fn wait_line(&self, line: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = String::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if l.trim() == line {
-                    return;
-                }
-                seen.push_str(&l);
-                seen.push('\n');
-            }
-        }
-        panic!("the line `{line}` never appeared in isola dev's output:\n{seen}");
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        stdin.flush().unwrap();
+        let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+        Dev { dev, addr }
     }
 
     fn get(&self, path: &str, host: &str) -> (String, String) {
@@ -102,17 +60,6 @@ impl Dev {
     }
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-    }
-}
-
 /// A minimal CDP client: numbered requests, events kept until asked for.
 struct Cdp {
     ws: tungstenite::WebSocket<TcpStream>,
@@ -127,6 +74,14 @@ impl Cdp {
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let (ws, _) = tungstenite::client(url, stream).unwrap();
         Cdp { ws, next: 1, events: Vec::new() }
+    }
+
+    /// Connected to `target` (a `/json/list` entry), with the runtime and debugger enabled.
+    fn attach(target: &Value) -> Cdp {
+        let mut cdp = Cdp::connect(target["webSocketDebuggerUrl"].as_str().unwrap());
+        cdp.call("Runtime.enable", json!({}));
+        cdp.call("Debugger.enable", json!({}));
+        cdp
     }
 
     fn read(&mut self) -> Value {
@@ -182,9 +137,7 @@ fn a_breakpoint_pauses_a_hook_and_locals_can_be_read_past_the_time_limit() {
     let url = format!("file://{}", path.canonicalize().unwrap().join("main.js").display());
     assert_eq!(target["url"], url.as_str());
     assert_eq!(target["type"], "node");
-    let mut cdp = Cdp::connect(target["webSocketDebuggerUrl"].as_str().unwrap());
-    cdp.call("Runtime.enable", json!({}));
-    cdp.call("Debugger.enable", json!({}));
+    let mut cdp = Cdp::attach(&target);
     // Line 5 (0-based 4): `const doubled = total * 2;`
     let bp = cdp.call("Debugger.setBreakpointByUrl", json!({"url": url, "lineNumber": 4}));
     assert!(bp["breakpointId"].is_string(), "{bp}");
@@ -223,9 +176,7 @@ fn a_debugger_statement_in_typescript_pauses_with_a_source_map_for_the_ts_lines(
     dev.wait_for("watching");
     let target = dev.target("t");
     assert!(target["url"].as_str().unwrap().ends_with("/t/main.ts"), "{target}");
-    let mut cdp = Cdp::connect(target["webSocketDebuggerUrl"].as_str().unwrap());
-    cdp.call("Runtime.enable", json!({}));
-    cdp.call("Debugger.enable", json!({}));
+    let mut cdp = Cdp::attach(&target);
     // The script V8 runs is the transpiled one; its inline source map is what lets DevTools
     // show and break in the .ts text.
     let parsed = loop {
@@ -260,8 +211,7 @@ fn a_pause_after_an_await_does_not_count_against_the_time_limit() {
     let mut dev = Dev::start(dir.path(), "--inspect", &["--timeout", "300"]);
     dev.wait_for("watching");
     let target = dev.target("a");
-    let mut cdp = Cdp::connect(target["webSocketDebuggerUrl"].as_str().unwrap());
-    cdp.call("Debugger.enable", json!({}));
+    let mut cdp = Cdp::attach(&target);
     dev.type_line("a.later(21)");
     let paused = cdp.event("Debugger.paused");
     let frame = &paused["callFrames"][0];
@@ -284,9 +234,7 @@ fn inspect_brk_waits_for_a_debugger_and_pauses_before_the_first_line() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(dev.lines.try_iter().all(|l| !l.contains("watching")), "loaded without waiting");
     let target = dev.target("b");
-    let mut cdp = Cdp::connect(target["webSocketDebuggerUrl"].as_str().unwrap());
-    cdp.call("Runtime.enable", json!({}));
-    cdp.call("Debugger.enable", json!({}));
+    let mut cdp = Cdp::attach(&target);
     cdp.call("Runtime.runIfWaitingForDebugger", json!({}));
     let paused = cdp.event("Debugger.paused");
     let frame = &paused["callFrames"][0];
@@ -363,4 +311,16 @@ fn library_sessions_reach_the_plugin_and_end_with_its_isolate() {
         let reply: Value = serde_json::from_str(&s.recv().await.unwrap()).unwrap();
         assert_eq!(reply["result"]["result"]["value"], 2, "{reply}");
     });
+}
+
+#[test]
+fn with_an_inspector_a_top_level_await_that_never_settles_still_times_out() {
+    let dir = PluginDir::new();
+    let path = dir.module("p", "await new Promise(() => setTimeout(() => {}, 60000));\nexport default {};\n");
+    let engine = isola::Engine::builder()
+        .inspect(isola::engine::InspectMode::On)
+        .load_timeout(Duration::from_millis(300))
+        .build();
+    let e = Manager::new(engine).load(path).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
 }

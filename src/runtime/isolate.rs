@@ -467,20 +467,15 @@ impl PluginIsolate {
             SourceKind::Module { entry, .. } => {
                 let url = ModuleSpecifier::from_file_path(entry)
                     .map_err(|_| Error::new(ErrorCode::LoadFailed, format!("bad entry path {}", entry.display())))?;
-                let mut remaining = deadline.saturating_duration_since(Instant::now());
-                if self.inspect {
-                    // A debugger may hold the load paused; the deadline slot, which stops its
-                    // clock during pauses, still bounds the running time.
-                    remaining = Duration::from_secs(24 * 3600);
-                }
+                let inspect = self.inspect;
                 // Fetching and compiling the modules runs none of their code.
-                let id = match rt.block_on(tokio::time::timeout(remaining, self.runtime.load_main_es_module(&url))) {
-                    Err(_) => return Err(Failure::Terminated),
-                    Ok(r) => r.map_err(|e| match self.loader.take_failure() {
-                        Some(info) => Failure::Error(typescript_error(info)),
-                        None => self.core_failure(e),
-                    })?,
-                };
+                let compiled = rt.block_on(async {
+                    tokio::select! {
+                        r = self.runtime.load_main_es_module(&url) => Some(r),
+                        () = expired(slot, deadline, inspect) => None,
+                    }
+                });
+                let id = compiled.ok_or(Failure::Terminated)?.map_err(|e| self.load_failure(e))?;
                 self.wait_for_debugger(&source.id, slot);
                 let runtime = &mut self.runtime;
                 let load = async {
@@ -489,10 +484,13 @@ impl PluginIsolate {
                     evaluated.await?;
                     runtime.get_module_namespace(id)
                 };
-                let ns = match rt.block_on(tokio::time::timeout(remaining, load)) {
-                    Err(_) => return Err(Failure::Terminated),
-                    Ok(r) => r.map_err(|e| self.core_failure(e))?,
-                };
+                let evaluated = rt.block_on(async {
+                    tokio::select! {
+                        r = load => Some(r),
+                        () = expired(slot, deadline, inspect) => None,
+                    }
+                });
+                let ns = evaluated.ok_or(Failure::Terminated)?.map_err(|e| self.load_failure(e))?;
                 deno_core::scope!(scope, &mut self.runtime);
                 let ns = v8::Local::new(scope, ns);
                 let key = v8::String::new(scope, "default").unwrap();
@@ -755,18 +753,14 @@ impl PluginIsolate {
             }
         };
         let resolved = self.runtime.resolve(settled);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let runtime = &mut self.runtime;
         // An abort or unload while the hook awaits: no JS runs to terminate, so stop waiting.
         let interrupted = slot.interrupted();
         let inspect = self.inspect;
         let r = rt.block_on(async {
-            // With a debugger, time spent paused does not count: the slot knows the deadline
-            // net of pauses. Otherwise the plain timer (no polling).
-            let expired = async { if inspect { slot.expired().await } else { tokio::time::sleep(remaining).await } };
             tokio::select! {
                 r = runtime.with_event_loop_promise(resolved, PollEventLoopOptions::default()) => Some(r),
-                () = expired => None,
+                () = expired(slot, deadline, inspect) => None,
                 // What the hook awaits is left where it is: no JS runs until the next call.
                 () = interrupted => None,
             }
@@ -788,6 +782,15 @@ impl PluginIsolate {
         if ok { to_json(tc, v, &self.conv) } else { Err(thrown(tc, v, &self.conv)) }
     }
 
+    /// A failed load: a TypeScript syntax error the loader recorded (typed, at its `.ts`
+    /// position), or whatever deno_core reported.
+    fn load_failure(&self, e: CoreError) -> Failure {
+        match self.loader.take_failure() {
+            Some(info) => Failure::Error(typescript_error(info)),
+            None => self.core_failure(e),
+        }
+    }
+
     fn core_failure(&self, e: CoreError) -> Failure {
         match e.into_kind() {
             CoreErrorKind::Js(js) => self.js_failure(&js),
@@ -805,6 +808,13 @@ impl PluginIsolate {
     fn js_failure(&self, e: &JsError) -> Failure {
         Failure::Error(js_error(e, &self.conv.root_url))
     }
+}
+
+/// Completes when `deadline` has passed, for JavaScript that only waits (termination has
+/// nothing to stop then). With a debugger, the deadline is the slot's, net of the time the
+/// plugin was held paused; otherwise one timer.
+async fn expired(slot: &DeadlineSlot, deadline: Instant, inspect: bool) {
+    if inspect { slot.expired().await } else { tokio::time::sleep_until(deadline.into()).await }
 }
 
 /// The answer to a call its caller aborted before it ran.

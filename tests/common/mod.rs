@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod dev;
+
 use isola::engine::Isolation;
 use isola::{Engine, EngineBuilder, HostApi, Manager, PluginHandle};
 use serde_json::json;
