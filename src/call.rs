@@ -6,8 +6,8 @@
 //! to learn it. Moving a plugin into another process later means carrying these messages over
 //! a pipe instead of a channel.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -132,10 +132,21 @@ pub(crate) trait Inbox: Send {
     fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         Box::pin(std::future::pending())
     }
+    /// [`recv`](Self::recv), giving up after `timeout` (inboxes that cannot time out wait).
+    fn recv_within(&mut self, timeout: Duration) -> Received {
+        let _ = timeout;
+        self.recv().map_or(Received::Closed, Received::Request)
+    }
+    /// How to put this inbox to sleep while its plugin is evicted; `None` for inboxes that
+    /// cannot sleep (a process's call channel).
+    fn dormancy(&self) -> Option<Dormancy> {
+        None
+    }
 }
 
 /// The sending end of a plugin thread's mailbox: a bounded queue that also wakes the thread
-/// when it waits asynchronously (running the plugin's background work meanwhile).
+/// when it waits asynchronously (running the plugin's background work meanwhile), and brings
+/// back a plugin that was evicted while idle (see [`Dormancy`]).
 ///
 /// Bounded by a count, not by a fixed array: a bounded crossbeam channel allocates all its
 /// slots up front (about 160 KiB for the default 1,024 calls, in every idle plugin); this
@@ -143,10 +154,51 @@ pub(crate) trait Inbox: Send {
 #[derive(Clone)]
 pub(crate) struct MailboxTx {
     tx: crossbeam_channel::Sender<Request>,
-    ready: Arc<tokio::sync::Notify>,
-    /// Requests sent and not yet received.
-    queued: Arc<AtomicUsize>,
+    state: Arc<MailboxState>,
     capacity: usize,
+}
+
+/// What both ends of a mailbox share.
+#[derive(Default)]
+struct MailboxState {
+    /// Wakes a thread waiting asynchronously.
+    ready: tokio::sync::Notify,
+    /// Requests sent and not yet received.
+    queued: AtomicUsize,
+    /// Set while the mailbox sleeps (nobody serves it) and `wake` holds the way back. Read on
+    /// every send: one load.
+    asleep: AtomicBool,
+    wake: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl MailboxState {
+    /// Takes the way back if the mailbox sleeps: exactly one caller gets it.
+    fn take_wake(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        if !self.asleep.load(Ordering::SeqCst) || !self.asleep.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.wake.lock().unwrap().take()
+    }
+}
+
+/// What a request does to a sleeping mailbox.
+enum OnSleeping {
+    /// A call (or `onLoad`): bring the plugin back to answer it.
+    Wake,
+    /// The plugin is being stopped: it stays gone, and what kept it is dropped.
+    Discard,
+    /// Nothing to do without an isolate (`Recycle`): not even queued.
+    Ignore,
+}
+
+impl Request {
+    fn on_sleeping(&self) -> OnSleeping {
+        match self {
+            Request::Call { .. } | Request::Init { .. } => OnSleeping::Wake,
+            Request::Stop => OnSleeping::Discard,
+            Request::Recycle => OnSleeping::Ignore,
+        }
+    }
 }
 
 // The errors hand the request back, as crossbeam's do: large, but only on the failure path.
@@ -155,12 +207,16 @@ impl MailboxTx {
     /// Queues `req` even when the mailbox is full: for isola's own requests (stop, recycle,
     /// `onLoad`, `onUnload`), which must not wait behind callers.
     pub(crate) fn send(&self, req: Request) -> Result<(), crossbeam_channel::SendError<Request>> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
+        let on_sleeping = req.on_sleeping();
+        if matches!(on_sleeping, OnSleeping::Ignore) && self.state.asleep.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.state.queued.fetch_add(1, Ordering::SeqCst);
         let r = self.tx.send(req);
         if r.is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.state.queued.fetch_sub(1, Ordering::SeqCst);
         }
-        self.ready.notify_one();
+        self.sent(on_sleeping);
         r
     }
 
@@ -171,39 +227,62 @@ impl MailboxTx {
 
     /// Queues `req` unless the mailbox holds its capacity already.
     pub(crate) fn try_send(&self, req: Request) -> Result<(), crossbeam_channel::TrySendError<Request>> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let on_sleeping = req.on_sleeping();
+        if matches!(on_sleeping, OnSleeping::Ignore) && self.state.asleep.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if self.state.queued.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            self.state.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(crossbeam_channel::TrySendError::Full(req));
         }
         let r = self.tx.try_send(req);
         if r.is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.state.queued.fetch_sub(1, Ordering::SeqCst);
         }
-        self.ready.notify_one();
+        self.sent(on_sleeping);
         r
+    }
+
+    /// After queueing: wakes the thread, or the plugin if its mailbox sleeps. The queue count
+    /// went up first (SeqCst, as [`Dormancy::sleep`] sets `asleep` before reading it), so
+    /// either this sender sees the mailbox asleep or the sleeping side sees the request.
+    fn sent(&self, on_sleeping: OnSleeping) {
+        self.state.ready.notify_one();
+        match on_sleeping {
+            OnSleeping::Wake => {
+                if let Some(wake) = self.state.take_wake() {
+                    wake();
+                }
+            }
+            OnSleeping::Discard => drop(self.state.take_wake()),
+            OnSleeping::Ignore => {}
+        }
     }
 }
 
 impl Drop for MailboxTx {
     fn drop(&mut self) {
         // The last sender going closes the mailbox: a thread waiting for it must look.
-        self.ready.notify_one();
+        self.state.ready.notify_one();
+        // A sleeping mailbox's way back holds its receiving end (one count); when no sender
+        // is left besides this one, nothing can wake it: drop what it kept.
+        if Arc::strong_count(&self.state) <= 2 {
+            drop(self.state.take_wake());
+        }
     }
 }
 
 /// The receiving end of a plugin thread's mailbox.
 pub(crate) struct MailboxRx {
     rx: Receiver<Request>,
-    ready: Arc<tokio::sync::Notify>,
-    queued: Arc<AtomicUsize>,
+    state: Arc<MailboxState>,
 }
 
 /// A mailbox for `capacity` queued calls.
 pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let ready = Arc::new(tokio::sync::Notify::new());
-    let queued = Arc::new(AtomicUsize::new(0));
-    (MailboxTx { tx, ready: ready.clone(), queued: queued.clone(), capacity }, MailboxRx { rx, ready, queued })
+    let state = Arc::new(MailboxState::default());
+    (MailboxTx { tx, state: state.clone(), capacity }, MailboxRx { rx, state })
 }
 
 impl Drop for MailboxRx {
@@ -226,7 +305,30 @@ impl MailboxRx {
     }
 
     fn took(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.state.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a mailbox's server goes away while the plugin is idle (an evicted plugin: its thread
+/// and isolate freed) and comes back on the next call, without the handles noticing.
+///
+/// Why in the mailbox: every way a request reaches a plugin (calls, events, plugin calls,
+/// `onLoad`) goes through [`MailboxTx`], so waking it there covers them all with one check.
+pub(crate) struct Dormancy(Arc<MailboxState>);
+
+impl Dormancy {
+    /// Puts the mailbox to sleep: the next call or `onLoad` sent to it runs `wake` (on the
+    /// sender's thread, once), which must start serving the mailbox again. A `Stop`, or the
+    /// last sender going away, drops `wake` instead. If a request is already queued, `wake`
+    /// runs now.
+    pub(crate) fn sleep(self, wake: Box<dyn FnOnce() + Send>) {
+        *self.0.wake.lock().unwrap() = Some(wake);
+        self.0.asleep.store(true, Ordering::SeqCst);
+        if self.0.queued.load(Ordering::SeqCst) > 0
+            && let Some(wake) = self.0.take_wake()
+        {
+            wake();
+        }
     }
 }
 
@@ -239,15 +341,39 @@ impl Inbox for MailboxRx {
         self.rx.try_recv().ok().inspect(|_| self.took())
     }
 
+    fn recv_within(&mut self, timeout: Duration) -> Received {
+        match self.rx.recv_timeout(timeout) {
+            Ok(req) => {
+                self.took();
+                Received::Request(req)
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Received::Idle,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Received::Closed,
+        }
+    }
+
+    fn dormancy(&self) -> Option<Dormancy> {
+        Some(Dormancy(self.state.clone()))
+    }
+
     fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         Box::pin(async move {
             // The last sender's drop notifies too, so a closed mailbox wakes this as well.
             if !self.rx.is_empty() {
                 return;
             }
-            self.ready.notified().await;
+            self.state.ready.notified().await;
         })
     }
+}
+
+/// What [`Inbox::recv_within`] got.
+pub(crate) enum Received {
+    Request(Request),
+    /// Nothing came in time.
+    Idle,
+    /// The sender is gone.
+    Closed,
 }
 
 /// Waits for the next hook to run: `None` once the mailbox is stopped or gone. `Recycle`
@@ -257,6 +383,24 @@ pub(crate) fn next_job(inbox: &mut (impl Inbox + ?Sized), mut recycle: impl FnMu
         match inbox.recv()? {
             Request::Recycle => recycle(),
             req => return req.into_job(),
+        }
+    }
+}
+
+/// [`next_job`], waiting at most `idle`: `Err(())` if nothing came in that time.
+pub(crate) fn next_job_within(
+    inbox: &mut (impl Inbox + ?Sized),
+    idle: Duration,
+    mut recycle: impl FnMut(),
+) -> Result<Option<Job>, ()> {
+    let until = Instant::now() + idle;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match inbox.recv_within(left) {
+            Received::Request(Request::Recycle) => recycle(),
+            Received::Request(req) => return Ok(req.into_job()),
+            Received::Closed => return Ok(None),
+            Received::Idle => return Err(()),
         }
     }
 }

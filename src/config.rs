@@ -37,6 +37,9 @@ pub(crate) struct PluginConfig {
     pub isolation: Isolation,
     /// A fresh instance for every call (manifest `stateless`).
     pub stateless: bool,
+    /// Evicted after this long idle: the engine's [`evict_idle_after`](Engine::evict_idle_after),
+    /// unless the manifest says `"evictable": false` or the plugin runs in a process.
+    pub evict_after: Option<Duration>,
 }
 
 impl PluginConfig {
@@ -46,6 +49,8 @@ impl PluginConfig {
         let requested = manifest.map(|m| m.permissions.clone()).unwrap_or_default();
         let granted = engine.policy().effective(&source.id, &requested);
         let base_quota = engine.storage().quota();
+        let isolation = engine.isolation().max(manifest.and_then(|m| m.isolation).unwrap_or_default());
+        let evictable = isolation == Isolation::Thread && manifest.is_none_or(|m| m.evictable);
         PluginConfig {
             limits: lowered(*engine.limits(), manifest),
             storage_quota: manifest.map_or(base_quota, |m| base_quota.for_plugin(&m.limits)),
@@ -53,8 +58,9 @@ impl PluginConfig {
             permissions: Permissions { requested, granted },
             events: manifest.map(|m| m.events.clone()).unwrap_or_default(),
             commands: manifest.map(|m| m.commands.clone()).unwrap_or_default(),
-            isolation: engine.isolation().max(manifest.and_then(|m| m.isolation).unwrap_or_default()),
+            isolation,
             stateless: manifest.is_some_and(|m| m.stateless),
+            evict_after: engine.evict_idle_after().filter(|_| evictable),
             source,
         }
     }

@@ -133,6 +133,7 @@ struct EngineInner {
     seccomp: bool,
     warm_pool: usize,
     inspect: InspectMode,
+    evict_idle_after: Option<Duration>,
     guard: Arc<MemoryGuard>,
 }
 
@@ -161,6 +162,7 @@ impl Engine {
             total_memory_limit: None,
             warm_pool: 0,
             inspect: InspectMode::Off,
+            evict_idle_after: None,
         }
     }
 
@@ -199,6 +201,12 @@ impl Engine {
     /// [`EngineBuilder::warm_pool`]).
     pub fn warm_pool(&self) -> usize {
         if self.inner.inspect == InspectMode::Off { self.inner.warm_pool } else { 0 }
+    }
+
+    /// How long a plugin may sit idle before it is evicted (see
+    /// [`EngineBuilder::evict_idle_after`]); `None` when plugins are never evicted.
+    pub fn evict_idle_after(&self) -> Option<Duration> {
+        self.inner.evict_idle_after.filter(|_| self.inner.inspect == InspectMode::Off)
     }
 
     /// Whether plugins can be debugged (see [`EngineBuilder::inspect`]).
@@ -252,6 +260,7 @@ pub struct EngineBuilder {
     total_memory_limit: Option<usize>,
     warm_pool: usize,
     inspect: InspectMode,
+    evict_idle_after: Option<Duration>,
 }
 
 impl EngineBuilder {
@@ -351,6 +360,30 @@ impl EngineBuilder {
         self
     }
 
+    /// Evicts a plugin that has been idle for `idle` (default: never): its thread and isolate
+    /// are freed, and its next call (or event, or plugin call) starts it again, transparently,
+    /// from the files this version loaded. That is how one process keeps thousands of
+    /// installed plugins of which only some are in use: an evicted plugin costs a few
+    /// kilobytes instead of its isolate's megabytes, and comes back in about a cold start
+    /// (less from a [`warm_pool`](Self::warm_pool)).
+    ///
+    /// Idle means no call and nothing pending: a plugin with a timer set or a promise it left
+    /// running is not idle. Module state does not survive an eviction by itself; a plugin that
+    /// keeps state hands it over as on reload, `onUnload()` returning it and `onLoad(state)`
+    /// receiving it when the plugin comes back (if `onUnload` throws, the plugin stays). A
+    /// plugin whose manifest says `"evictable": false` is never evicted, nor are
+    /// process-isolated plugins, nor any plugin while an inspector is on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let engine = isola::Engine::builder().evict_idle_after(Duration::from_secs(300)).build();
+    /// assert_eq!(engine.evict_idle_after(), Some(Duration::from_secs(300)));
+    /// ```
+    pub fn evict_idle_after(mut self, idle: Duration) -> Self {
+        self.evict_idle_after = Some(idle);
+        self
+    }
+
     /// Makes plugins debuggable with V8's inspector (default [`InspectMode::Off`]): each
     /// thread-isolated plugin's isolate accepts Chrome DevTools Protocol sessions
     /// ([`PluginHandle::inspect`](crate::PluginHandle::inspect)), and its TypeScript carries
@@ -401,6 +434,7 @@ impl EngineBuilder {
                 seccomp: self.seccomp,
                 warm_pool: self.warm_pool,
                 inspect: self.inspect,
+                evict_idle_after: self.evict_idle_after,
                 guard: MemoryGuard::new(self.total_memory_limit),
             }),
         }

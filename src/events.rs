@@ -107,6 +107,13 @@ pub enum LifecycleEvent {
         /// Plugin id.
         plugin: String,
     },
+    /// A plugin idle for the engine's `evict_idle_after` gave up its thread and isolate; its
+    /// next call brings it back (see
+    /// [`EngineBuilder::evict_idle_after`](crate::EngineBuilder::evict_idle_after)).
+    Evicted {
+        /// Plugin id.
+        plugin: String,
+    },
 }
 
 impl LifecycleEvent {
@@ -123,7 +130,8 @@ impl LifecycleEvent {
             | LifecycleEvent::HookFailed { plugin, .. }
             | LifecycleEvent::RestartFailed { plugin, .. }
             | LifecycleEvent::Unresponsive { plugin }
-            | LifecycleEvent::Responsive { plugin } => plugin,
+            | LifecycleEvent::Responsive { plugin }
+            | LifecycleEvent::Evicted { plugin } => plugin,
         }
     }
 }

@@ -307,6 +307,14 @@ impl Shared {
         threads.push(thread);
     }
 
+    /// A thread that brought an evicted plugin back, to be joined with the others. Takes
+    /// only the thread list's lock: it is started from inside a send, under the mailbox's.
+    pub(crate) fn add_thread(&self, thread: JoinHandle<()>) {
+        let mut threads = self.threads.lock().unwrap();
+        threads.retain(|t| !t.is_finished());
+        threads.push(thread);
+    }
+
     /// A thread serving this plugin can be interrupted through `on` (see [`close`](Self::close)).
     pub(crate) fn add_interrupt(&self, on: Weak<dyn Interrupt>) {
         let mut all = self.interrupts.lock().unwrap();

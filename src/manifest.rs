@@ -102,6 +102,16 @@ pub struct Manifest {
     /// leaves behind (module state, timers, pending promises) reaches the next one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stateless: bool,
+    /// Whether the host may evict the plugin while it is idle (default true; see
+    /// [`EngineBuilder::evict_idle_after`](crate::EngineBuilder::evict_idle_after)).
+    /// `"evictable": false` keeps it resident: for a plugin whose state cannot be handed over
+    /// through `onUnload`/`onLoad`.
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub evictable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 const KNOWN_FIELDS: &[&str] = &[
@@ -117,6 +127,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "commands",
     "isolation",
     "stateless",
+    "evictable",
 ];
 const KNOWN_LIMITS: &[&str] = &["heapMb", "callTimeoutMs", "storageBytes", "storageValueBytes", "storageKeys"];
 
@@ -482,6 +493,18 @@ impl Manifest {
                 false
             }
         };
+        let evictable = match obj.get("evictable") {
+            None => true,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => {
+                c.error(
+                    "$.evictable",
+                    "wrong_type",
+                    format!("`evictable` must be true or false, found {}", type_name(other)),
+                );
+                true
+            }
+        };
         let events = c.events(obj.get("events"));
         let commands = c.commands(obj.get("commands"));
 
@@ -501,6 +524,7 @@ impl Manifest {
             commands,
             isolation,
             stateless,
+            evictable,
         };
         Ok((manifest, c.diags))
     }

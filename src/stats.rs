@@ -47,6 +47,9 @@ pub struct PluginStats {
     /// Of those, turns stopped for running past the call time limit.
     #[serde(default)]
     pub background_timeouts: u64,
+    /// Times the plugin was evicted while idle (and brought back by its next call).
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 impl PluginStats {
@@ -82,6 +85,7 @@ pub(crate) struct StatsCell {
     wall_nanos: AtomicU64,
     background_runs: AtomicU64,
     background_timeouts: AtomicU64,
+    evictions: AtomicU64,
     /// For a plugin in a child process: what its processes counted (see [`Remote`]).
     remote: Mutex<Remote>,
 }
@@ -113,6 +117,7 @@ fn add(a: &PluginStats, b: &PluginStats) -> PluginStats {
         wall_time: a.wall_time + b.wall_time,
         background_runs: a.background_runs + b.background_runs,
         background_timeouts: a.background_timeouts + b.background_timeouts,
+        evictions: a.evictions + b.evictions,
     }
 }
 
@@ -162,6 +167,10 @@ impl StatsCell {
 
     pub(crate) fn record_restart(&self) {
         self.restarts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_eviction(&self) {
+        self.evictions.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn set_memory(&self, heap_used: usize, array_buffers: usize, limit: usize) {
@@ -214,6 +223,7 @@ impl StatsCell {
             wall_time: Duration::from_nanos(self.wall_nanos.load(Relaxed)),
             background_runs: self.background_runs.load(Relaxed),
             background_timeouts: self.background_timeouts.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
         };
         let remote = self.remote.lock().unwrap();
         if remote.live.is_empty() && remote.ended == PluginStats::default() {

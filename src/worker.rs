@@ -12,7 +12,9 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::call::{Inbox, Job, MailboxTx, ON_LOAD, ON_UNLOAD, Reply, next_job, refuse_queued, try_next_job};
+use crate::call::{
+    Inbox, Job, MailboxTx, ON_LOAD, ON_UNLOAD, Reply, next_job, next_job_within, refuse_queued, try_next_job,
+};
 use crate::cancel::Interrupt;
 use crate::config::PluginConfig;
 use crate::engine::Engine;
@@ -121,6 +123,13 @@ fn name_thread(name: &str) {
     let _ = name;
 }
 
+/// What an evicted plugin's thread leaves behind: its mailbox and the state its `onUnload`
+/// gave.
+struct Evicted {
+    rx: Box<dyn Inbox>,
+    state: Value,
+}
+
 struct Worker {
     engine: Engine,
     config: Arc<PluginConfig>,
@@ -139,7 +148,7 @@ impl Worker {
     /// [`run`](Self::run) for a restart handed over to a pool thread (see
     /// [`hand_off`](Self::hand_off)).
     fn run_restarted(self, rx: Box<dyn Inbox>, rt: tokio::runtime::Runtime, bare: BareIsolate) {
-        self.run_with(rx, None, Some((rt, bare)));
+        self.run_with(rx, None, Some((rt, bare)), None);
     }
 
     /// Serves the plugin on this thread; `warm` is a pool thread's runtime and isolate.
@@ -149,21 +158,30 @@ impl Worker {
         ready: Sender<Result<Vec<String>, Error>>,
         warm: Option<(tokio::runtime::Runtime, BareIsolate)>,
     ) {
-        self.run_with(rx, Some(ready), warm);
+        self.run_with(rx, Some(ready), warm, None);
     }
 
+    /// Serves the plugin on this thread, loading it with `state` handed to its `onLoad`.
+    /// `resume` is set when the plugin comes back after an eviction: it then gets the state
+    /// its `onUnload` gave then.
     fn run_with(
         self,
         rx: Box<dyn Inbox>,
         ready: Option<Sender<Result<Vec<String>, Error>>>,
         warm: Option<(tokio::runtime::Runtime, BareIsolate)>,
+        resume: Option<Value>,
     ) {
         crate::host::set_current_plugin(self.config.id());
         self.shared.stats.register_thread();
         // Every host-side panic isola knows of is caught where it happens; should isola's own
         // code here still panic, the plugin is reported crashed instead of vanishing silently
         // (its callers get PLUGIN_CRASHED as the mailbox closes).
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(rx, ready, warm)));
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(rx, ready, warm, resume)));
+        if let Ok(Some(Evicted { rx, state })) = served {
+            self.shared.stats.unregister_thread();
+            self.sleep(rx, state);
+            return;
+        }
         if let Err(panic) = served {
             let what = crate::host::panic_message(&*panic);
             let error = Error::new(ErrorCode::PluginCrashed, format!("the plugin's thread panicked: {what}"))
@@ -178,12 +196,16 @@ impl Worker {
     /// Loads the plugin and answers its mailbox until it stops. `ready` hears how loading
     /// went; without it this thread is a restart, taken over from a thread whose isolate broke
     /// its budget (see [`hand_off`](Self::hand_off)).
+    ///
+    /// Returns the mailbox when the plugin was evicted after being idle for its
+    /// `evict_after`: the thread then ends, and [`sleep`](Self::sleep) arranges the way back.
     fn serve(
         &self,
         mut rx: Box<dyn Inbox>,
         ready: Option<Sender<Result<Vec<String>, Error>>>,
         warm: Option<(tokio::runtime::Runtime, BareIsolate)>,
-    ) {
+        resume: Option<Value>,
+    ) -> Option<Evicted> {
         let id = self.config.id();
         let (rt, bare) = match warm {
             Some((rt, bare)) => (rt, Some(bare)),
@@ -195,7 +217,7 @@ impl Worker {
                         Some(ready) => drop(ready.send(Err(e))),
                         None => self.restart_failed(e),
                     }
-                    return;
+                    return None;
                 }
             },
         };
@@ -219,7 +241,7 @@ impl Worker {
             }
             (Err(e), Some(ready)) => {
                 let _ = ready.send(Err(e));
-                return;
+                return None;
             }
             // A restart that failed: calls are answered with why, as on the same thread.
             (Err(e), None) => {
@@ -227,8 +249,25 @@ impl Worker {
                 None
             }
         };
+        if let (Some(state), Some(iso)) = (resume, isolate.as_mut()) {
+            // Back after an eviction: `onLoad` gets what `onUnload` gave then, before any call.
+            if iso.has_hook(ON_LOAD) {
+                let r = iso.call(
+                    ON_LOAD,
+                    &Value::Array(vec![state]),
+                    self.config.limits.call_timeout,
+                    Default::default(),
+                    None,
+                    &slot,
+                    &rt,
+                );
+                self.answer(None, r);
+            }
+        }
         // A ready isolate from the pool to restart on, when this one breaks its budget.
         let mut hand_off = None;
+        // Set when the plugin was idle for its `evict_after` and gave its state up.
+        let mut evicted = None;
 
         loop {
             // An isolate the engine's memory guard stopped while idle is discarded before it
@@ -258,9 +297,21 @@ impl Worker {
                     }
                 }
             }
-            let job = match job {
-                Some(j) => j,
-                None => next_job(&mut *rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)),
+            let job = match (job, self.config.evict_after) {
+                (Some(j), _) => j,
+                (None, Some(idle)) if isolate.is_some() && rx.dormancy().is_some() => {
+                    match next_job_within(&mut *rx, idle, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)) {
+                        Ok(job) => job,
+                        Err(()) => match self.evict(isolate.as_mut(), &slot, &rt) {
+                            Some(state) => {
+                                evicted = Some(state);
+                                break;
+                            }
+                            None => continue,
+                        },
+                    }
+                }
+                (None, _) => next_job(&mut *rx, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)),
             };
             let Some(job) = job else { break };
             if let Some(e) = job.refusal(self.shared.is_closed()) {
@@ -322,7 +373,11 @@ impl Worker {
         if let Some(warm) = hand_off {
             self.hand_off(warm, rx);
             drop(isolate);
-            return;
+            return None;
+        }
+        if let Some(state) = evicted {
+            drop(isolate);
+            return Some(Evicted { rx, state });
         }
         if self.shared.is_closed() {
             // Unloaded or shut down: `onUnload` may flush state, briefly.
@@ -336,6 +391,71 @@ impl Worker {
         }
         // Whatever is still queued will not run.
         refuse_queued(&mut *rx);
+        None
+    }
+
+    /// Gives the plugin's state up for an eviction: runs `onUnload` (if it has one) and
+    /// returns what it gave. `None` keeps the plugin where it is: it is closing (the mailbox
+    /// has its `Stop`), or `onUnload` failed (its state would be lost; it is tried again after
+    /// the next idle period).
+    fn evict(
+        &self,
+        isolate: Option<&mut PluginIsolate>,
+        slot: &Arc<DeadlineSlot>,
+        rt: &tokio::runtime::Runtime,
+    ) -> Option<Value> {
+        let iso = isolate?;
+        if self.shared.is_closed() {
+            return None;
+        }
+        if !iso.has_hook(ON_UNLOAD) {
+            return Some(Value::Null);
+        }
+        match iso.call(ON_UNLOAD, &Value::Null, self.config.limits.call_timeout, Default::default(), None, slot, rt) {
+            Ok(state) => Some(state),
+            Err(error) => {
+                let id = self.config.id();
+                let error = error.in_context(id, Some(ON_UNLOAD));
+                tracing::warn!(plugin = %id, "not evicted: {error}");
+                self.shared.emit(LifecycleEvent::HookFailed { plugin: id.to_owned(), error });
+                None
+            }
+        }
+    }
+
+    /// After an eviction (the isolate is gone): puts the mailbox to sleep, so that the next
+    /// call starts the plugin again, from the files this version loaded, on a thread of its
+    /// own (from the warm pool if one is ready), handing `state` to its `onLoad`.
+    fn sleep(self, rx: Box<dyn Inbox>, state: Value) {
+        let Some(dormancy) = rx.dormancy() else { return };
+        let id = self.config.id().to_owned();
+        self.shared.stats.record_eviction();
+        self.shared.stats.set_memory(0, 0, self.config.limits.heap_limit);
+        self.shared.emit(LifecycleEvent::Evicted { plugin: id.clone() });
+        tracing::debug!(plugin = %id, "evicted after {} ms idle", self.config.evict_after.unwrap_or_default().as_millis());
+        let shared = self.shared.clone();
+        dormancy.sleep(Box::new(move || {
+            let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
+            let warm = self.pool.as_ref().and_then(|p| p.upgrade()?.take(heap_limit));
+            let thread = match warm {
+                Some(warm) => warm.assign(Box::new(move |rt, bare| {
+                    name_thread(&format!("isola:{id}"));
+                    self.run_with(rx, None, Some((rt, bare)), Some(state));
+                })),
+                None => match std::thread::Builder::new()
+                    .name(format!("isola:{id}"))
+                    .stack_size(STACK_SIZE)
+                    .spawn(move || self.run_with(rx, None, None, Some(state)))
+                {
+                    Ok(thread) => thread,
+                    // The mailbox goes with the closure: its callers hear the plugin is gone.
+                    Err(e) => {
+                        return tracing::error!(plugin = %id, "cannot start a thread to bring the plugin back: {e}");
+                    }
+                },
+            };
+            shared.add_thread(thread);
+        }));
     }
 
     /// Restarts the plugin if its isolate broke its memory budget while no call ran (the

@@ -36,6 +36,10 @@ struct Global {
     /// holding the most is stopped (`HEAP_LIMIT`) and restarted, e.g. `--total-memory 2048`.
     #[arg(long, global = true, value_name = "MB")]
     total_memory: Option<u64>,
+    /// Evict plugins idle this many seconds (thread and isolate freed; the next call brings
+    /// them back, with the state `onUnload` handed over), e.g. `--evict-idle 300`.
+    #[arg(long, global = true, value_name = "SECS")]
+    evict_idle: Option<f64>,
     /// Time limit per hook call in milliseconds, e.g. `--timeout 500`.
     #[arg(long, global = true, value_name = "MS", default_value_t = isola::engine::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
     timeout: u64,
@@ -237,6 +241,7 @@ pub fn main() -> ExitCode {
     let storage = Storage::in_dir(data_dir(&cli.global));
     let (total_memory, seccomp, heap_limit, timeout) =
         (cli.global.total_memory, cli.global.seccomp, cli.global.heap_limit, cli.global.timeout);
+    let evict_idle = cli.global.evict_idle.filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
     let (inspect_mode, inspect_addr) = match &cli.command {
         Command::Dev { inspect: Some(a), .. } => (isola::engine::InspectMode::On, Some(*a)),
         Command::Dev { inspect_brk: Some(a), .. } => (isola::engine::InspectMode::BreakOnStart, Some(*a)),
@@ -246,6 +251,9 @@ pub fn main() -> ExitCode {
         let mut builder = Engine::builder().inspect(inspect_mode);
         if let Some(mb) = total_memory {
             builder = builder.total_memory_limit_mb(mb);
+        }
+        if let Some(idle) = evict_idle {
+            builder = builder.evict_idle_after(idle);
         }
         builder
             .isolation(isolation)

@@ -446,6 +446,7 @@ fn serve(link: Arc<Link>, mut control: UnixStream, plugin: ChildPlugin) -> i32 {
         commands: Vec::new(),
         isolation: Isolation::Thread,
         stateless: plugin.source.manifest().is_some_and(|m| m.stateless),
+        evict_after: None,
         source: plugin.source,
     };
     // Lifecycle events inside the child (a restart after HEAP_LIMIT, a failed onLoad) go to

@@ -22,12 +22,12 @@ use serde_json::Value;
 
 use super::loader::{LateLoader, PluginLoader, SourceCache};
 use super::memory::{Breach, MemoryBudget};
-use super::ops::{Current, Grant, HostTable, isola_ops};
+use super::ops::{Current, Grant, HostTable};
 use super::peers::Peers;
-use super::snapshot::{PRELUDE_GLOBAL, snapshot};
-use super::wasm::{WasmBudget, isola_wasm};
+use super::snapshot::{PRELUDE_GLOBAL, extensions, snapshot};
+use super::wasm::WasmBudget;
 use super::watchdog::DeadlineSlot;
-use super::web::{BackgroundHint, isola_web};
+use super::web::BackgroundHint;
 use crate::call::{CallContext, Inbox};
 use crate::cancel::Abort;
 use crate::config::PluginConfig;
@@ -170,7 +170,7 @@ impl BareIsolate {
         let mut runtime = JsRuntime::new(RuntimeOptions {
             module_loader: Some(loader.clone()),
             // The host table is the plugin's: put in its place when the plugin is known.
-            extensions: vec![isola_ops::init(HostTable::empty()), isola_web::init(), isola_wasm::init()],
+            extensions: extensions(),
             create_params: Some(params),
             startup_snapshot: Some(snapshot()),
             ..Default::default()

@@ -11,6 +11,7 @@ pub(crate) mod memory;
 pub(crate) mod ops;
 pub(crate) mod peers;
 pub(crate) mod snapshot;
+pub(crate) mod snapshot_build;
 pub(crate) mod wasm;
 pub(crate) mod watchdog;
 pub(crate) mod web;
