@@ -315,6 +315,14 @@ impl Shared {
         threads.push(thread);
     }
 
+    /// Lets go of the calling thread's handle (it is about to end: an evicted plugin's). Why:
+    /// a thread that ended but was never joined or detached keeps its stack, tens of KiB that
+    /// V8 touched, for as long as its handle lives; an evicted plugin must not.
+    pub(crate) fn forget_current_thread(&self) {
+        let me = std::thread::current().id();
+        self.threads.lock().unwrap().retain(|t| t.thread().id() != me);
+    }
+
     /// A thread serving this plugin can be interrupted through `on` (see [`close`](Self::close)).
     pub(crate) fn add_interrupt(&self, on: Weak<dyn Interrupt>) {
         let mut all = self.interrupts.lock().unwrap();

@@ -434,6 +434,7 @@ impl Worker {
         self.shared.emit(LifecycleEvent::Evicted { plugin: id.clone() });
         tracing::debug!(plugin = %id, "evicted after {} ms idle", self.config.evict_after.unwrap_or_default().as_millis());
         let shared = self.shared.clone();
+        shared.forget_current_thread();
         dormancy.sleep(Box::new(move || {
             let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
             let warm = self.pool.as_ref().and_then(|p| p.upgrade()?.take(heap_limit));
