@@ -436,6 +436,12 @@ impl Worker {
         let shared = self.shared.clone();
         shared.forget_current_thread();
         dormancy.sleep(Box::new(move || {
+            let mut rx = rx;
+            if self.shared.is_closed() {
+                // Unloaded meanwhile (its `Stop` came in as it went to sleep): nothing to
+                // bring back.
+                return refuse_queued(&mut *rx);
+            }
             let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
             let warm = self.pool.as_ref().and_then(|p| p.upgrade()?.take(heap_limit));
             let thread = match warm {

@@ -29,6 +29,20 @@ fn call_prints_the_result_as_json() {
     assert_eq!(v, format!("Hello, Ada! App version: {}", env!("CARGO_PKG_VERSION")));
 }
 
+/// The startup snapshot is made when isola is compiled (build.rs), not by every process: a
+/// short-lived `isola call` would otherwise spend most of its time making it.
+#[test]
+fn call_uses_the_startup_snapshot_built_into_the_binary() {
+    let o = common::isola_command()
+        .args(["call", PLUGINS, "greeter", "greet", "Ada"])
+        .env("ISOLA_LOG", "isola=debug")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("startup snapshot: the one built into the binary"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("making one at run time"), "{}", stderr(&o));
+}
+
 #[test]
 fn call_parses_json_arguments() {
     let o = isola(&["call", PLUGINS, "counter", "increment", "41"]);

@@ -51,6 +51,7 @@ fn chosen() -> (&'static [u8], Origin) {
         init_v8();
         let ours = op_manifest(&extensions());
         if ours == EMBEDDED_OPS {
+            tracing::debug!("startup snapshot: the one built into the binary ({} KiB)", EMBEDDED.len() / 1024);
             return (EMBEDDED, Origin::Embedded);
         }
         tracing::error!(
