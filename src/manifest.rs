@@ -162,6 +162,20 @@ impl Checker {
         self.push(Severity::Warning, path, code, message);
     }
 
+    /// The boolean field `name` of `obj`, `default` if it is absent (or not a boolean, which
+    /// is an error).
+    fn flag(&mut self, obj: &serde_json::Map<String, serde_json::Value>, name: &str, default: bool) -> bool {
+        match obj.get(name) {
+            None => default,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => {
+                let msg = format!("`{name}` must be true or false, found {}", type_name(other));
+                self.error(&format!("$.{name}"), "wrong_type", msg);
+                default
+            }
+        }
+    }
+
     fn string(
         &mut self,
         obj: &serde_json::Map<String, serde_json::Value>,
@@ -481,30 +495,8 @@ impl Manifest {
                 }
             },
         };
-        let stateless = match obj.get("stateless") {
-            None => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(other) => {
-                c.error(
-                    "$.stateless",
-                    "wrong_type",
-                    format!("`stateless` must be true or false, found {}", type_name(other)),
-                );
-                false
-            }
-        };
-        let evictable = match obj.get("evictable") {
-            None => true,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(other) => {
-                c.error(
-                    "$.evictable",
-                    "wrong_type",
-                    format!("`evictable` must be true or false, found {}", type_name(other)),
-                );
-                true
-            }
-        };
+        let stateless = c.flag(obj, "stateless", false);
+        let evictable = c.flag(obj, "evictable", true);
         let events = c.events(obj.get("events"));
         let commands = c.commands(obj.get("commands"));
 
