@@ -128,13 +128,38 @@ fn stateless_call(c: &mut Criterion) {
     g.finish();
 }
 
+/// The plugin thread's CPU time per call between two stats snapshots (the issue's "CPU per
+/// call": work plus what the thread burns waiting for the next call).
+fn print_cpu_per_call(what: &str, before: &isola::stats::PluginStats, after: &isola::stats::PluginStats) {
+    let calls = after.calls - before.calls;
+    let cpu = after.cpu_time.saturating_sub(before.cpu_time);
+    let wall = after.wall_time.saturating_sub(before.wall_time);
+    if calls > 0 {
+        println!(
+            "hook_call, {what}: plugin-thread CPU {:.2} µs per call ({:.2} µs of it inside the hook call), {calls} calls",
+            cpu.as_secs_f64() * 1e6 / calls as f64,
+            wall.as_secs_f64() * 1e6 / calls as f64,
+        );
+    }
+}
+
 fn hook_call(c: &mut Criterion) {
     let dir = plugin_dir();
     let manager = Manager::new(engine());
     let h = manager.load(dir.path().join("bench")).unwrap();
+    let before = h.stats();
     c.bench_function("hook_call (call_blocking, one at a time)", |b| {
         b.iter(|| h.call_blocking::<_, i64>("inc", ()).unwrap())
     });
+    print_cpu_per_call("back to back", &before, &h.stats());
+    // The same calls spaced 200 µs apart, as a host calling now and then would: what the
+    // plugin's thread spends waiting between them (spinning before it parks) shows here.
+    let before = h.stats();
+    for _ in 0..2000 {
+        h.call_blocking::<_, i64>("inc", ()).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    print_cpu_per_call("spaced 200 µs", &before, &h.stats());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     c.bench_function("hook_call (async call from tokio, one at a time)", |b| {
         b.iter(|| rt.block_on(h.call::<_, i64>("inc", ())).unwrap())
