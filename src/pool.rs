@@ -29,6 +29,9 @@ pub(crate) type Assignment = Box<dyn FnOnce(tokio::runtime::Runtime, BareIsolate
 /// Ready plugin threads (see the module's header).
 pub(crate) struct WarmPool {
     inner: Arc<PoolInner>,
+    /// The refill thread, joined when the pool goes (so that it cannot make an isolate after
+    /// its manager is gone).
+    refill: Option<JoinHandle<()>>,
 }
 
 struct PoolInner {
@@ -36,8 +39,9 @@ struct PoolInner {
     /// another one starts cold.
     heap_limit: usize,
     ready: Mutex<VecDeque<WarmThread>>,
-    /// One token per thread to make; the refill thread ends when this goes.
+    /// One token per thread to make; the refill thread ends when this goes or `stopping` is set.
     want: Sender<()>,
+    stopping: std::sync::atomic::AtomicBool,
     made: AtomicU64,
     taken: AtomicU64,
     /// Nanoseconds of thread CPU the refill thread's pool threads spent getting ready.
@@ -70,6 +74,7 @@ impl WarmPool {
             heap_limit,
             ready: Mutex::new(VecDeque::with_capacity(size)),
             want,
+            stopping: Default::default(),
             made: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
@@ -81,10 +86,10 @@ impl WarmPool {
         let refill = std::thread::Builder::new()
             .name("isola:pool".into())
             .spawn(move || refill(weak, wanted, heap_limit, guard));
-        if let Err(e) = refill {
-            tracing::warn!("cannot start the warm pool's thread ({e}); plugins start cold");
-        }
-        WarmPool { inner }
+        let refill = refill
+            .inspect_err(|e| tracing::warn!("cannot start the warm pool's thread ({e}); plugins start cold"))
+            .ok();
+        WarmPool { inner, refill }
     }
 
     /// A ready thread for a plugin whose budget is `heap_limit` bytes, if one waits; the pool
@@ -114,6 +119,13 @@ impl WarmPool {
 
 impl Drop for WarmPool {
     fn drop(&mut self) {
+        // The refill thread first (it may be making an isolate: at most one to wait for), so
+        // that nothing joins the ready list after it is emptied.
+        self.inner.stopping.store(true, Ordering::Release);
+        let _ = self.inner.want.send(());
+        if let Some(refill) = self.refill.take() {
+            let _ = refill.join();
+        }
         // The waiting threads see their work channel close and end, dropping their isolates;
         // they are joined so that none outlives the manager that owned it.
         let waiting: Vec<WarmThread> = self.inner.ready.lock().unwrap().drain(..).collect();
@@ -126,10 +138,14 @@ impl Drop for WarmPool {
 
 /// The refill thread: makes one ready thread per token, until the pool goes.
 fn refill(pool: Weak<PoolInner>, wanted: Receiver<()>, heap_limit: usize, guard: Arc<MemoryGuard>) {
+    let stopping = |p: &PoolInner| p.stopping.load(Ordering::Acquire);
     while wanted.recv().is_ok() {
+        if pool.upgrade().is_none_or(|p| stopping(&p)) {
+            return;
+        }
         let Some(warm) = make(heap_limit, &guard) else { continue };
         let (warm, cpu) = warm;
-        match pool.upgrade() {
+        match pool.upgrade().filter(|p| !stopping(p)) {
             Some(p) => {
                 p.made.fetch_add(1, Ordering::Relaxed);
                 p.cpu_ns.fetch_add(cpu, Ordering::Relaxed);

@@ -95,6 +95,7 @@ fn plugins_started_from_the_pool_get_their_own_host_api_imports_and_permissions(
     assert_eq!(threads_named("isola:warm"), 2, "two threads wait, no more");
     m.shutdown();
     assert_eq!(threads_named("isola:warm"), 0, "the pool's threads end with the manager");
+    assert_eq!(threads_named("isola:pool"), 0, "so does its refill thread, joined at shutdown");
 }
 
 #[test]
