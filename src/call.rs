@@ -151,9 +151,9 @@ pub(crate) trait Inbox: Send {
 /// Bounded by a count, not by a fixed array: a bounded crossbeam channel allocates all its
 /// slots up front (about 160 KiB for the default 1,024 calls, in every idle plugin); this
 /// one grows with what is queued.
-#[derive(Clone)]
 pub(crate) struct MailboxTx {
-    tx: crossbeam_channel::Sender<Request>,
+    /// Dropped first in `drop`, so that a receiver woken there sees the end.
+    tx: std::mem::ManuallyDrop<crossbeam_channel::Sender<Request>>,
     state: Arc<MailboxState>,
     capacity: usize,
 }
@@ -173,6 +173,10 @@ struct MailboxState {
     /// [`MailboxRx::recv`]); senders then notify it.
     blocked: AtomicBool,
     parked: (Mutex<()>, std::sync::Condvar),
+    /// Live senders, and whether the last one went: then nothing can wake a sleeping mailbox
+    /// and its way back is dropped (it holds the receiver: a cycle otherwise).
+    senders: AtomicUsize,
+    disconnected: AtomicBool,
 }
 
 impl MailboxState {
@@ -193,6 +197,15 @@ impl MailboxState {
             return None;
         }
         self.wake.lock().unwrap().take()
+    }
+}
+
+/// Runs a sleeping mailbox's way back on the sender's thread: a panic there (isola's own code)
+/// must not unwind into whoever sent the call. The mailbox goes with it; its callers hear the
+/// plugin is gone.
+fn run_wake(wake: Box<dyn FnOnce() + Send>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(wake)).is_err() {
+        tracing::error!("bringing an evicted plugin back panicked");
     }
 }
 
@@ -267,7 +280,7 @@ impl MailboxTx {
         match on_sleeping {
             OnSleeping::Wake => {
                 if let Some(wake) = self.state.take_wake() {
-                    wake();
+                    run_wake(wake);
                 }
             }
             OnSleeping::Discard => drop(self.state.take_wake()),
@@ -276,14 +289,24 @@ impl MailboxTx {
     }
 }
 
+impl Clone for MailboxTx {
+    fn clone(&self) -> Self {
+        self.state.senders.fetch_add(1, Ordering::SeqCst);
+        MailboxTx { tx: self.tx.clone(), state: self.state.clone(), capacity: self.capacity }
+    }
+}
+
 impl Drop for MailboxTx {
     fn drop(&mut self) {
+        // SAFETY: dropped once, here, and never used after.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.tx) };
         // The last sender going closes the mailbox: a thread waiting for it must look.
         self.state.ready.notify_one();
         self.state.unpark();
-        // A sleeping mailbox's way back holds its receiving end (one count); when no sender
-        // is left besides this one, nothing can wake it: drop what it kept.
-        if Arc::strong_count(&self.state) <= 2 {
+        if self.state.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Nothing can wake a sleeping mailbox now: drop what it kept (see
+            // `Dormancy::sleep` for the other order).
+            self.state.disconnected.store(true, Ordering::SeqCst);
             drop(self.state.take_wake());
         }
     }
@@ -307,7 +330,8 @@ const SPIN_PAYS_OFF: Duration = Duration::from_micros(50);
 /// A mailbox for `capacity` queued calls.
 pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let state = Arc::new(MailboxState::default());
+    let state = Arc::new(MailboxState { senders: AtomicUsize::new(1), ..Default::default() });
+    let tx = std::mem::ManuallyDrop::new(tx);
     (MailboxTx { tx, state: state.clone(), capacity }, MailboxRx { rx, state, slow: false })
 }
 
@@ -377,7 +401,13 @@ impl Dormancy {
         if self.0.queued.load(Ordering::SeqCst) > 0
             && let Some(wake) = self.0.take_wake()
         {
-            wake();
+            run_wake(wake);
+            return;
+        }
+        // The last sender may have gone while this went to sleep: it set `disconnected` before
+        // looking for the way back, this set `asleep` before looking at `disconnected`.
+        if self.0.disconnected.load(Ordering::SeqCst) {
+            drop(self.0.take_wake());
         }
     }
 }

@@ -384,7 +384,18 @@ impl Shared {
     /// where it cannot be stopped: one still busy past its deadline and [`STUCK_GRACE`] is
     /// left behind (it ends on its own if it ever comes back).
     pub(crate) fn join(&self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap());
+        // Until the list stays empty: a thread bringing an evicted plugin back may be added
+        // while the others are joined (it then finds the plugin closed and ends).
+        loop {
+            let threads = std::mem::take(&mut *self.threads.lock().unwrap());
+            if threads.is_empty() {
+                return;
+            }
+            self.join_all(threads);
+        }
+    }
+
+    fn join_all(&self, threads: Vec<JoinHandle<()>>) {
         for t in threads {
             while !t.is_finished() {
                 if self.is_stuck() {

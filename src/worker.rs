@@ -109,6 +109,17 @@ pub(crate) fn spawn_with(
     Ok(Starting { tx, thread, generation, ready })
 }
 
+/// Says that `shared`'s plugin could not be started again (after `HEAP_LIMIT`, or after an
+/// eviction): it is failed, and calls are answered with `e` from now on.
+fn restart_failed(shared: &Shared, e: Error) {
+    let id = &shared.id;
+    tracing::error!(plugin = %id, "restart failed: {e}");
+    let error = e.in_context(id, None);
+    shared.update_info(|info| info.last_error = Some(error.clone()));
+    shared.set_status(PluginStatus::Failed);
+    shared.emit(LifecycleEvent::RestartFailed { plugin: id.clone(), error });
+}
+
 /// Names the calling thread (a pool thread taking a plugin), as `ps` and debuggers show it;
 /// Linux keeps the first 15 bytes.
 fn name_thread(name: &str) {
@@ -232,6 +243,21 @@ impl Worker {
                 shared.set_stuck();
             }
         }));
+        // Back after an eviction: only for a request that needs the plugin (what woke it may
+        // have been a `Stop` or a `Recycle` that came in as it went to sleep), and not once
+        // it is closed (checked after the interrupt is registered, so that a `close` from now
+        // on interrupts the load).
+        let mut first = None;
+        if resume.is_some() {
+            first = next_job(&mut *rx, || {});
+            if first.is_none() || self.shared.is_closed() {
+                if let Some(job) = first {
+                    job.refuse(Error::new(ErrorCode::ShutDown, "the plugin was stopped"));
+                }
+                refuse_queued(&mut *rx);
+                return None;
+            }
+        }
         let mut isolate = match (self.load(bare, &slot, &rt), ready) {
             (Ok(i), ready) => {
                 if let Some(ready) = ready {
@@ -273,8 +299,9 @@ impl Worker {
             // An isolate the engine's memory guard stopped while idle is discarded before it
             // runs anything, whether a `Recycle` request or a call comes first.
             // Background work (timers, what hooks left pending) runs while no request waits.
-            let mut job = None;
-            if let Some(iso) = isolate.as_mut()
+            let mut job = first.take().map(Some);
+            if job.is_none()
+                && let Some(iso) = isolate.as_mut()
                 && !self.shared.is_closed()
             {
                 let limit = self.config.limits.call_timeout;
@@ -299,7 +326,11 @@ impl Worker {
             }
             let job = match (job, self.config.evict_after) {
                 (Some(j), _) => j,
-                (None, Some(idle)) if isolate.is_some() && rx.dormancy().is_some() => {
+                // Only the version the handles point at, once they do (its `onLoad` is queued
+                // by then): not one being replaced, nor one that has not opened yet.
+                (None, Some(idle))
+                    if isolate.is_some() && self.shared.is_current(self.generation) && rx.dormancy().is_some() =>
+                {
                     match next_job_within(&mut *rx, idle, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)) {
                         Ok(job) => job,
                         Err(()) => match self.evict(isolate.as_mut(), &slot, &rt) {
@@ -457,7 +488,8 @@ impl Worker {
                     Ok(thread) => thread,
                     // The mailbox goes with the closure: its callers hear the plugin is gone.
                     Err(e) => {
-                        return tracing::error!(plugin = %id, "cannot start a thread to bring the plugin back: {e}");
+                        let msg = format!("cannot start a thread to bring the plugin back: {e}");
+                        return restart_failed(&shared, Error::new(ErrorCode::PluginCrashed, msg));
                     }
                 },
             };
@@ -514,12 +546,7 @@ impl Worker {
 
     /// Says that a restart failed: calls are answered with `error` from now on.
     fn restart_failed(&self, e: Error) {
-        let id = self.config.id();
-        tracing::error!(plugin = %id, "restart failed: {e}");
-        let error = e.in_context(id, None);
-        self.shared.update_info(|info| info.last_error = Some(error.clone()));
-        self.shared.set_status(PluginStatus::Failed);
-        self.shared.emit(LifecycleEvent::RestartFailed { plugin: id.to_owned(), error });
+        restart_failed(&self.shared, e);
     }
 
     /// Restarts the plugin on `warm`, a pool thread with a ready isolate: it takes over this
