@@ -108,6 +108,15 @@ const STUCK_CHECK: Duration = Duration::from_millis(100);
 /// Status changes kept for a subscriber that has not read them yet.
 const STATUS_BACKLOG: usize = 64;
 
+/// Joins threads whose code has returned. Joined, not just dropped: such a thread may still be
+/// running its thread-local destructors (V8's, tokio's), and must be gone before an unload
+/// returns.
+fn join_ended(ended: Vec<JoinHandle<()>>) {
+    for t in ended {
+        let _ = t.join();
+    }
+}
+
 /// A started plugin thread that [`Shared::open`] refused: the caller must stop and join it.
 pub(crate) type Refused = (MailboxTx, JoinHandle<()>);
 
@@ -301,18 +310,26 @@ impl Shared {
             let _ = thread.join();
             return;
         }
-        let mut threads = self.threads.lock().unwrap();
-        // A stateless plugin hands over after every call: forget the threads that ended.
-        threads.retain(|t| !t.is_finished());
-        threads.push(thread);
+        // A stateless plugin hands over after every call: join the threads that ended, once
+        // the mailbox lock is released.
+        let ended = self.push_thread(thread);
+        drop(_mailbox);
+        join_ended(ended);
     }
 
     /// A thread that brought an evicted plugin back, to be joined with the others. Takes
     /// only the thread list's lock: it is started from inside a send, under the mailbox's.
     pub(crate) fn add_thread(&self, thread: JoinHandle<()>) {
+        join_ended(self.push_thread(thread));
+    }
+
+    /// Adds `thread` to the list and takes out the threads that ended, for [`join_ended`].
+    fn push_thread(&self, thread: JoinHandle<()>) -> Vec<JoinHandle<()>> {
         let mut threads = self.threads.lock().unwrap();
-        threads.retain(|t| !t.is_finished());
+        let (ended, running) = std::mem::take(&mut *threads).into_iter().partition(|t| t.is_finished());
+        *threads = running;
         threads.push(thread);
+        ended
     }
 
     /// Lets go of the calling thread's handle (it is about to end: an evicted plugin's). Why:
