@@ -95,6 +95,12 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// `onLoad(state)`: nobody waits for its answer; a failure is reported as an event.
+    pub(crate) fn on_load(state: Value) -> Job {
+        let args = Value::Array(vec![state]);
+        Job { hook: ON_LOAD.to_owned(), args, timeout: None, ctx: CallContext::default(), reply: None, abort: None }
+    }
+
     /// Why this job must not run at all: its caller aborted it, or the plugin was unloaded
     /// (`closed`) while it waited.
     pub(crate) fn refusal(&self, closed: bool) -> Option<Error> {
@@ -236,7 +242,7 @@ impl MailboxTx {
     /// `onLoad`, `onUnload`), which must not wait behind callers.
     pub(crate) fn send(&self, req: Request) -> Result<(), crossbeam_channel::SendError<Request>> {
         let on_sleeping = req.on_sleeping();
-        if matches!(on_sleeping, OnSleeping::Ignore) && self.state.asleep.load(Ordering::SeqCst) {
+        if self.skipped(&on_sleeping) {
             return Ok(());
         }
         self.state.queued.fetch_add(1, Ordering::SeqCst);
@@ -256,7 +262,7 @@ impl MailboxTx {
     /// Queues `req` unless the mailbox holds its capacity already.
     pub(crate) fn try_send(&self, req: Request) -> Result<(), crossbeam_channel::TrySendError<Request>> {
         let on_sleeping = req.on_sleeping();
-        if matches!(on_sleeping, OnSleeping::Ignore) && self.state.asleep.load(Ordering::SeqCst) {
+        if self.skipped(&on_sleeping) {
             return Ok(());
         }
         if self.state.queued.fetch_add(1, Ordering::SeqCst) >= self.capacity {
@@ -269,6 +275,12 @@ impl MailboxTx {
         }
         self.sent(on_sleeping);
         r
+    }
+
+    /// Whether a request is not even queued: one that needs an isolate's attention only
+    /// (`Recycle`) while there is none.
+    fn skipped(&self, on_sleeping: &OnSleeping) -> bool {
+        matches!(on_sleeping, OnSleeping::Ignore) && self.state.asleep.load(Ordering::SeqCst)
     }
 
     /// After queueing: wakes the thread, or the plugin if its mailbox sleeps. The queue count
@@ -430,11 +442,8 @@ impl Inbox for MailboxRx {
     }
 
     fn recv_within(&mut self, timeout: Duration) -> Received {
-        match self.rx.recv_timeout(timeout) {
-            Ok(req) => {
-                self.took();
-                Received::Request(req)
-            }
+        match self.recv_timeout(timeout) {
+            Ok(req) => Received::Request(req),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Received::Idle,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Received::Closed,
         }
@@ -522,12 +531,7 @@ impl Request {
             Request::Call { hook, args, timeout, ctx, reply, abort } => {
                 Some(Job { hook, args, timeout, ctx, reply: Some(reply), abort })
             }
-            Request::Init { state } => {
-                let state = state.recv().unwrap_or(Value::Null);
-                let args = Value::Array(vec![state]);
-                let ctx = CallContext::default();
-                Some(Job { hook: ON_LOAD.to_owned(), args, timeout: None, ctx, reply: None, abort: None })
-            }
+            Request::Init { state } => Some(Job::on_load(state.recv().unwrap_or(Value::Null))),
         }
     }
 }

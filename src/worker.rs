@@ -95,18 +95,27 @@ pub(crate) fn spawn_with(
     let generation = shared.next_generation();
     let heap_limit = config.limits.heap_limit.max(MIN_HEAP_BYTES);
     let worker = Worker { engine, config, shared, peers, sources, generation, pool: pool.map(Arc::downgrade) };
-    let thread = match pool.and_then(|p| p.take(heap_limit)) {
-        Some(warm) => warm.assign(Box::new(move |rt, bare| {
-            name_thread(&format!("isola:{id}"));
-            worker.run(rx, ready_tx, Some((rt, bare)));
-        })),
-        None => std::thread::Builder::new()
-            .name(format!("isola:{id}"))
-            .stack_size(STACK_SIZE)
-            .spawn(move || worker.run(rx, ready_tx, None))
-            .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?,
-    };
+    let warm = pool.and_then(|p| p.take(heap_limit));
+    let thread = start_thread(&id, warm, move |warm| worker.run(rx, ready_tx, warm))
+        .map_err(|e| Error::new(ErrorCode::LoadFailed, format!("cannot start a thread: {e}")))?;
     Ok(Starting { tx, thread, generation, ready })
+}
+
+/// Runs `work` for plugin `id` on `warm` (a pool thread, handing it its runtime and isolate)
+/// if there is one, else on a new thread of its own.
+fn start_thread(
+    id: &str,
+    warm: Option<WarmThread>,
+    work: impl FnOnce(Option<(tokio::runtime::Runtime, BareIsolate)>) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = format!("isola:{id}");
+    match warm {
+        Some(warm) => Ok(warm.assign(Box::new(move |rt, bare| {
+            name_thread(&name);
+            work(Some((rt, bare)));
+        }))),
+        None => std::thread::Builder::new().name(name).stack_size(STACK_SIZE).spawn(move || work(None)),
+    }
 }
 
 /// Says that `shared`'s plugin could not be started again (after `HEAP_LIMIT`, or after an
@@ -156,12 +165,6 @@ struct Worker {
 }
 
 impl Worker {
-    /// [`run`](Self::run) for a restart handed over to a pool thread (see
-    /// [`hand_off`](Self::hand_off)).
-    fn run_restarted(self, rx: Box<dyn Inbox>, rt: tokio::runtime::Runtime, bare: BareIsolate) {
-        self.run_with(rx, None, Some((rt, bare)), None);
-    }
-
     /// Serves the plugin on this thread; `warm` is a pool thread's runtime and isolate.
     fn run(
         self,
@@ -275,21 +278,15 @@ impl Worker {
                 None
             }
         };
-        if let (Some(state), Some(iso)) = (resume, isolate.as_mut()) {
-            // Back after an eviction: `onLoad` gets what `onUnload` gave then, before any call.
-            if iso.has_hook(ON_LOAD) {
-                let r = iso.call(
-                    ON_LOAD,
-                    &Value::Array(vec![state]),
-                    self.config.limits.call_timeout,
-                    Default::default(),
-                    None,
-                    &slot,
-                    &rt,
-                );
-                self.answer(None, r);
-            }
+        // Back after an eviction: `onLoad` gets what `onUnload` gave then, before the call that
+        // brought the plugin back, as on a reload.
+        // (Taken from the end.)
+        let mut first: Vec<Job> = first.into_iter().collect();
+        if let Some(state) = resume.filter(|_| isolate.as_ref().is_some_and(|i| i.has_hook(ON_LOAD))) {
+            first.push(Job::on_load(state));
         }
+        // How long it may idle before it is evicted: never if its mailbox cannot sleep.
+        let evict_after = self.config.evict_after.filter(|_| rx.dormancy().is_some());
         // A ready isolate from the pool to restart on, when this one breaks its budget.
         let mut hand_off = None;
         // Set when the plugin was idle for its `evict_after` and gave its state up.
@@ -299,7 +296,7 @@ impl Worker {
             // An isolate the engine's memory guard stopped while idle is discarded before it
             // runs anything, whether a `Recycle` request or a call comes first.
             // Background work (timers, what hooks left pending) runs while no request waits.
-            let mut job = first.take().map(Some);
+            let mut job = first.pop().map(Some);
             if job.is_none()
                 && let Some(iso) = isolate.as_mut()
                 && !self.shared.is_closed()
@@ -324,13 +321,11 @@ impl Worker {
                     }
                 }
             }
-            let job = match (job, self.config.evict_after) {
+            let job = match (job, evict_after) {
                 (Some(j), _) => j,
                 // Only the version the handles point at, once they do (its `onLoad` is queued
                 // by then): not one being replaced, nor one that has not opened yet.
-                (None, Some(idle))
-                    if isolate.is_some() && self.shared.is_current(self.generation) && rx.dormancy().is_some() =>
-                {
+                (None, Some(idle)) if isolate.is_some() && self.shared.is_current(self.generation) => {
                     match next_job_within(&mut *rx, idle, || self.recycle_if_poisoned(&mut isolate, &slot, &rt)) {
                         Ok(job) => job,
                         Err(()) => match self.evict(isolate.as_mut(), &slot, &rt) {
@@ -473,25 +468,14 @@ impl Worker {
                 // bring back.
                 return refuse_queued(&mut *rx);
             }
-            let heap_limit = self.config.limits.heap_limit.max(MIN_HEAP_BYTES);
-            let warm = self.pool.as_ref().and_then(|p| p.upgrade()?.take(heap_limit));
-            let thread = match warm {
-                Some(warm) => warm.assign(Box::new(move |rt, bare| {
-                    name_thread(&format!("isola:{id}"));
-                    self.run_with(rx, None, Some((rt, bare)), Some(state));
-                })),
-                None => match std::thread::Builder::new()
-                    .name(format!("isola:{id}"))
-                    .stack_size(STACK_SIZE)
-                    .spawn(move || self.run_with(rx, None, None, Some(state)))
-                {
-                    Ok(thread) => thread,
-                    // The mailbox goes with the closure: its callers hear the plugin is gone.
-                    Err(e) => {
-                        let msg = format!("cannot start a thread to bring the plugin back: {e}");
-                        return restart_failed(&shared, Error::new(ErrorCode::PluginCrashed, msg));
-                    }
-                },
+            let warm = self.warm_thread();
+            let thread = match start_thread(&id, warm, move |warm| self.run_with(rx, None, warm, Some(state))) {
+                Ok(thread) => thread,
+                // The mailbox goes with the closure: its callers hear the plugin is gone.
+                Err(e) => {
+                    let msg = format!("cannot start a thread to bring the plugin back: {e}");
+                    return restart_failed(&shared, Error::new(ErrorCode::PluginCrashed, msg));
+                }
             };
             shared.add_thread(thread);
         }));
@@ -563,12 +547,11 @@ impl Worker {
             generation: self.generation,
             pool: self.pool.clone(),
         };
-        let name = format!("isola:{}", self.config.id());
-        let thread = warm.assign(Box::new(move |rt, bare| {
-            name_thread(&name);
-            next.run_restarted(rx, rt, bare);
-        }));
-        self.shared.adopt_thread(thread);
+        // A pool thread cannot fail to start: it is running already.
+        if let Ok(thread) = start_thread(self.config.id(), Some(warm), move |warm| next.run_with(rx, None, warm, None))
+        {
+            self.shared.adopt_thread(thread);
+        }
     }
 
     /// Sends a call's answer, or, for `onLoad` (no caller), reports a failure as an event.
