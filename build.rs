@@ -48,7 +48,7 @@ macro_rules! stand_in_extension {
 }
 
 stand_in_extension!(isola_ops:
-    sync op_isola_host_sync(state, id, args),
+    sync op_isola_host_sync(scope, id, json, call),
     async op_isola_host_async(state, id, args),
     sync op_isola_log(state, level, msg),
     sync op_isola_storage(state, op, key, value),

@@ -66,6 +66,27 @@
     }
   }
 
+  // Whether every argument is a plain primitive, which the sync host op takes as it is (no
+  // JSON text): numbers, well-formed strings, booleans, null and undefined. Anything else
+  // goes through `encode`, so that its rules and errors stay those of JSON.stringify.
+  function plain(args) {
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      switch (typeof a) {
+        case "number":
+        case "boolean":
+        case "undefined":
+          break;
+        case "string":
+          if (!isWellFormed(a)) return false;
+          break;
+        default:
+          if (a !== null) return false;
+      }
+    }
+    return true;
+  }
+
   // The web platform globals (`js/web.js`, in the snapshot) leave these for the prelude.
   const web = globalThis.__isolaWeb;
 
@@ -127,14 +148,12 @@
       // An object literal method gets the right `.name` for stack traces.
       host[name] = {
         [name](...args) {
-          const text = encode(name, args);
-          let r;
+          const text = plain(args) ? undefined : encode(name, args);
           try {
-            r = op_isola_host_sync(id, text);
+            return text === undefined ? op_isola_host_sync(id, undefined, ...args) : op_isola_host_sync(id, text);
           } catch (e) {
             throw mark(e);
           }
-          return parse(r);
         },
       }[name];
     } else {

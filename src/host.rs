@@ -1,7 +1,8 @@
 //! The host API: the Rust functions and plain values an embedder whitelists for plugins.
 //!
 //! Plugins see exactly what is registered here as `host.NAME(...)` (functions) or `host.NAME`
-//! (values), and nothing else. Functions are type-erased to "JSON in, JSON out" so that one
+//! (values), and nothing else. Functions are type-erased to "`serde_json::Value` in, `Value` out" (the
+//! op turns plain JS values into a `Value` directly, anything else through JSON text) so that one
 //! generic pair of deno_core ops (sync and async) can dispatch every host function by index:
 //! deno_core ops are static declarations, while a host API is built at run time.
 

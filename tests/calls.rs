@@ -104,6 +104,86 @@ fn host_functions_with_wrong_argument_types_throw_a_catchable_type_error() {
     assert!(v == "TypeError" || v == "no error", "{v}");
 }
 
+/// Plain arguments (numbers, strings, booleans, null) cross to a sync host function as values,
+/// anything else as JSON text. The host must not be able to tell which: it sees the same
+/// `serde_json::Value`s, numbers included (integers as integers), and the plugin gets the same
+/// results, objects made as `JSON.parse` makes them.
+#[test]
+fn host_functions_see_the_same_values_on_the_plain_path_and_the_json_path() {
+    let host = isola::HostApi::new()
+        .func("text", |args: Vec<Value>| Ok(serde_json::to_string(&args)?))
+        .func("count", |(n,): (u32,)| Ok(n + 1))
+        .func("proto", |(): ()| Ok(json!({"__proto__": {"polluted": true}, "list": [1, "two", null], "big": u64::MAX})))
+        .func("say", |(s,): (String,)| Ok(format!("{s}!")));
+    let (_d, _m, h) = common::load_module_with(
+        common::builder().host(host).max_result_bytes(1000).build(),
+        r#"const values = [0, -0, 7, -7, 2.5, NaN, Infinity, -Infinity, 1e21, 2 ** 53, 2 ** 64, 2 ** 70,
+                         2 ** 63, -(2 ** 63), -(2 ** 64), 2 ** 53 + 2, 1e-7, 'é ✓ 𝄞 "\\\n', '', true, false, null, undefined];
+        export default {
+            plain() { return values.map((v) => host.text(v)); },
+            // A trailing object sends the whole list as JSON text.
+            json() { return values.map((v) => host.text(v, {})); },
+            count(v) { try { return host.count(v); } catch (e) { return [e.name, e.code]; } },
+            proto() {
+                const r = host.proto();
+                return [Object.keys(r), Object.getPrototypeOf(r) === Object.prototype, r.big, {}.polluted ?? 'clean'];
+            },
+            say(s) { try { return host.say(s); } catch (e) { return [e.code, e.message]; } },
+            lone() { try { return host.say('\ud800'); } catch (e) { return [e.name, e.code]; } },
+        };"#,
+    );
+    let plain: Vec<String> = h.call_blocking("plain", ()).unwrap();
+    let via_json: Vec<String> = h.call_blocking("json", ()).unwrap();
+    let expected = [
+        "[0]",
+        "[0]",
+        "[7]",
+        "[-7]",
+        "[2.5]",
+        "[null]",
+        "[null]",
+        "[null]",
+        "[1e+21]",
+        "[9007199254740992]",
+        "[1.8446744073709552e+19]",
+        "[1.1805916207174113e+21]",
+        "[9223372036854776000]",
+        "[-9.223372036854776e+18]",
+        "[-1.8446744073709552e+19]",
+        "[9007199254740994]",
+        "[1e-7]",
+        "[\"é ✓ 𝄞 \\\"\\\\\\n\"]",
+        "[\"\"]",
+        "[true]",
+        "[false]",
+        "[null]",
+        "[null]",
+    ];
+    assert_eq!(plain, expected);
+    let stripped: Vec<String> = via_json.iter().map(|t| t.replace(",{}]", "]")).collect();
+    assert_eq!(stripped, plain, "the JSON path gives the host the same values");
+    // An integer fits a `u32` parameter on the plain path as it does through JSON.
+    assert_eq!(h.call_blocking::<_, u32>("count", (41,)).unwrap(), 42);
+    assert_eq!(h.call_blocking::<_, Value>("count", (4.5,)).unwrap(), json!(["TypeError", "INVALID_ARGS"]));
+    assert_eq!(h.call_blocking::<_, Value>("count", (-1,)).unwrap(), json!(["TypeError", "INVALID_ARGS"]));
+    // Objects come back as JSON.parse makes them: `__proto__` an own key, no prototype set.
+    let v: Value = h.call_blocking("proto", ()).unwrap();
+    assert_eq!(v, json!([["__proto__", "list", "big"], true, 18446744073709552000.0, "clean"]));
+    // The argument size limit holds on the plain path too (1,000 bytes here, as JSON).
+    assert_eq!(h.call_blocking::<_, String>("say", ("x".repeat(996),)).unwrap(), format!("{}!", "x".repeat(996)));
+    let v: Value = h.call_blocking("say", ("x".repeat(997),)).unwrap();
+    assert_eq!(v[0], "INVALID_ARGS");
+    assert!(
+        v[1].as_str().unwrap().contains("the argument list of host.say is 1001 bytes as JSON; at most 1000"),
+        "{v}"
+    );
+    // Escapes count as JSON spells them: 499 newlines are 998 bytes of `\n`.
+    let v: Value = h.call_blocking("say", ("\n".repeat(499),)).unwrap();
+    assert_eq!(v[0], "INVALID_ARGS", "{v}");
+    // A lone surrogate has no UTF-8 form: refused, as through JSON, not silently replaced.
+    assert_eq!(h.call_blocking::<_, Value>("lone", ()).unwrap(), json!(["TypeError", "INVALID_ARGS"]));
+}
+
 #[test]
 fn host_function_errors_are_catchable_js_errors() {
     let (_d, _m, h) = load_module(

@@ -4,8 +4,10 @@
 //! Why three generic ops instead of one op per host function: deno_core ops are declared at
 //! compile time, while an embedder builds its [`HostApi`](crate::HostApi) at run time. So the
 //! prelude (`js/prelude.js`) binds each `host.NAME` to one of these ops with the function's
-//! index, and the arguments and result cross as JSON text (which also means a plugin handing
-//! over a Symbol, BigInt or cyclic object gets a catchable JS error instead of reaching serde).
+//! index. Plain arguments and results (numbers, strings, booleans, null) cross as V8 values
+//! (see [`values`](super::values)); anything else as JSON text, which also means a plugin
+//! handing over a Symbol, BigInt or cyclic object gets a catchable JS error instead of
+//! reaching serde.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -14,10 +16,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deno_core::{OpState, op2};
+use deno_core::{OpState, op2, v8};
 use deno_error::{JsErrorClass, PropertyValue};
 
 use super::peers::{NoPeers, Peers};
+use super::values;
 use crate::call::CallContext;
 use crate::cancel::CancelToken;
 use crate::engine::{MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
@@ -273,19 +276,29 @@ fn unknown(id: u32) -> HostOpError {
     HostOpError::new(ErrorCode::HostError, format!("no host function #{id}"))
 }
 
+/// `host.NAME(...)` for a sync host function. `args` is the argument array itself when every
+/// argument is a plain primitive, or its JSON text otherwise (the prelude decides); the result
+/// comes back as a JS value (see [`values`](super::values)).
 #[op2]
-#[string]
-fn op_isola_host_sync(state: &mut OpState, #[smi] id: u32, #[string] args: &str) -> Result<String, HostOpError> {
-    guarded(|| {
+fn op_isola_host_sync<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    #[smi] id: u32,
+    json: v8::Local<'s, v8::Value>,
+    #[varargs] call: Option<&v8::FunctionCallbackArguments<'s>>,
+) -> Result<v8::Local<'s, v8::Value>, HostOpError> {
+    let state = deno_core::JsRuntime::op_state_from(scope);
+    let out = guarded(|| {
+        let state = state.borrow();
         let table = state.borrow::<HostTable>();
         let g = table.sync_fns.get(id as usize).ok_or_else(|| unknown(id))?;
         table.check(g)?;
-        check_size(&format!("the argument list of host.{}", g.name), args, table.max_args)?;
+        let args =
+            values::arguments(scope, json, call, table.max_args, || format!("the argument list of host.{}", g.name))
+                .map_err(HostOpError)?;
         let deadline = table.current.borrow().deadline;
-        let args = parse_args(args)?;
-        let out = crate::host::with_deadline(Some(deadline), || (g.f)(args)).map_err(HostOpError)?;
-        Ok(out.to_string())
-    })
+        crate::host::with_deadline(Some(deadline), || (g.f)(args)).map_err(HostOpError)
+    })?;
+    values::result(scope, out).map_err(HostOpError)
 }
 
 /// `host.storage.get/set/delete/list`, scoped to the calling plugin.
