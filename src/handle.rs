@@ -210,6 +210,12 @@ impl Shared {
     }
 
     /// Whether version `generation` is the one the handle reaches.
+    /// Makes `generation` the current version without a mailbox to open: a plugin's process
+    /// runs one version, which reads its calls itself.
+    pub(crate) fn mark_current(&self, generation: u64) {
+        self.current.store(generation, Ordering::Release);
+    }
+
     pub(crate) fn is_current(&self, generation: u64) -> bool {
         self.current.load(Ordering::Acquire) == generation
     }

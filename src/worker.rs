@@ -346,12 +346,22 @@ impl Worker {
             }
             let Job { hook, args, timeout, ctx, reply, abort } = job;
             self.recycle_if_poisoned(&mut isolate, &slot, &rt);
-            let Some(iso) = isolate.as_mut() else {
-                let last = self.shared.info().last_error;
-                let msg = last.map(|e| e.message).unwrap_or_default();
-                let e = Error::new(ErrorCode::PluginCrashed, format!("the plugin failed to restart: {msg}"));
-                self.answer(reply, Err(e));
-                continue;
+            // No instance: a restart or a fresh instance failed to load (try again: what failed
+            // may have been passing), or a replaced stateless version left it to the call that
+            // needs one.
+            let iso = match isolate {
+                Some(ref mut i) => i,
+                None => match self.load(None, &slot, &rt) {
+                    Ok(i) => isolate.insert(i),
+                    Err(e) => {
+                        let e = Error::new(
+                            ErrorCode::PluginCrashed,
+                            format!("the plugin failed to restart: {}", e.message),
+                        );
+                        self.answer(reply, Err(e));
+                        continue;
+                    }
+                },
             };
             let started = Instant::now();
             let mut timeout = timeout.unwrap_or(self.config.limits.call_timeout);
@@ -381,6 +391,10 @@ impl Worker {
                     break;
                 }
                 self.restart(&mut isolate, error, &slot, &rt);
+            } else if self.config.stateless && !self.shared.is_current(self.generation) {
+                // A version being replaced makes no instance of itself ahead of time: a call
+                // still queued for it makes one when it comes (above).
+                drop(isolate.take());
             } else if self.config.stateless && !self.shared.is_closed() {
                 // The next call gets a fresh instance, made now rather than when it comes:
                 // on a ready pool thread if there is one (which starts on it before this

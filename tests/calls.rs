@@ -5,6 +5,8 @@ mod common;
 use common::{PluginDir, engine, load_module};
 use isola::{ErrorCode, Manager};
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[test]
 fn arguments_and_results_cross_through_serde() {
@@ -538,5 +540,98 @@ fn a_stateless_plugin_runs_every_call_on_a_fresh_instance() {
     }
     assert_eq!(h.stats().restarts, 0, "a fresh instance is not a restart");
     assert_eq!(h.status(), isola::PluginStatus::Ready);
+    m.shutdown();
+}
+
+/// Counts the instances each version of a plugin made (its top-level code calls
+/// `host.loaded(version)`), and fails loading while `fail` is set.
+fn instance_counter() -> (isola::HostApi, Arc<Mutex<Vec<String>>>, Arc<AtomicBool>) {
+    let loads = Arc::new(Mutex::new(Vec::new()));
+    let fail = Arc::new(AtomicBool::new(false));
+    let (l, f) = (loads.clone(), fail.clone());
+    let host = isola::HostApi::new()
+        .func("loaded", move |(v,): (String,)| {
+            l.lock().unwrap().push(v);
+            Ok(())
+        })
+        .func("failing", move |(): ()| Ok(f.load(Ordering::SeqCst)));
+    (host, loads, fail)
+}
+
+const COUNTED: &str = r#"{"id":"counted","name":"c","version":"1.0.0","apiVersion":1,"stateless":true}"#;
+
+#[test]
+fn a_stateless_version_replaced_by_a_reload_makes_no_more_instances_of_itself() {
+    let (host, loads, _) = instance_counter();
+    let dir = common::PluginDir::new();
+    let js = |v: &str| {
+        format!(
+            "host.loaded('{v}');
+            export default {{ slow() {{ const end = Date.now() + 300; while (Date.now() < end) {{}} return '{v}'; }} }};"
+        )
+    };
+    let path = dir.module_with_manifest("counted", COUNTED, &js("v1"));
+    let m = Manager::new(common::engine_with(host));
+    let h = m.load(&path).unwrap();
+    let slow = {
+        let h = h.clone();
+        std::thread::spawn(move || h.call_blocking::<_, String>("slow", ()).unwrap())
+    };
+    // Reload while v1 runs its call: v1 answers it, and must then not make a fresh instance
+    // of a version nobody calls any more.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::write(path.join("main.js"), js("v2")).unwrap();
+    m.reload("counted").unwrap();
+    assert_eq!(slow.join().unwrap(), "v1");
+    assert_eq!(h.call_blocking::<_, String>("slow", ()).unwrap(), "v2");
+    m.shutdown();
+    let loads = loads.lock().unwrap().clone();
+    // (A plugin process learns it was replaced only from the stop that follows its last
+    // answer, so there the old version may still make one instance, in a process that ends.)
+    if !common::process_mode() {
+        assert_eq!(loads.iter().filter(|v| *v == "v1").count(), 1, "{loads:?}");
+    }
+    // v2: the instance that answered, and perhaps the next one (a plugin process may be
+    // stopped before it has made it).
+    assert!(loads.iter().any(|v| v == "v2"), "{loads:?}");
+}
+
+#[test]
+fn a_stateless_plugin_whose_next_instance_failed_to_load_tries_again_on_the_next_call() {
+    let (host, loads, fail) = instance_counter();
+    let dir = common::PluginDir::new();
+    let path = dir.module_with_manifest(
+        "counted",
+        COUNTED,
+        "if (host.failing()) throw new Error('not today'); host.loaded('v1');
+        export default { hi() { return 'hi'; } };",
+    );
+    let m = Manager::new(common::engine_with(host));
+    let events = m.events();
+    let h = m.load(&path).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    // This call runs on the instance made at load; the one made after it fails.
+    assert_eq!(h.call_blocking::<_, String>("hi", ()).unwrap(), "hi");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match events.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Some(isola::events::LifecycleEvent::RestartFailed { error, .. }) => {
+                assert!(error.message.contains("not today"), "{error}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no RestartFailed event"),
+        }
+    }
+    assert_eq!(h.status(), isola::PluginStatus::Failed);
+    // Still failing: the call says why, and nothing crashes.
+    let e = h.call_blocking::<_, String>("hi", ()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::PluginCrashed);
+    assert!(e.message.contains("not today"), "{e}");
+    // It passes: the next call loads an instance and is answered.
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(h.call_blocking::<_, String>("hi", ()).unwrap(), "hi");
+    assert_eq!(h.status(), isola::PluginStatus::Ready);
+    assert!(loads.lock().unwrap().len() >= 2);
     m.shutdown();
 }

@@ -497,6 +497,11 @@ fn serve(link: Arc<Link>, mut control: UnixStream, plugin: ChildPlugin) -> i32 {
         }
     }
     let failed = loaded.is_err();
+    if !failed {
+        // Before the parent hears it loaded (and sends calls): what the plugin's thread does
+        // after a call depends on it (a stateless plugin's next instance).
+        shared.mark_current(starting.generation);
+    }
     let stats = Box::new(shared.stats.snapshot());
     if link.send(&ToParent::Loaded { result: loaded, stats, sources: sources.files() }).is_err() || failed {
         return 0;

@@ -956,6 +956,14 @@ impl Reader {
                 }
                 LifecycleEvent::Restarted { plugin, error }
             }
+            // A fresh instance of a stateless plugin that failed to load (the next call tries
+            // again, and its answer reports the plugin ready when that works).
+            LifecycleEvent::RestartFailed { error, .. } => {
+                if self.shared.is_current(self.generation) {
+                    self.shared.set_status(PluginStatus::Failed);
+                }
+                LifecycleEvent::RestartFailed { plugin, error }
+            }
             LifecycleEvent::HookFailed { error, .. } => LifecycleEvent::HookFailed { plugin, error },
             _ => return,
         };
