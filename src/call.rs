@@ -312,13 +312,17 @@ impl Drop for MailboxTx {
     fn drop(&mut self) {
         // SAFETY: dropped once, here, and never used after.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.tx) };
+        let last = self.state.senders.fetch_sub(1, Ordering::SeqCst) == 1;
+        if last {
+            // Set before the wake-up below: a thread waiting in `ready` looks at it.
+            self.state.disconnected.store(true, Ordering::SeqCst);
+        }
         // The last sender going closes the mailbox: a thread waiting for it must look.
         self.state.ready.notify_one();
         self.state.unpark();
-        if self.state.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if last {
             // Nothing can wake a sleeping mailbox now: drop what it kept (see
             // `Dormancy::sleep` for the other order).
-            self.state.disconnected.store(true, Ordering::SeqCst);
             drop(self.state.take_wake());
         }
     }
@@ -455,11 +459,13 @@ impl Inbox for MailboxRx {
 
     fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         Box::pin(async move {
-            // The last sender's drop notifies too, so a closed mailbox wakes this as well.
-            if !self.rx.is_empty() {
-                return;
+            // Every send leaves a permit in `ready`, also the ones this thread took without
+            // waiting: such a stale permit is used up here instead of ending the wait (which
+            // cost a plugin with timers one idle turn of its event loop per call). The last
+            // sender's drop notifies too, after setting `disconnected`.
+            while self.rx.is_empty() && !self.state.disconnected.load(Ordering::SeqCst) {
+                self.state.ready.notified().await;
             }
-            self.state.ready.notified().await;
         })
     }
 }

@@ -249,3 +249,27 @@ fn calls_that_time_out_or_are_aborted_leave_the_timers_going() {
     wait_for("the interval to keep ticking", || ticks.load(Ordering::SeqCst) >= before + 5);
     assert_eq!(h.stats().restarts, 0, "{:?}", h.stats());
 }
+
+/// A plugin with a timer pending runs one turn of background work between two bursts of
+/// calls, not more: a call taken without waiting (it was queued behind another) leaves its
+/// wake-up behind, which must not end the next idle wait at once (that cost such a plugin an
+/// extra turn of its event loop per burst).
+#[test]
+fn a_pending_timer_costs_one_background_turn_per_burst_of_calls() {
+    let (_d, _m, h) =
+        load_module("export default { start() { setTimeout(() => {}, 600000); return 1; }, noop() { return 2; } };");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    h.call_blocking::<_, i64>("start", ()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let before = h.stats().background_runs;
+    const BURSTS: u64 = 40;
+    for _ in 0..BURSTS {
+        // Two calls queued at once: the second is taken without a wait.
+        let (a, b) = rt.block_on(async { tokio::join!(h.call::<_, i64>("noop", ()), h.call::<_, i64>("noop", ())) });
+        assert_eq!((a.unwrap(), b.unwrap()), (2, 2));
+        // Spaced, so that each idle wait really waits.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let turns = h.stats().background_runs - before;
+    assert!(turns <= 2 * BURSTS + 2, "{turns} background turns for {BURSTS} bursts");
+}
