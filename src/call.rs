@@ -179,6 +179,9 @@ struct MailboxState {
     /// [`MailboxRx::recv`]); senders then notify it.
     blocked: AtomicBool,
     parked: (Mutex<()>, std::sync::Condvar),
+    /// A request is expected soon (see [`MailboxTx::expect`]): a parked receiver woken with
+    /// this set watches for it a while before it parks again.
+    expected: AtomicBool,
     /// Live senders, and whether the last one went: then nothing can wake a sleeping mailbox
     /// and its way back is dropped (it holds the receiver: a cycle otherwise).
     senders: AtomicUsize,
@@ -252,6 +255,16 @@ impl MailboxTx {
         }
         self.sent(on_sleeping);
         r
+    }
+
+    /// Wakes a receiver parked idle to watch for a request about to come, for at most
+    /// [`EXPECT_WITHIN`]. No-op for one that is not parked (it is busy, or spinning already).
+    pub(crate) fn expect(&self) {
+        if self.state.blocked.load(Ordering::SeqCst) {
+            self.state.expected.store(true, Ordering::SeqCst);
+            let _locked = self.state.parked.0.lock().unwrap();
+            self.state.parked.1.notify_one();
+        }
     }
 
     /// How many calls it holds at most.
@@ -343,6 +356,10 @@ pub(crate) struct MailboxRx {
 /// which 4 µs was the call).
 const SPIN_PAYS_OFF: Duration = Duration::from_micros(50);
 
+/// How long a receiver told to expect a request ([`MailboxTx::expect`]) watches for it before
+/// it parks again: about a few chain hops.
+const EXPECT_WITHIN: Duration = Duration::from_micros(100);
+
 /// A mailbox for `capacity` queued calls.
 pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -395,6 +412,38 @@ impl MailboxRx {
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
             }
             locked = ready.wait_timeout(locked, Duration::from_millis(50)).unwrap().0;
+            if self.state.expected.swap(false, Ordering::SeqCst) {
+                self.state.blocked.store(false, Ordering::SeqCst);
+                drop(locked);
+                if let Some(r) = self.watch(EXPECT_WITHIN) {
+                    return r;
+                }
+                locked = lock.lock().unwrap();
+            }
+        }
+    }
+
+    /// Spins for a request for at most `within` (yielding now and then: on a machine with
+    /// few cores the sender may need this one). `None` if none came, `Some(None)` once every
+    /// sender is gone.
+    fn watch(&self, within: Duration) -> Option<Option<Request>> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match self.rx.try_recv() {
+                Ok(req) => return Some(Some(req)),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Some(None),
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                if start.elapsed() > within {
+                    return None;
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 }

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::call::CallContext;
+use crate::call::{CallContext, Reply};
+use crate::cancel::Abort;
 use crate::error::{Error, ErrorCode, Result};
 use crate::handle::PluginHandle;
 use crate::registry::{Registry, Subscriber};
@@ -176,37 +177,244 @@ pub(crate) async fn notify<C: Caller>(
 }
 
 /// Chain: one subscriber after another, each seeing the payload as the previous left it.
-pub(crate) async fn chain<C: Caller>(registry: &Registry, event: &str, mut payload: Value, call: C) -> ChainReport {
-    let mut deliveries = Vec::new();
-    let mut cancelled_by = None;
-    for s in registry.subscribers(event) {
-        let args = json!([payload, { "event": event }]);
-        let r = call.call(&s.handle, &s.hook, args, CallContext::default()).await;
-        let (outcome, error) = match r {
-            Err(e) => (Outcome::Failed, Some(e)),
-            Ok(Value::Null) => (Outcome::Unchanged, None),
-            Ok(Value::Object(o)) if o.get("cancel") == Some(&Value::Bool(true)) => (Outcome::Cancelled, None),
-            Ok(Value::Object(mut o)) if o.contains_key("payload") => {
-                payload = o.remove("payload").unwrap_or_default();
-                (Outcome::Changed, None)
-            }
-            Ok(other) => {
-                let msg = format!(
-                    "a chain hook must return nothing, {{cancel: true}} or {{payload: …}}; it returned {other}"
-                );
-                (Outcome::Failed, Some(Error::new(ErrorCode::InvalidArgs, msg).plugin(&s.plugin).hook(&s.hook)))
-            }
+///
+/// Why not a loop that calls each subscriber and waits: that wakes the caller between every
+/// two hops (measured: ~16 µs a hop, two thread wake-ups). Here each hop's answer is handled
+/// on the thread that gives it (the subscriber's own), which sends the next hop at once; the
+/// caller wakes once, for the report. See [`Relay`].
+pub(crate) async fn chain(registry: &Registry, event: &str, payload: Value) -> ChainReport {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let relay = Relay::new(registry, event, payload, Box::new(move |r| drop(tx.send(r))));
+    // A caller that stops waiting (its future dropped) ends the chain where it is.
+    let abandon = Abandon(relay.clone());
+    relay.start();
+    let report = rx.await;
+    std::mem::forget(abandon);
+    report.unwrap_or_else(|_| relay.report_so_far())
+}
+
+/// How many hops ahead a chain wakes its subscribers' threads: a parked thread takes longer
+/// to wake (~10 µs here) than a short hook takes to run.
+const EXPECT_AHEAD: usize = 1;
+
+/// [`chain`] for non-async callers: waits on the calling thread.
+pub(crate) fn chain_blocking(registry: &Registry, event: &str, payload: Value) -> ChainReport {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let relay = Relay::new(registry, event, payload, Box::new(move |r| drop(tx.send(r))));
+    relay.start();
+    rx.recv().unwrap_or_else(|_| relay.report_so_far())
+}
+
+/// Ends a chain whose caller went away: no further hop is sent, the running one is aborted.
+struct Abandon(Arc<Relay>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let abort = {
+            let mut leg = self.0.leg.lock().unwrap();
+            leg.done = None;
+            leg.abort.take()
         };
-        let cancelled = outcome == Outcome::Cancelled;
-        if cancelled {
-            cancelled_by = Some(s.plugin.clone());
-        }
-        deliveries.push(Delivery { plugin: s.plugin, hook: s.hook, outcome, result: None, error });
-        if cancelled {
-            break;
+        if let Some(abort) = abort {
+            abort.abort();
         }
     }
-    ChainReport { event: event.to_owned(), payload, cancelled: cancelled_by.is_some(), cancelled_by, deliveries }
+}
+
+/// A chain in flight: its subscribers, what they made of the payload so far, and who hears
+/// the report. Whoever learns how the hop in flight went settles it and sends the next one:
+/// the subscriber's thread as it answers (a [`Reply::Func`]), the watchdog if the subscriber
+/// gets stuck ([`Shared::watch_stuck`](crate::handle::Shared::watch_stuck)), the thread that
+/// drops an unanswered call (a [`Hop`] token), or the sender when the call cannot be queued.
+/// The hop number makes sure each hop is settled once.
+struct Relay {
+    event: String,
+    subs: Vec<Subscriber>,
+    leg: std::sync::Mutex<Leg>,
+}
+
+struct Leg {
+    /// The hop in flight (its index in `subs`).
+    hop: usize,
+    payload: Value,
+    deliveries: Vec<Delivery>,
+    cancelled_by: Option<String>,
+    /// Hears the report; `None` once it has, or once the caller went away.
+    done: Option<Box<dyn FnOnce(ChainReport) + Send>>,
+    /// Aborts the hop in flight (async callers only need it).
+    abort: Option<Arc<Abort>>,
+    /// The stuck watcher of the hop in flight.
+    watcher: Option<u64>,
+}
+
+/// Settles its hop as lost when the call is dropped without an answer (the subscriber's
+/// thread ended with it queued).
+struct Hop {
+    relay: Arc<Relay>,
+    hop: usize,
+    answered: bool,
+}
+
+impl Drop for Hop {
+    fn drop(&mut self) {
+        if !self.answered {
+            let lost = self.relay.subs[self.hop].handle.shared().lost();
+            self.relay.settle(self.hop, Err(lost));
+        }
+    }
+}
+
+impl Relay {
+    fn new(registry: &Registry, event: &str, payload: Value, done: Box<dyn FnOnce(ChainReport) + Send>) -> Arc<Relay> {
+        Arc::new(Relay {
+            event: event.to_owned(),
+            subs: registry.subscribers(event),
+            leg: std::sync::Mutex::new(Leg {
+                hop: 0,
+                payload,
+                deliveries: Vec::new(),
+                cancelled_by: None,
+                done: Some(done),
+                abort: None,
+                watcher: None,
+            }),
+        })
+    }
+
+    fn start(self: &Arc<Self>) {
+        if self.subs.is_empty() {
+            self.finish(&mut self.leg.lock().unwrap());
+        } else {
+            self.send(0);
+        }
+    }
+
+    /// Sends hop `hop`; one that cannot be queued is settled here, and the next one sent.
+    fn send(self: &Arc<Self>, mut hop: usize) {
+        loop {
+            let s = &self.subs[hop];
+            let args = {
+                let leg = self.leg.lock().unwrap();
+                json!([leg.payload, { "event": self.event }])
+            };
+            let abort = Arc::new(Abort::default());
+            let mut token = Hop { relay: self.clone(), hop, answered: false };
+            let reply = Reply::Func(Box::new(move |r| {
+                token.answered = true;
+                token.relay.settle(token.hop, r);
+            }));
+            self.leg.lock().unwrap().abort = Some(abort.clone());
+            let shared = s.handle.shared();
+            match shared.try_submit(&s.hook, args, None, CallContext::default(), reply, Some(abort)) {
+                Ok(()) => {
+                    for next in self.subs.iter().skip(hop + 1).take(EXPECT_AHEAD) {
+                        next.handle.shared().expect_call();
+                    }
+                    // Stuck: the watchdog settles it (at once if the plugin is stuck now).
+                    let relay = self.clone();
+                    let stuck = Box::new(move || {
+                        let e = relay.subs[hop].handle.shared().stuck_error();
+                        relay.settle(hop, Err(e));
+                    });
+                    let key = shared.watch_stuck(stuck);
+                    let mut leg = self.leg.lock().unwrap();
+                    match key {
+                        // Still this hop: the watcher goes when it is settled.
+                        Some(key) if leg.hop == hop => leg.watcher = Some(key),
+                        Some(key) => {
+                            drop(leg);
+                            shared.unwatch_stuck(key);
+                        }
+                        None => {}
+                    }
+                    return;
+                }
+                Err((e, reply)) => {
+                    // Settled here first, so that dropping the reply (its `Hop` token) after
+                    // finds the hop settled instead of reporting it lost.
+                    let next = self.record(hop, Err(e));
+                    drop(reply);
+                    match next {
+                        Some(next) => hop = next,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hop `hop` went as `r`: records it and sends the next hop (or reports). A hop settled
+    /// already (an answer after the watchdog gave up on it) is ignored.
+    fn settle(self: &Arc<Self>, hop: usize, r: Result<Value>) {
+        if let Some(next) = self.record(hop, r) {
+            self.send(next);
+        }
+    }
+
+    /// Records how hop `hop` went; returns the next hop to send, if any (else reports).
+    fn record(&self, hop: usize, r: Result<Value>) -> Option<usize> {
+        let mut leg = self.leg.lock().unwrap();
+        if leg.hop != hop || leg.done.is_none() {
+            return None;
+        }
+        let s = &self.subs[hop];
+        if let Some(key) = leg.watcher.take() {
+            s.handle.shared().unwatch_stuck(key);
+        }
+        leg.abort = None;
+        let r = r.map_err(|e| e.in_context(&s.plugin, Some(&s.hook)));
+        let (outcome, error) = judge(s, r, &mut leg.payload);
+        if outcome == Outcome::Cancelled {
+            leg.cancelled_by = Some(s.plugin.clone());
+        }
+        leg.deliveries.push(Delivery { plugin: s.plugin.clone(), hook: s.hook.clone(), outcome, result: None, error });
+        leg.hop = hop + 1;
+        if outcome == Outcome::Cancelled || leg.hop == self.subs.len() {
+            self.finish(&mut leg);
+            return None;
+        }
+        Some(leg.hop)
+    }
+
+    /// Reports the chain (once).
+    fn finish(&self, leg: &mut Leg) {
+        if let Some(done) = leg.done.take() {
+            done(self.report(leg));
+        }
+    }
+
+    fn report(&self, leg: &mut Leg) -> ChainReport {
+        ChainReport {
+            event: self.event.clone(),
+            payload: std::mem::take(&mut leg.payload),
+            cancelled: leg.cancelled_by.is_some(),
+            cancelled_by: leg.cancelled_by.clone(),
+            deliveries: std::mem::take(&mut leg.deliveries),
+        }
+    }
+
+    /// What the chain did so far (for a caller whose report never came).
+    fn report_so_far(&self) -> ChainReport {
+        self.report(&mut self.leg.lock().unwrap())
+    }
+}
+
+/// What a chain hook's answer means, and the payload it leaves.
+fn judge(s: &Subscriber, r: Result<Value>, payload: &mut Value) -> (Outcome, Option<Error>) {
+    match r {
+        Err(e) => (Outcome::Failed, Some(e)),
+        Ok(Value::Null) => (Outcome::Unchanged, None),
+        Ok(Value::Object(o)) if o.get("cancel") == Some(&Value::Bool(true)) => (Outcome::Cancelled, None),
+        Ok(Value::Object(mut o)) if o.contains_key("payload") => {
+            *payload = o.remove("payload").unwrap_or_default();
+            (Outcome::Changed, None)
+        }
+        Ok(other) => {
+            let msg =
+                format!("a chain hook must return nothing, {{cancel: true}} or {{payload: …}}; it returned {other}");
+            (Outcome::Failed, Some(Error::new(ErrorCode::InvalidArgs, msg).plugin(&s.plugin).hook(&s.hook)))
+        }
+    }
 }
 
 /// A payload the host passed, as JSON; one that cannot be serialised fails the emit (it is

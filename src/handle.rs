@@ -148,11 +148,17 @@ pub(crate) struct Shared {
     stuck: AtomicBool,
     /// Wakes async callers when the thread gets stuck.
     stuck_wake: tokio::sync::Notify,
+    /// Run once when the thread gets stuck (a chain waiting on this plugin moves on), by key.
+    stuck_watchers: Mutex<Vec<(u64, StuckWatcher)>>,
+    next_watcher: AtomicU64,
     /// Every status change, for [`PluginHandle::status_changes`].
     changes: tokio::sync::broadcast::Sender<PluginStatus>,
     /// Where debugger sessions reach the running isolate (engines with an inspector only).
     inspector: Mutex<Option<InspectorPort>>,
 }
+
+/// What [`Shared::watch_stuck`] runs.
+type StuckWatcher = Box<dyn FnOnce() + Send>;
 
 /// What changes on (re)load.
 #[derive(Clone, Default)]
@@ -180,6 +186,8 @@ impl Shared {
             interrupts: Mutex::new(Vec::new()),
             stuck: AtomicBool::new(false),
             stuck_wake: tokio::sync::Notify::new(),
+            stuck_watchers: Mutex::new(Vec::new()),
+            next_watcher: AtomicU64::new(0),
             changes: tokio::sync::broadcast::channel(STATUS_BACKLOG).0,
             inspector: Mutex::new(None),
         })
@@ -247,6 +255,32 @@ impl Shared {
         tracing::warn!(plugin = %self.id, "the plugin's thread is stuck past its deadline (in a host function?)");
         self.emit(LifecycleEvent::Unresponsive { plugin: self.id.clone() });
         self.stuck_wake.notify_waiters();
+        let watchers = std::mem::take(&mut *self.stuck_watchers.lock().unwrap());
+        for (_, f) in watchers {
+            f();
+        }
+    }
+
+    /// Runs `f` once if the plugin's thread gets stuck (at once if it is stuck now), for a
+    /// waiter that is not a thread or task of its own (a chain relaying from plugin to
+    /// plugin). Returns the key to [`unwatch_stuck`](Self::unwatch_stuck) with, `None` if `f`
+    /// ran already.
+    pub(crate) fn watch_stuck(&self, f: StuckWatcher) -> Option<u64> {
+        let mut watchers = self.stuck_watchers.lock().unwrap();
+        // Under the lock: `set_stuck` sets the flag before it takes the watchers.
+        if self.is_stuck() {
+            drop(watchers);
+            f();
+            return None;
+        }
+        let key = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        watchers.push((key, f));
+        Some(key)
+    }
+
+    /// Forgets a watcher that is no longer needed (its call answered).
+    pub(crate) fn unwatch_stuck(&self, key: u64) {
+        self.stuck_watchers.lock().unwrap().retain(|(k, _)| *k != key);
     }
 
     /// The plugin's thread finished its call: an unresponsive plugin is back.
@@ -265,7 +299,7 @@ impl Shared {
     }
 
     /// The answer for a caller that stopped waiting on a stuck thread.
-    fn stuck_error(&self) -> Error {
+    pub(crate) fn stuck_error(&self) -> Error {
         Error::new(
             ErrorCode::Timeout,
             format!(
@@ -403,6 +437,14 @@ impl Shared {
         }
     }
 
+    /// A call will come soon (a chain is one hop away): a thread parked idle wakes now and
+    /// watches for it, so that its wake-up overlaps the hop before instead of following it.
+    pub(crate) fn expect_call(&self) {
+        if let Some(tx) = self.mailbox.read().unwrap().as_ref() {
+            tx.expect();
+        }
+    }
+
     /// Waits for every thread of this plugin to finish, but not for a thread that is stuck
     /// where it cannot be stopped: one still busy past its deadline and [`STUCK_GRACE`] is
     /// left behind (it ends on its own if it ever comes back).
@@ -443,39 +485,62 @@ impl Shared {
         reply: Reply,
         abort: Option<Arc<Abort>>,
     ) -> Result<()> {
-        let fail = |code: ErrorCode, msg: String| {
+        self.try_submit(hook, args, timeout, ctx, reply, abort).map_err(|(e, _)| e)
+    }
+
+    /// [`submit`](Self::submit), giving the reply back with the error: it was never sent, so
+    /// its caller answers it (a [`Reply::Func`] that is dropped means a lost answer).
+    // The error hands the reply back, as crossbeam's do: large, but only on the failure path.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_submit(
+        &self,
+        hook: &str,
+        args: Value,
+        timeout: Option<Duration>,
+        ctx: CallContext,
+        reply: Reply,
+        abort: Option<Arc<Abort>>,
+    ) -> std::result::Result<(), (Error, Reply)> {
+        let fail = |code: ErrorCode, msg: String, reply: Reply| {
             self.stats.record_error(code);
-            Err(Error::new(code, msg))
+            Err((Error::new(code, msg), reply))
         };
         let mailbox = self.mailbox.read().unwrap();
         let Some(tx) = mailbox.as_ref() else {
             if self.closed.load(Ordering::Acquire) {
-                return fail(ErrorCode::ShutDown, "the plugin has been unloaded or shut down".into());
+                return fail(ErrorCode::ShutDown, "the plugin has been unloaded or shut down".into(), reply);
             }
             // Not running: answer with why it is not (its load error), so the caller learns
             // the real cause.
             let last = self.info().last_error;
-            return Err(last.unwrap_or_else(|| Error::new(ErrorCode::PluginCrashed, "the plugin is not running")));
+            let e = last.unwrap_or_else(|| Error::new(ErrorCode::PluginCrashed, "the plugin is not running"));
+            return Err((e, reply));
         };
         if abort.as_ref().is_some_and(|a| a.is_aborted()) {
-            return fail(ErrorCode::Aborted, "the call was aborted before it was sent".into());
+            return fail(ErrorCode::Aborted, "the call was aborted before it was sent".into(), reply);
         }
         if self.status() == PluginStatus::Unresponsive {
             return fail(
                 ErrorCode::Busy,
                 "the plugin is unresponsive: its thread is stuck in a call it cannot be stopped in; try again later"
                     .into(),
+                reply,
             );
         }
         let req = Request::Call { hook: hook.to_owned(), args, timeout, ctx, reply, abort };
+        let reply_of = |req: Request| match req {
+            Request::Call { reply, .. } => reply,
+            _ => unreachable!("a call was sent"),
+        };
         match tx.try_send(req) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => fail(
+            Err(TrySendError::Full(req)) => fail(
                 ErrorCode::Busy,
                 format!("the plugin's mailbox is full ({} calls waiting); try again later", tx.capacity().unwrap_or(0)),
+                reply_of(req),
             ),
-            Err(TrySendError::Disconnected(_)) => {
-                fail(ErrorCode::PluginCrashed, "the plugin's thread has stopped".into())
+            Err(TrySendError::Disconnected(req)) => {
+                fail(ErrorCode::PluginCrashed, "the plugin's thread has stopped".into(), reply_of(req))
             }
         }
     }
@@ -509,7 +574,8 @@ impl Shared {
         }
     }
 
-    fn lost(&self) -> Error {
+    /// The answer for a caller whose call the plugin dropped without answering.
+    pub(crate) fn lost(&self) -> Error {
         let code = if self.closed.load(Ordering::Acquire) { ErrorCode::ShutDown } else { ErrorCode::PluginCrashed };
         Error::new(code, "the plugin stopped before answering")
     }

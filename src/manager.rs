@@ -286,13 +286,13 @@ impl Manager {
     /// ```
     pub async fn dispatch(&self, event: &str, payload: impl Serialize) -> Result<ChainReport> {
         let payload = payload_of(event, payload)?;
-        Ok(dispatch::chain(&self.inner.registry, event, payload, AsyncCaller).await)
+        Ok(dispatch::chain(&self.inner.registry, event, payload).await)
     }
 
     /// [`dispatch`](Self::dispatch) for non-async code: waits on the calling thread.
     pub fn dispatch_blocking(&self, event: &str, payload: impl Serialize) -> Result<ChainReport> {
         let payload = payload_of(event, payload)?;
-        Ok(run_blocking(dispatch::chain(&self.inner.registry, event, payload, BlockingCaller)))
+        Ok(dispatch::chain_blocking(&self.inner.registry, event, payload))
     }
 
     /// Every command the loaded plugins declare, as `PLUGIN:COMMAND`.

@@ -510,3 +510,116 @@ fn background_deliveries_are_counted_per_subscriber() {
     let v: Value = m.handle("flood").unwrap().call_blocking("many", ()).unwrap();
     assert_eq!(v, json!([2, "BUSY"]), "{v}");
 }
+
+/// A chain hands each hop on from the subscriber that answered, so the cases where no answer
+/// comes are its own: a subscriber stuck where it cannot be stopped (the watchdog settles its
+/// hop), one unloaded before its turn (refused when the hop is sent), and a caller that stops
+/// waiting (the chain ends where it is).
+#[test]
+fn a_chain_goes_past_a_subscriber_stuck_in_a_host_function() {
+    // Blocks until the test is done with it, or 20 s (2 s in a plugin process, whose host
+    // function runs in the host, where killing the process does not end it).
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = release.clone();
+    let limit = Duration::from_secs(if common::process_mode() { 2 } else { 20 });
+    let host = test_host().func("block", move |(): ()| {
+        let t = Instant::now();
+        while !r2.load(std::sync::atomic::Ordering::SeqCst) && t.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    });
+    let dir = PluginDir::new();
+    appender(&dir, "a", 50);
+    plugin(
+        &dir,
+        "stuck",
+        json!({"events": {"chat": {"hook": "onChat", "priority": 40}}, "limits": {"callTimeoutMs": 50}}),
+        "export default { onChat() { host.block(); } };",
+    );
+    appender(&dir, "z", 10);
+    let m = Manager::new(common::engine_with(host));
+    m.load_dir(dir.path()).unwrap();
+    let r = m.dispatch_blocking("chat", json!({"trail": []})).unwrap();
+    assert_eq!(r.payload["trail"], json!(["a", "z"]), "{r:?}");
+    let d = &r.deliveries[1];
+    assert_eq!((d.plugin.as_str(), d.outcome), ("stuck", Outcome::Failed));
+    let e = d.error.as_ref().unwrap();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert_eq!(e.plugin.as_deref(), Some("stuck"));
+    if !common::process_mode() {
+        // Settled by the watchdog while the host function still blocks, not by its answer.
+        assert!(e.message.contains("stuck past the call's deadline"), "{e}");
+    }
+    // Stuck still (unresponsive): the next chain leaves it out. (A plugin process is killed
+    // and started again instead, and is stuck again.)
+    let r = m.dispatch_blocking("chat", json!({"trail": []})).unwrap();
+    assert_eq!(r.payload["trail"], json!(["a", "z"]), "{r:?}");
+    if !common::process_mode() {
+        let ran: Vec<&str> = r.deliveries.iter().map(|d| d.plugin.as_str()).collect();
+        assert_eq!(ran, ["a", "z"], "{r:?}");
+    }
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn a_subscriber_unloaded_before_its_turn_is_reported_and_the_chain_goes_on() {
+    let dir = PluginDir::new();
+    plugin(
+        &dir,
+        "slow",
+        json!({"events": {"chat": {"hook": "onChat", "priority": 50}}}),
+        "export default { onChat() { const end = Date.now() + 300; while (Date.now() < end) {} } };",
+    );
+    appender(&dir, "gone", 40);
+    appender(&dir, "z", 10);
+    let m = Arc::new(Manager::new(common::engine_with(test_host())));
+    m.load_dir(dir.path()).unwrap();
+    let unload = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            m.unload("gone").unwrap();
+        })
+    };
+    let r = m.dispatch_blocking("chat", json!({"trail": []})).unwrap();
+    unload.join().unwrap();
+    assert_eq!(r.payload["trail"], json!(["z"]), "{r:?}");
+    let outcomes: Vec<(&str, Outcome)> = r.deliveries.iter().map(|d| (d.plugin.as_str(), d.outcome)).collect();
+    assert_eq!(outcomes, [("slow", Outcome::Unchanged), ("gone", Outcome::Failed), ("z", Outcome::Changed)]);
+    let e = r.deliveries[1].error.as_ref().unwrap();
+    assert_eq!(e.code, ErrorCode::ShutDown, "{e}");
+    assert_eq!(e.plugin.as_deref(), Some("gone"));
+}
+
+#[test]
+fn dropping_an_async_dispatch_ends_the_chain_where_it_is() {
+    let (engine, marks) = marking_engine();
+    let dir = PluginDir::new();
+    plugin(
+        &dir,
+        "first",
+        json!({"events": {"chat": {"hook": "onChat", "priority": 50}}}),
+        "export default { onChat() { host.mark('first'); const end = Date.now() + 300; while (Date.now() < end) {} host.mark('first done'); } };",
+    );
+    plugin(
+        &dir,
+        "second",
+        json!({"events": {"chat": {"hook": "onChat", "priority": 40}}}),
+        "export default { onChat() { host.mark('second'); } };",
+    );
+    let m = Manager::new(engine);
+    m.load_dir(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let gave_up = rt.block_on(async {
+        tokio::time::timeout(Duration::from_millis(100), m.dispatch("chat", json!({}))).await.is_err()
+    });
+    assert!(gave_up);
+    // The running hook was aborted with its caller, and the next one never ran.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(*marks.lock().unwrap(), ["first"]);
+    // The plugins are fine: a chain that is waited for runs them both.
+    let r = m.dispatch_blocking("chat", json!({})).unwrap();
+    assert_eq!(r.deliveries.len(), 2);
+    assert_eq!(*marks.lock().unwrap(), ["first", "first", "first done", "second"]);
+}
