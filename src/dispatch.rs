@@ -305,7 +305,7 @@ impl Relay {
             }));
             self.leg.lock().unwrap().abort = Some(abort.clone());
             let shared = s.handle.shared();
-            match shared.try_submit(&s.hook, args, None, CallContext::default(), reply, Some(abort)) {
+            match shared.submit(&s.hook, args, None, CallContext::default(), reply, Some(abort)) {
                 Ok(()) => {
                     for next in self.subs.iter().skip(hop + 1).take(EXPECT_AHEAD) {
                         next.handle.shared().expect_call();

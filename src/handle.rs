@@ -475,24 +475,12 @@ impl Shared {
         }
     }
 
-    /// Puts a call in the mailbox. Errors carry no plugin or hook yet: [`answer`] adds them.
-    fn submit(
-        &self,
-        hook: &str,
-        args: Value,
-        timeout: Option<Duration>,
-        ctx: CallContext,
-        reply: Reply,
-        abort: Option<Arc<Abort>>,
-    ) -> Result<()> {
-        self.try_submit(hook, args, timeout, ctx, reply, abort).map_err(|(e, _)| e)
-    }
-
-    /// [`submit`](Self::submit), giving the reply back with the error: it was never sent, so
-    /// its caller answers it (a [`Reply::Func`] that is dropped means a lost answer).
+    /// Puts a call in the mailbox. Errors carry no plugin or hook yet ([`answer`] adds them),
+    /// and give the reply back: it was never sent, so its caller answers it (a
+    /// [`Reply::Func`] that is dropped means a lost answer).
     // The error hands the reply back, as crossbeam's do: large, but only on the failure path.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn try_submit(
+    pub(crate) fn submit(
         &self,
         hook: &str,
         args: Value,
@@ -777,7 +765,8 @@ impl PluginHandle {
         if let Some(token) = &cancel {
             token.watch(&abort);
         }
-        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx), Some(abort.clone()));
+        let sent =
+            self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx), Some(abort.clone())).map_err(|(e, _)| e);
         let shared = self.shared.clone();
         let hook = hook.to_owned();
         let on_drop = AbortOnDrop(Some(abort));
@@ -835,7 +824,7 @@ impl PluginHandle {
         abort: Option<Arc<Abort>>,
     ) -> impl FnOnce() -> Result<Value> + use<> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx), abort);
+        let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx), abort).map_err(|(e, _)| e);
         let shared = self.shared.clone();
         let hook = hook.to_owned();
         move || {

@@ -597,7 +597,7 @@ fn the_python_example_client_serves_host_functions() {
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("plugin says: greeting Ada"), "host.log served by Python: {stdout}");
     assert!(stdout.contains("Hello, Ada! App version: 1.0"), "{stdout}");
     assert!(stdout.contains("'Sunny in London', 'Sunny in Arlington', 'Sunny in Helsinki'"), "{stdout}");

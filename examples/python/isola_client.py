@@ -73,6 +73,8 @@ class Isola:
 
     def _send(self, msg):
         with self._lock:
+            if self._proc.stdin.closed:  # a host function answering after close()
+                return
             self._proc.stdin.write(json.dumps(msg) + "\n")
             self._proc.stdin.flush()
 
@@ -132,8 +134,12 @@ class Isola:
         return self.request("call", params).result()
 
     def close(self):
-        self._proc.stdin.close()
+        with self._lock:
+            self._proc.stdin.close()
         self._proc.wait()
+        # The reader ends at isola's last line; waiting for it keeps a daemon thread from
+        # printing an event while the interpreter shuts down.
+        self._reader.join(timeout=10)
 
 
 USERS = {1: ("Ada", "London"), 2: ("Grace", "Arlington"), 3: ("Linus", "Helsinki")}
