@@ -164,6 +164,9 @@ pub(crate) struct MailboxTx {
     capacity: usize,
 }
 
+/// How a sleeping mailbox's plugin comes back, given the state it kept (see [`Dormancy`]).
+pub(crate) type Wake = Box<dyn FnOnce(Value) + Send>;
+
 /// What both ends of a mailbox share.
 #[derive(Default)]
 struct MailboxState {
@@ -174,7 +177,7 @@ struct MailboxState {
     /// Set while the mailbox sleeps (nobody serves it) and `wake` holds the way back. Read on
     /// every send: one load.
     asleep: AtomicBool,
-    wake: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    wake: Mutex<Option<(Value, Wake)>>,
     /// Set while the receiver is parked on `parked` instead of in the channel (see
     /// [`MailboxRx::recv`]); senders then notify it.
     blocked: AtomicBool,
@@ -201,7 +204,7 @@ impl MailboxState {
     }
 
     /// Takes the way back if the mailbox sleeps: exactly one caller gets it.
-    fn take_wake(&self) -> Option<Box<dyn FnOnce() + Send>> {
+    fn take_wake(&self) -> Option<(Value, Wake)> {
         if !self.asleep.load(Ordering::SeqCst) || !self.asleep.swap(false, Ordering::SeqCst) {
             return None;
         }
@@ -212,8 +215,8 @@ impl MailboxState {
 /// Runs a sleeping mailbox's way back on the sender's thread: a panic there (isola's own code)
 /// must not unwind into whoever sent the call. The mailbox goes with it; its callers hear the
 /// plugin is gone.
-fn run_wake(wake: Box<dyn FnOnce() + Send>) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(wake)).is_err() {
+fn run_wake((state, wake): (Value, Wake)) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wake(state))).is_err() {
         tracing::error!("bringing an evicted plugin back panicked");
     }
 }
@@ -265,6 +268,13 @@ impl MailboxTx {
             let _locked = self.state.parked.0.lock().unwrap();
             self.state.parked.1.notify_one();
         }
+    }
+
+    /// If the mailbox sleeps (its plugin evicted), ends it for good and returns the state the
+    /// plugin kept, without bringing the plugin back: what a reload would otherwise wake it
+    /// for (its `onUnload`, which gave that state already). `None` if it does not sleep.
+    pub(crate) fn take_kept(&self) -> Option<Value> {
+        self.state.take_wake().map(|(state, _wake)| state)
     }
 
     /// How many calls it holds at most.
@@ -456,12 +466,13 @@ impl MailboxRx {
 pub(crate) struct Dormancy(Arc<MailboxState>);
 
 impl Dormancy {
-    /// Puts the mailbox to sleep: the next call or `onLoad` sent to it runs `wake` (on the
-    /// sender's thread, once), which must start serving the mailbox again. A `Stop`, or the
-    /// last sender going away, drops `wake` instead. If a request is already queued, `wake`
-    /// runs now.
-    pub(crate) fn sleep(self, wake: Box<dyn FnOnce() + Send>) {
-        *self.0.wake.lock().unwrap() = Some(wake);
+    /// Puts the mailbox to sleep, keeping `state` (what the plugin's `onUnload` gave): the
+    /// next call or `onLoad` sent to it runs `wake(state)` (on the sender's thread, once),
+    /// which must start serving the mailbox again. A `Stop`, or the last sender going away,
+    /// drops `wake` instead; [`MailboxTx::take_kept`] takes the state without waking. If a
+    /// request is already queued, `wake` runs now.
+    pub(crate) fn sleep(self, state: Value, wake: Wake) {
+        *self.0.wake.lock().unwrap() = Some((state, wake));
         self.0.asleep.store(true, Ordering::SeqCst);
         if self.0.queued.load(Ordering::SeqCst) > 0
             && let Some(wake) = self.0.take_wake()

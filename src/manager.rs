@@ -582,7 +582,11 @@ impl Inner {
             e.config = Some(config.clone());
             e.read_errors.clear();
         });
+        // An evicted old version kept what its `onUnload` gave: taken as it is, not woken up
+        // to be asked again.
+        let kept = old.as_ref().and_then(Mailbox::take_kept);
         let state = match &old {
+            _ if kept.is_some() => kept.unwrap_or_default(),
             Some(old) if was_running && old_hooks.iter().any(|h| h == ON_UNLOAD) => {
                 call_mailbox(old, id, ON_UNLOAD, Value::Null).unwrap_or_else(|e| {
                     self.bus.emit(LifecycleEvent::HookFailed { plugin: id.to_owned(), error: e });

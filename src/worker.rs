@@ -475,24 +475,27 @@ impl Worker {
         tracing::debug!(plugin = %id, "evicted after {} ms idle", self.config.evict_after.unwrap_or_default().as_millis());
         let shared = self.shared.clone();
         shared.forget_current_thread();
-        dormancy.sleep(Box::new(move || {
-            let mut rx = rx;
-            if self.shared.is_closed() {
-                // Unloaded meanwhile (its `Stop` came in as it went to sleep): nothing to
-                // bring back.
-                return refuse_queued(&mut *rx);
-            }
-            let warm = self.warm_thread();
-            let thread = match start_thread(&id, warm, move |warm| self.run_with(rx, None, warm, Some(state))) {
-                Ok(thread) => thread,
-                // The mailbox goes with the closure: its callers hear the plugin is gone.
-                Err(e) => {
-                    let msg = format!("cannot start a thread to bring the plugin back: {e}");
-                    return restart_failed(&shared, Error::new(ErrorCode::PluginCrashed, msg));
+        dormancy.sleep(
+            state,
+            Box::new(move |state| {
+                let mut rx = rx;
+                if self.shared.is_closed() {
+                    // Unloaded meanwhile (its `Stop` came in as it went to sleep): nothing to
+                    // bring back.
+                    return refuse_queued(&mut *rx);
                 }
-            };
-            shared.add_thread(thread);
-        }));
+                let warm = self.warm_thread();
+                let thread = match start_thread(&id, warm, move |warm| self.run_with(rx, None, warm, Some(state))) {
+                    Ok(thread) => thread,
+                    // The mailbox goes with the closure: its callers hear the plugin is gone.
+                    Err(e) => {
+                        let msg = format!("cannot start a thread to bring the plugin back: {e}");
+                        return restart_failed(&shared, Error::new(ErrorCode::PluginCrashed, msg));
+                    }
+                };
+                shared.add_thread(thread);
+            }),
+        );
     }
 
     /// Restarts the plugin if its isolate broke its memory budget while no call ran (the

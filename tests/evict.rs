@@ -2,7 +2,7 @@
 //! thread and isolate, and its next call, event or plugin call brings it back transparently,
 //! with the state its `onUnload` handed over. Plugins that are busy, have something pending,
 //! or say `"evictable": false` stay; unloading, reloading and shutting down an evicted plugin
-//! work without bringing it back first (reload does, to hand its state over).
+//! work without bringing it back first (reload hands over the state it kept).
 //!
 //! The tests count threads by name, so they run one at a time.
 
@@ -270,10 +270,13 @@ fn unloading_reloading_and_shutting_down_evicted_plugins() {
     assert_eq!(threads_of("ua"), 0);
     assert_eq!(a.call_blocking::<_, i64>("inc", ()).unwrap_err().code, ErrorCode::ShutDown);
 
-    // Reload: the evicted version comes back to hand its state to the new one.
+    // Reload: the state the evicted version kept goes to the new one, without waking the old
+    // version to ask its `onUnload` again (it is not loaded; no hook of it runs).
     std::fs::write(dir.path().join("ub/main.js"), COUNTER.replace("++n", "n += 10")).unwrap();
+    let calls = b.stats().calls;
     m.reload("ub").unwrap();
     assert_eq!(b.call_blocking::<_, i64>("inc", ()).unwrap(), 11);
+    assert_eq!(b.stats().calls - calls, 2, "the new version's onLoad and inc, nothing of the old one");
 
     // Shutdown with an evicted plugin is prompt and brings nothing back.
     let t = Instant::now();
