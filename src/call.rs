@@ -53,7 +53,12 @@ impl Reply {
             Reply::Async(tx) => tx.send(r).map_err(drop),
             Reply::Blocking(tx) => tx.send(r).map_err(drop),
             Reply::Func(f) => {
-                f(r);
+                // Runs isola's code for the caller (a chain's next hop) on this plugin's
+                // thread: a panic there is not this plugin's failure. (What `f` held is
+                // dropped while unwinding: a chain reports that hop as lost.)
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r))).is_err() {
+                    tracing::error!("handing on an answer panicked");
+                }
                 Ok(())
             }
         };
@@ -413,6 +418,8 @@ impl MailboxRx {
             match self.rx.try_recv() {
                 Ok(req) => {
                     self.state.blocked.store(false, Ordering::SeqCst);
+                    // A call expected just as this one came is this one.
+                    self.state.expected.store(false, Ordering::SeqCst);
                     return Some(req);
                 }
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {

@@ -186,16 +186,12 @@ pub(crate) async fn chain(registry: &Registry, event: &str, payload: Value) -> C
     let (tx, rx) = tokio::sync::oneshot::channel();
     let relay = Relay::new(registry, event, payload, Box::new(move |r| drop(tx.send(r))));
     // A caller that stops waiting (its future dropped) ends the chain where it is.
-    let abandon = Abandon(relay.clone());
+    let mut abandon = Abandon(Some(&relay));
     relay.start();
     let report = rx.await;
-    std::mem::forget(abandon);
+    abandon.0 = None;
     report.unwrap_or_else(|_| relay.report_so_far())
 }
-
-/// How many hops ahead a chain wakes its subscribers' threads: a parked thread takes longer
-/// to wake (~10 µs here) than a short hook takes to run.
-const EXPECT_AHEAD: usize = 1;
 
 /// [`chain`] for non-async callers: waits on the calling thread.
 pub(crate) fn chain_blocking(registry: &Registry, event: &str, payload: Value) -> ChainReport {
@@ -205,16 +201,25 @@ pub(crate) fn chain_blocking(registry: &Registry, event: &str, payload: Value) -
     rx.recv().unwrap_or_else(|_| relay.report_so_far())
 }
 
-/// Ends a chain whose caller went away: no further hop is sent, the running one is aborted.
-struct Abandon(Arc<Relay>);
+/// How many hops ahead a chain wakes its subscribers' threads: a parked thread takes longer
+/// to wake (~10 µs here) than a short hook takes to run. (Two ahead was slower on 2 cores:
+/// three threads spinning for two CPUs.)
+const EXPECT_AHEAD: usize = 1;
 
-impl Drop for Abandon {
+/// Ends a chain whose caller went away: no further hop is sent, the running one is aborted.
+struct Abandon<'a>(Option<&'a Relay>);
+
+impl Drop for Abandon<'_> {
     fn drop(&mut self) {
-        let abort = {
-            let mut leg = self.0.leg.lock().unwrap();
+        let Some(relay) = self.0 else { return };
+        let (abort, watcher, hop) = {
+            let mut leg = relay.lock();
             leg.done = None;
-            leg.abort.take()
+            (leg.abort.take(), leg.watcher.take(), leg.hop)
         };
+        if let Some(key) = watcher {
+            relay.subs[hop].handle.shared().unwatch_stuck(key);
+        }
         if let Some(abort) = abort {
             abort.abort();
         }
@@ -227,6 +232,9 @@ impl Drop for Abandon {
 /// gets stuck ([`Shared::watch_stuck`](crate::handle::Shared::watch_stuck)), the thread that
 /// drops an unanswered call (a [`Hop`] token), or the sender when the call cannot be queued.
 /// The hop number makes sure each hop is settled once.
+///
+/// Lock discipline: the leg's lock is never held while a `Hop` is dropped, a plugin is sent
+/// to, or the report is handed over (each of those may come back here).
 struct Relay {
     event: String,
     subs: Vec<Subscriber>,
@@ -241,25 +249,44 @@ struct Leg {
     cancelled_by: Option<String>,
     /// Hears the report; `None` once it has, or once the caller went away.
     done: Option<Box<dyn FnOnce(ChainReport) + Send>>,
-    /// Aborts the hop in flight (async callers only need it).
+    /// Aborts the hop in flight (for a caller that goes away).
     abort: Option<Arc<Abort>>,
     /// The stuck watcher of the hop in flight.
     watcher: Option<u64>,
 }
 
+/// What settling a hop leads to.
+enum Step {
+    Send(usize),
+    Report(Box<dyn FnOnce(ChainReport) + Send>, ChainReport),
+    /// Settled already, or the caller went away.
+    Stop,
+}
+
 /// Settles its hop as lost when the call is dropped without an answer (the subscriber's
-/// thread ended with it queued).
+/// thread ended with it queued, or the answer's handling panicked).
 struct Hop {
-    relay: Arc<Relay>,
+    /// `None` once answered.
+    relay: Option<Arc<Relay>>,
     hop: usize,
-    answered: bool,
+}
+
+impl Hop {
+    /// The answer came. (Let go of only after it is settled: a panic while settling leaves
+    /// the hop to `drop`, as lost.)
+    fn answer(mut self, r: Result<Value>) {
+        if let Some(relay) = &self.relay {
+            relay.settle(self.hop, r);
+        }
+        self.relay = None;
+    }
 }
 
 impl Drop for Hop {
     fn drop(&mut self) {
-        if !self.answered {
-            let lost = self.relay.subs[self.hop].handle.shared().lost();
-            self.relay.settle(self.hop, Err(lost));
+        if let Some(relay) = self.relay.take() {
+            let lost = relay.subs[self.hop].handle.shared().lost();
+            relay.settle(self.hop, Err(lost));
         }
     }
 }
@@ -281,9 +308,15 @@ impl Relay {
         })
     }
 
+    /// The leg, also after a panic elsewhere (the hop numbers keep it consistent).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Leg> {
+        self.leg.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn start(self: &Arc<Self>) {
         if self.subs.is_empty() {
-            self.finish(&mut self.leg.lock().unwrap());
+            let step = self.finish(&mut self.lock());
+            self.take(step);
         } else {
             self.send(0);
         }
@@ -293,17 +326,17 @@ impl Relay {
     fn send(self: &Arc<Self>, mut hop: usize) {
         loop {
             let s = &self.subs[hop];
+            let abort = Arc::new(Abort::default());
             let args = {
-                let leg = self.leg.lock().unwrap();
+                let mut leg = self.lock();
+                if leg.done.is_none() {
+                    return; // the caller went away
+                }
+                leg.abort = Some(abort.clone());
                 json!([leg.payload, { "event": self.event }])
             };
-            let abort = Arc::new(Abort::default());
-            let mut token = Hop { relay: self.clone(), hop, answered: false };
-            let reply = Reply::Func(Box::new(move |r| {
-                token.answered = true;
-                token.relay.settle(token.hop, r);
-            }));
-            self.leg.lock().unwrap().abort = Some(abort.clone());
+            let token = Hop { relay: Some(self.clone()), hop };
+            let reply = Reply::Func(Box::new(move |r| token.answer(r)));
             let shared = s.handle.shared();
             match shared.submit(&s.hook, args, None, CallContext::default(), reply, Some(abort)) {
                 Ok(()) => {
@@ -316,27 +349,26 @@ impl Relay {
                         let e = relay.subs[hop].handle.shared().stuck_error();
                         relay.settle(hop, Err(e));
                     });
-                    let key = shared.watch_stuck(stuck);
-                    let mut leg = self.leg.lock().unwrap();
-                    match key {
-                        // Still this hop: the watcher goes when it is settled.
-                        Some(key) if leg.hop == hop => leg.watcher = Some(key),
-                        Some(key) => {
+                    if let Some(key) = shared.watch_stuck(stuck) {
+                        let mut leg = self.lock();
+                        if leg.hop == hop && leg.done.is_some() {
+                            // Still in flight: the watcher goes when it is settled.
+                            leg.watcher = Some(key);
+                        } else {
                             drop(leg);
                             shared.unwatch_stuck(key);
                         }
-                        None => {}
                     }
                     return;
                 }
                 Err((e, reply)) => {
                     // Settled here first, so that dropping the reply (its `Hop` token) after
                     // finds the hop settled instead of reporting it lost.
-                    let next = self.record(hop, Err(e));
+                    let step = self.record(hop, Err(e));
                     drop(reply);
-                    match next {
-                        Some(next) => hop = next,
-                        None => return,
+                    match step {
+                        Step::Send(next) => hop = next,
+                        step => return self.take(step),
                     }
                 }
             }
@@ -346,22 +378,38 @@ impl Relay {
     /// Hop `hop` went as `r`: records it and sends the next hop (or reports). A hop settled
     /// already (an answer after the watchdog gave up on it) is ignored.
     fn settle(self: &Arc<Self>, hop: usize, r: Result<Value>) {
-        if let Some(next) = self.record(hop, r) {
-            self.send(next);
+        let step = self.record(hop, r);
+        self.take(step);
+    }
+
+    fn take(self: &Arc<Self>, step: Step) {
+        match step {
+            Step::Send(next) => self.send(next),
+            Step::Report(done, report) => done(report),
+            Step::Stop => {}
         }
     }
 
-    /// Records how hop `hop` went; returns the next hop to send, if any (else reports).
-    fn record(&self, hop: usize, r: Result<Value>) -> Option<usize> {
-        let mut leg = self.leg.lock().unwrap();
-        if leg.hop != hop || leg.done.is_none() {
-            return None;
+    /// Records how hop `hop` went, and says what comes next.
+    fn record(&self, hop: usize, r: Result<Value>) -> Step {
+        let mut leg = self.lock();
+        if leg.hop != hop {
+            return Step::Stop;
         }
         let s = &self.subs[hop];
-        if let Some(key) = leg.watcher.take() {
+        // The watcher goes with its hop, also when the caller went away meanwhile.
+        let watcher = leg.watcher.take();
+        leg.abort = None;
+        if leg.done.is_none() {
+            drop(leg);
+            if let Some(key) = watcher {
+                s.handle.shared().unwatch_stuck(key);
+            }
+            return Step::Stop;
+        }
+        if let Some(key) = watcher {
             s.handle.shared().unwatch_stuck(key);
         }
-        leg.abort = None;
         let r = r.map_err(|e| e.in_context(&s.plugin, Some(&s.hook)));
         let (outcome, error) = judge(s, r, &mut leg.payload);
         if outcome == Outcome::Cancelled {
@@ -370,16 +418,16 @@ impl Relay {
         leg.deliveries.push(Delivery { plugin: s.plugin.clone(), hook: s.hook.clone(), outcome, result: None, error });
         leg.hop = hop + 1;
         if outcome == Outcome::Cancelled || leg.hop == self.subs.len() {
-            self.finish(&mut leg);
-            return None;
+            return self.finish(&mut leg);
         }
-        Some(leg.hop)
+        Step::Send(leg.hop)
     }
 
-    /// Reports the chain (once).
-    fn finish(&self, leg: &mut Leg) {
-        if let Some(done) = leg.done.take() {
-            done(self.report(leg));
+    /// The report, for whoever hears it (once).
+    fn finish(&self, leg: &mut Leg) -> Step {
+        match leg.done.take() {
+            Some(done) => Step::Report(done, self.report(leg)),
+            None => Step::Stop,
         }
     }
 
@@ -395,7 +443,7 @@ impl Relay {
 
     /// What the chain did so far (for a caller whose report never came).
     fn report_so_far(&self) -> ChainReport {
-        self.report(&mut self.leg.lock().unwrap())
+        self.report(&mut self.lock())
     }
 }
 

@@ -256,8 +256,22 @@ impl Shared {
         self.emit(LifecycleEvent::Unresponsive { plugin: self.id.clone() });
         self.stuck_wake.notify_waiters();
         let watchers = std::mem::take(&mut *self.stuck_watchers.lock().unwrap());
-        for (_, f) in watchers {
-            f();
+        if !watchers.is_empty() {
+            // Not on the caller's thread: that is the watchdog, holding the lock every
+            // deadline waits on, and a watcher sends calls on (which may start threads).
+            let run = move || watchers.into_iter().for_each(|(_, f)| f());
+            let run = std::sync::Arc::new(std::sync::Mutex::new(Some(run)));
+            let spawned = {
+                let run = run.clone();
+                std::thread::Builder::new()
+                    .name("isola:stuck".into())
+                    .spawn(move || run.lock().unwrap().take().map(|f| f()))
+            };
+            if spawned.is_err()
+                && let Some(f) = run.lock().unwrap().take()
+            {
+                f();
+            }
         }
     }
 
