@@ -160,6 +160,17 @@ fn hook_call(c: &mut Criterion) {
         std::thread::sleep(Duration::from_micros(200));
     }
     print_cpu_per_call("spaced 200 µs", &before, &h.stats());
+    // And with idle eviction on (not reached here): the thread's idle wait has a time limit.
+    {
+        let evicting = Manager::new(Engine::builder().host(host()).evict_idle_after(Duration::from_secs(60)).build());
+        let h = evicting.load(dir.path().join("bench")).unwrap();
+        let before = h.stats();
+        for _ in 0..2000 {
+            h.call_blocking::<_, i64>("inc", ()).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        print_cpu_per_call("spaced 200 µs, idle eviction on", &before, &h.stats());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     c.bench_function("hook_call (async call from tokio, one at a time)", |b| {
         b.iter(|| rt.block_on(h.call::<_, i64>("inc", ())).unwrap())

@@ -375,6 +375,9 @@ const SPIN_PAYS_OFF: Duration = Duration::from_micros(50);
 /// it parks again: about a few chain hops.
 const EXPECT_WITHIN: Duration = Duration::from_micros(100);
 
+/// The longest a parked receiver sleeps before it looks again on its own (a safety net).
+const PARK_AT_MOST: Duration = Duration::from_millis(50);
+
 /// A mailbox for `capacity` queued calls.
 pub(crate) fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -394,7 +397,8 @@ impl Drop for MailboxRx {
 }
 
 impl MailboxRx {
-    /// The next request, waiting at most `timeout`.
+    /// The next request, waiting at most `timeout` (a process pump's wait, which reads the
+    /// child's memory between requests).
     pub(crate) fn recv_timeout(
         &self,
         timeout: std::time::Duration,
@@ -406,34 +410,43 @@ impl MailboxRx {
         self.state.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Waits for the next request on a condition variable, without spinning first. `None` once
-    /// every sender is gone. Wakes every 50 ms regardless, so that a missed notification could
+    /// Waits for the next request on a condition variable, without spinning first, until
+    /// `until` if given. Wakes every 50 ms regardless, so that a missed notification could
     /// only ever delay a call, never strand it.
-    fn park(&self) -> Option<Request> {
+    fn park(&self, until: Option<Instant>) -> Result<Request, crossbeam_channel::RecvTimeoutError> {
+        use crossbeam_channel::RecvTimeoutError;
         let (lock, ready) = &self.state.parked;
         let mut locked = lock.lock().unwrap();
         loop {
             self.state.blocked.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
             match self.rx.try_recv() {
                 Ok(req) => {
                     self.state.blocked.store(false, Ordering::SeqCst);
                     // A call expected just as this one came is this one.
                     self.state.expected.store(false, Ordering::SeqCst);
-                    return Some(req);
+                    return Ok(req);
                 }
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     self.state.blocked.store(false, Ordering::SeqCst);
-                    return None;
+                    return Err(RecvTimeoutError::Disconnected);
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) if left == Some(Duration::ZERO) => {
+                    self.state.blocked.store(false, Ordering::SeqCst);
+                    return Err(RecvTimeoutError::Timeout);
                 }
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
             }
-            locked = ready.wait_timeout(locked, Duration::from_millis(50)).unwrap().0;
+            let wait = left.map_or(PARK_AT_MOST, |l| l.min(PARK_AT_MOST));
+            locked = ready.wait_timeout(locked, wait).unwrap().0;
             if self.state.expected.swap(false, Ordering::SeqCst) {
                 self.state.blocked.store(false, Ordering::SeqCst);
                 drop(locked);
-                if let Some(r) = self.watch(EXPECT_WITHIN) {
-                    return r;
+                match self.watch(EXPECT_WITHIN) {
+                    Some(Some(req)) => return Ok(req),
+                    Some(None) => return Err(RecvTimeoutError::Disconnected),
+                    None => {}
                 }
                 locked = lock.lock().unwrap();
             }
@@ -503,7 +516,7 @@ impl Inbox for MailboxRx {
             return Some(req);
         }
         let since = Instant::now();
-        let req = if self.slow { self.park() } else { self.rx.recv().ok() };
+        let req = if self.slow { self.park(None).ok() } else { self.rx.recv().ok() };
         self.slow = since.elapsed() > SPIN_PAYS_OFF;
         req.inspect(|_| self.took())
     }
@@ -513,7 +526,17 @@ impl Inbox for MailboxRx {
     }
 
     fn recv_within(&mut self, timeout: Duration) -> Received {
-        match self.recv_timeout(timeout) {
+        // Adaptive as `recv` is: a thread that waited long parks at once (with eviction on,
+        // every idle wait of a plugin comes here).
+        if let Ok(req) = self.rx.try_recv() {
+            self.took();
+            self.slow = false;
+            return Received::Request(req);
+        }
+        let since = Instant::now();
+        let r = if self.slow { self.park(Some(since + timeout)) } else { self.rx.recv_timeout(timeout) };
+        self.slow = since.elapsed() > SPIN_PAYS_OFF;
+        match r.inspect(|_| self.took()) {
             Ok(req) => Received::Request(req),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Received::Idle,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Received::Closed,
