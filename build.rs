@@ -70,7 +70,6 @@ stand_in_extension!(isola_web:
     sync op_isola_time_origin(state),
     async op_isola_timer_sleep(state, ms),
     sync op_isola_timer_wake(state),
-    sync op_isola_timer_sleeping(state),
     sync op_isola_background(state),
     sync op_isola_digest(alg, data, out),
     sync op_isola_hmac_sign(alg, key, data, out),

@@ -26,7 +26,6 @@
     op_isola_time_origin,
     op_isola_timer_sleep,
     op_isola_timer_wake,
-    op_isola_timer_sleeping,
     op_isola_background,
     op_isola_digest,
     op_isola_hmac_sign,
@@ -896,16 +895,17 @@
     }
     return undefined;
   }
-  // Whether the pump's own code is running (between two of its awaits). If isola terminates
-  // JavaScript while this is set, the pump was cut off mid-run and must be started again;
-  // otherwise it is alive, asleep in its op.
-  let inPump = false;
+  // Which pump is the one: a restart (after isola terminated JavaScript) retires the pump
+  // there was, running or cut off, and starts another. Why a number and not a check whether
+  // the old pump still lives: a termination can land anywhere, also between the sleep op
+  // starting and the pump awaiting it, which leaves a sleep in flight that nothing resumes.
+  let pumpGen = 0;
   // One timer per turn of the event loop: every callback waits for an op first, so other
   // work (host answers, a call's own promise) gets its turn in between, and each background
   // turn of the plugin's thread runs at most one callback under its time limit.
   async function pump(firstWait) {
+    const gen = ++pumpGen;
     pumping = true;
-    inPump = true;
     try {
       let atLeast = firstWait;
       for (;;) {
@@ -914,9 +914,8 @@
         armed = next[0];
         const wait = Math.max(armed - op_isola_now(), atLeast);
         atLeast = 0;
-        inPump = false;
         await op_isola_timer_sleep(wait);
-        inPump = true;
+        if (gen !== pumpGen) return; // retired while it slept
         const due = earliest();
         if (due === undefined || due[0] > op_isola_now()) continue; // woken early: look again
         heapPop();
@@ -939,9 +938,10 @@
         }
       }
     } finally {
-      pumping = false;
-      inPump = false;
-      armed = Infinity;
+      if (gen === pumpGen) {
+        pumping = false;
+        armed = Infinity;
+      }
     }
   }
   function startPump(firstWait) {
@@ -974,15 +974,15 @@
   const setInterval = (f, ms = 0, ...args) => addTimer(f, ms, args, true);
   const clearTimeout = (id = undefined) => clearTimer(id);
   const clearInterval = (id = undefined) => clearTimer(id);
-  // After isola terminated JS that was running (a callback past its time limit), the pump
-  // was cut off mid-run: start a new one for the timers that are left.
+  // After isola terminated JavaScript (a call or a callback past its time limit): the pump
+  // may have been cut off anywhere, so it is retired (woken, if it sleeps, it ends) and a
+  // new one serves the timers that are left.
   function restartTimers() {
-    // Alive: asleep in its op. Dead: cut off in its own code, or as it resumed from the op
-    // (before its first statement ran), which leaves no sleep in flight.
-    if (!pumping || (!inPump && op_isola_timer_sleeping() > 0)) return;
+    if (!pumping && timers.size === 0) return;
+    pumpGen++;
     pumping = false;
-    inPump = false;
     armed = Infinity;
+    op_isola_timer_wake();
     rebuildHeap();
     // Not a callback now: isola calls this with a short limit of its own.
     if (timers.size > 0) startPump(1);

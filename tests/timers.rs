@@ -273,3 +273,27 @@ fn a_pending_timer_costs_one_background_turn_per_burst_of_calls() {
     let turns = h.stats().background_runs - before;
     assert!(turns <= 2 * BURSTS + 2, "{turns} background turns for {BURSTS} bursts");
 }
+
+/// Terminations land wherever the timer pump happens to be (here: calls cut off at their
+/// deadline while their own timers and an interval keep the pump busy), also between a
+/// sleep starting and the pump awaiting it. Whatever was cut off, the timers go on.
+#[test]
+fn timers_survive_terminations_landing_anywhere_in_the_pump() {
+    let (host, ticks) = ticking_host();
+    let (_d, _m, h) = common::load_module_with(
+        common::builder().host(host).call_timeout(Duration::from_secs(5)).build(),
+        "export default {
+            start() { setInterval(() => host.tick(), 1); return 1; },
+            async churn() { for (;;) { await new Promise((r) => setTimeout(r, 0)); const end = Date.now() + 1; while (Date.now() < end) {} } },
+        };",
+    );
+    h.call_blocking::<_, i64>("start", ()).unwrap();
+    for i in 0..150u64 {
+        let limit = Duration::from_millis(3 + i % 5);
+        let e =
+            h.call_blocking_with::<_, Value>("churn", (), isola::CallOptions::default().timeout(limit)).unwrap_err();
+        assert_eq!(e.code, isola::ErrorCode::Timeout, "{e}");
+    }
+    let before = ticks.load(Ordering::SeqCst);
+    wait_for("the interval to keep ticking", || ticks.load(Ordering::SeqCst) >= before + 5);
+}

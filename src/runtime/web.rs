@@ -40,21 +40,10 @@ impl BackgroundHint {
     }
 }
 
-/// Wakes the timer sleep early (a sooner timer was set, or the last one was cleared), and
-/// counts the sleeps in flight: none while timers exist means the JavaScript pump was cut off
-/// (a termination can land as it resumes, before any of its own code runs).
+/// Wakes the timer sleep early (a sooner timer was set, the last one was cleared, or the pump
+/// was retired after a termination).
 struct TimerWake {
     notify: Rc<tokio::sync::Notify>,
-    sleeping: Rc<Cell<u32>>,
-}
-
-/// Counts one sleep in flight for as long as it lives.
-struct Sleeping(Rc<Cell<u32>>);
-
-impl Drop for Sleeping {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
 }
 
 /// `performance.now()` is rounded to this many milliseconds: a plugin shares its process with
@@ -268,12 +257,10 @@ fn op_isola_time_origin(state: &mut OpState) -> f64 {
 /// Sleeps until the next timer is due (`ms` from now), or until [`op_isola_timer_wake`].
 #[op2]
 async fn op_isola_timer_sleep(state: Rc<RefCell<OpState>>, ms: f64) {
-    let (wake, _sleeping) = {
+    let wake = {
         let state = state.borrow();
         state.borrow::<BackgroundHint>().set();
-        let t = state.borrow::<TimerWake>();
-        t.sleeping.set(t.sleeping.get() + 1);
-        (t.notify.clone(), Sleeping(t.sleeping.clone()))
+        state.borrow::<TimerWake>().notify.clone()
     };
     let wait = Duration::from_secs_f64(ms.clamp(0.0, 1e12) / 1000.0);
     tokio::select! {
@@ -294,12 +281,6 @@ fn op_isola_timer_wake(state: &mut OpState) {
     state.borrow::<TimerWake>().notify.notify_one();
 }
 
-/// How many timer sleeps are in flight (0 or 1 while the pump lives).
-#[op2(fast)]
-fn op_isola_timer_sleeping(state: &mut OpState) -> u32 {
-    state.borrow::<TimerWake>().sleeping.get()
-}
-
 deno_core::extension!(
     isola_web,
     ops = [
@@ -315,7 +296,6 @@ deno_core::extension!(
         op_isola_time_origin,
         op_isola_timer_sleep,
         op_isola_timer_wake,
-        op_isola_timer_sleeping,
         op_isola_background,
         op_isola_digest,
         op_isola_hmac_sign,
@@ -325,6 +305,6 @@ deno_core::extension!(
         let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         state.put(TimeOrigin { at: Instant::now(), epoch_ms });
         state.put(BackgroundHint::default());
-        state.put(TimerWake { notify: Rc::new(tokio::sync::Notify::new()), sleeping: Rc::default() });
+        state.put(TimerWake { notify: Rc::new(tokio::sync::Notify::new()) });
     },
 );
