@@ -102,9 +102,10 @@ pub struct CommandInfo {
     pub hook: String,
 }
 
-/// How event deliveries reach plugins: queue a call now, get its answer later. The async
+/// How notify deliveries reach plugins: queue a call now, get its answer later. The async
 /// flavour awaits a oneshot; the blocking one waits on the calling thread (no runtime to
-/// create, no extra wake-ups), so both share one emit/dispatch implementation.
+/// create, no extra wake-ups), so both share one emit implementation. (Chains relay instead:
+/// see [`chain`].)
 pub(crate) trait Caller {
     type Answer: std::future::Future<Output = Result<Value>>;
     fn call(&self, handle: &PluginHandle, hook: &str, args: Value, ctx: CallContext) -> Self::Answer;
@@ -178,10 +179,11 @@ pub(crate) async fn notify<C: Caller>(
 
 /// Chain: one subscriber after another, each seeing the payload as the previous left it.
 ///
-/// Why not a loop that calls each subscriber and waits: that wakes the caller between every
-/// two hops (measured: ~16 µs a hop, two thread wake-ups). Here each hop's answer is handled
-/// on the thread that gives it (the subscriber's own), which sends the next hop at once; the
-/// caller wakes once, for the report. See [`Relay`].
+/// Each hop's answer is handled on the thread that gives it (the subscriber's own), which
+/// sends the next hop at once and wakes the subscriber after it a hop early: a parked
+/// thread's wake-up (~10 µs here) then overlaps the hop before instead of following it
+/// (10 plugins: 162 → 113–129 µs an event; relaying without the early wake gained nothing).
+/// The caller wakes once, for the report. See [`Relay`].
 pub(crate) async fn chain(registry: &Registry, event: &str, payload: Value) -> ChainReport {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let relay = Relay::new(registry, event, payload, Box::new(move |r| drop(tx.send(r))));
@@ -212,14 +214,12 @@ struct Abandon<'a>(Option<&'a Relay>);
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         let Some(relay) = self.0 else { return };
-        let (abort, watcher, hop) = {
+        let abort = {
             let mut leg = relay.lock();
             leg.done = None;
-            (leg.abort.take(), leg.watcher.take(), leg.hop)
+            relay.unwatch(&mut leg);
+            leg.abort.take()
         };
-        if let Some(key) = watcher {
-            relay.subs[hop].handle.shared().unwatch_stuck(key);
-        }
         if let Some(abort) = abort {
             abort.abort();
         }
@@ -398,17 +398,10 @@ impl Relay {
         }
         let s = &self.subs[hop];
         // The watcher goes with its hop, also when the caller went away meanwhile.
-        let watcher = leg.watcher.take();
+        self.unwatch(&mut leg);
         leg.abort = None;
         if leg.done.is_none() {
-            drop(leg);
-            if let Some(key) = watcher {
-                s.handle.shared().unwatch_stuck(key);
-            }
             return Step::Stop;
-        }
-        if let Some(key) = watcher {
-            s.handle.shared().unwatch_stuck(key);
         }
         let r = r.map_err(|e| e.in_context(&s.plugin, Some(&s.hook)));
         let (outcome, error) = judge(s, r, &mut leg.payload);
@@ -421,6 +414,14 @@ impl Relay {
             return self.finish(&mut leg);
         }
         Step::Send(leg.hop)
+    }
+
+    /// Drops the stuck watcher of the hop in flight. (Under the leg's lock: the lock order is
+    /// leg, then the plugin's watchers, never the other way.)
+    fn unwatch(&self, leg: &mut Leg) {
+        if let Some(key) = leg.watcher.take() {
+            self.subs[leg.hop].handle.shared().unwatch_stuck(key);
+        }
     }
 
     /// The report, for whoever hears it (once).

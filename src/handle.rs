@@ -160,6 +160,14 @@ pub(crate) struct Shared {
 /// What [`Shared::watch_stuck`] runs.
 type StuckWatcher = Box<dyn FnOnce() + Send>;
 
+/// Runs the watchers in `list` (those not run already).
+fn run_watchers(list: &Mutex<Vec<(u64, StuckWatcher)>>) {
+    let watchers = std::mem::take(&mut *list.lock().unwrap());
+    for (_, f) in watchers {
+        f();
+    }
+}
+
 /// What changes on (re)load.
 #[derive(Clone, Default)]
 pub(crate) struct Info {
@@ -259,18 +267,12 @@ impl Shared {
         if !watchers.is_empty() {
             // Not on the caller's thread: that is the watchdog, holding the lock every
             // deadline waits on, and a watcher sends calls on (which may start threads).
-            let run = move || watchers.into_iter().for_each(|(_, f)| f());
-            let run = std::sync::Arc::new(std::sync::Mutex::new(Some(run)));
-            let spawned = {
-                let run = run.clone();
-                std::thread::Builder::new()
-                    .name("isola:stuck".into())
-                    .spawn(move || run.lock().unwrap().take().map(|f| f()))
-            };
-            if spawned.is_err()
-                && let Some(f) = run.lock().unwrap().take()
-            {
-                f();
+            // (Here after all if no thread can be started: they run once either way.)
+            let watchers = Arc::new(Mutex::new(watchers));
+            let theirs = watchers.clone();
+            let spawned = std::thread::Builder::new().name("isola:stuck".into()).spawn(move || run_watchers(&theirs));
+            if spawned.is_err() {
+                run_watchers(&watchers);
             }
         }
     }

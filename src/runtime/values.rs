@@ -92,7 +92,7 @@ fn primitive(scope: &mut v8::PinScope, v: v8::Local<v8::Value>) -> Result<Value,
 /// below 1e21 is printed as digits, which read back as `u64`/`i64` when they fit (so that a
 /// host function taking `u32` accepts `7`), anything else as `f64`; NaN and the infinities
 /// are printed as `null`.
-pub(crate) fn number(f: f64) -> Value {
+fn number(f: f64) -> Value {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if f.fract() == 0.0 && f.abs() < EXACT {
         // -0 too: it prints as `0`.
