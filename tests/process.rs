@@ -41,6 +41,28 @@ fn alive(pid: u32) -> bool {
     !stat.contains(") Z ") || threads > 1
 }
 
+/// Stops `pid` and waits until every one of its threads has stopped. `kill` only queues
+/// SIGSTOP: one thread is woken to take it and stops the others in turn, so on a loaded
+/// machine a thread blocked reading its channel can still take a request and answer it in
+/// the meantime (CI saw a "stopped" child answer "ok").
+fn stop(pid: u32) {
+    kill(pid, libc::SIGSTOP);
+    let t = Instant::now();
+    loop {
+        let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .collect();
+        // The state is the field after the command name, which is in parentheses.
+        let stopped = |stat: &String| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'));
+        if !tasks.is_empty() && tasks.iter().all(stopped) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{pid} did not stop: {tasks:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn hooks_host_functions_and_storage_work_across_the_process_boundary() {
     let dir = PluginDir::new();
@@ -188,7 +210,7 @@ fn a_child_that_stops_answering_is_killed_after_its_deadline_and_grace() {
     let h = m.load(&path).unwrap();
     let pid = h.process_id().unwrap();
     // A stopped process cannot even run its own watchdog: only the host can end this.
-    kill(pid, libc::SIGSTOP);
+    stop(pid);
     let t = Instant::now();
     let e = h.call_blocking::<_, String>("ok", ()).unwrap_err();
     let took = t.elapsed();
