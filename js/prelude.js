@@ -231,7 +231,8 @@
   // The whole console API, every line to the host's log at the level its method names.
   let indent = "";
   const emit = (level, text) => op_isola_log(level, indent === "" ? text : indent + text.replaceAll("\n", "\n" + indent));
-  const log = (level) => (...args) => emit(level, format(args));
+  // In parentheses so the snapshot holds it compiled (`src/runtime/snapshot_build.rs`).
+  const log = ((level) => (...args) => emit(level, format(args)));
   const counters = new Map();
   const timers = new Map();
   const label = (l) => (l === undefined ? "default" : String(l));

@@ -1054,8 +1054,9 @@
     abort: (signal, reason) => abortSignal(signal, reason),
     now: () => op_isola_now(),
     restartTimers,
-    setReporter: (f) => {
+    // In parentheses so the snapshot holds it compiled (`src/runtime/snapshot_build.rs`).
+    setReporter: ((f) => {
       reporter = f;
-    },
+    }),
   });
 })(globalThis.Deno.core);
