@@ -143,6 +143,43 @@ fn print_cpu_per_call(what: &str, before: &isola::stats::PluginStats, after: &is
     }
 }
 
+/// Context switches of the whole process so far (every thread's, voluntary + involuntary,
+/// from `/proc`; zero elsewhere). Why: on a shared VM the CPU and latency figures of spaced
+/// calls swing by half from run to run; the number of thread switches a call costs does not,
+/// and a hand-off that wakes a thread only to block it again shows up there first.
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let mut n = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) =
+                line.strip_prefix("voluntary_ctxt_switches:").or(line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                n += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
+/// `calls` calls spaced 200 µs apart, as a host calling now and then would; prints the plugin
+/// thread's CPU and the process's context switches per call.
+fn spaced_calls(what: &str, h: &isola::PluginHandle, calls: u64) {
+    let before = h.stats();
+    let switches = context_switches();
+    for _ in 0..calls {
+        h.call_blocking::<_, i64>("inc", ()).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let switches = context_switches() - switches;
+    print_cpu_per_call(what, &before, &h.stats());
+    println!(
+        "hook_call, {what}: {:.2} context switches per call (caller and plugin thread)",
+        switches as f64 / calls as f64
+    );
+}
+
 fn hook_call(c: &mut Criterion) {
     let dir = plugin_dir();
     let manager = Manager::new(engine());
@@ -152,24 +189,14 @@ fn hook_call(c: &mut Criterion) {
         b.iter(|| h.call_blocking::<_, i64>("inc", ()).unwrap())
     });
     print_cpu_per_call("back to back", &before, &h.stats());
-    // The same calls spaced 200 µs apart, as a host calling now and then would: what the
-    // plugin's thread spends waiting between them (spinning before it parks) shows here.
-    let before = h.stats();
-    for _ in 0..2000 {
-        h.call_blocking::<_, i64>("inc", ()).unwrap();
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    print_cpu_per_call("spaced 200 µs", &before, &h.stats());
+    // The same calls spaced apart: what the plugin's thread spends waiting between them
+    // (spinning before it parks, waking) shows here.
+    spaced_calls("spaced 200 µs", &h, 2000);
     // And with idle eviction on (not reached here): the thread's idle wait has a time limit.
     {
         let evicting = Manager::new(Engine::builder().host(host()).evict_idle_after(Duration::from_secs(60)).build());
         let h = evicting.load(dir.path().join("bench")).unwrap();
-        let before = h.stats();
-        for _ in 0..2000 {
-            h.call_blocking::<_, i64>("inc", ()).unwrap();
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        print_cpu_per_call("spaced 200 µs, idle eviction on", &before, &h.stats());
+        spaced_calls("spaced 200 µs, idle eviction on", &h, 2000);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     c.bench_function("hook_call (async call from tokio, one at a time)", |b| {
