@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::async_spin::{AsyncSpin, InFlight};
 use crate::call::{CallContext, MailboxTx, Reply, Request};
 use crate::cancel::CancelToken;
 use crate::cancel::{Abort, Interrupt};
@@ -148,6 +149,8 @@ pub(crate) struct Shared {
     stuck: AtomicBool,
     /// Wakes async callers when the thread gets stuck.
     stuck_wake: tokio::sync::Notify,
+    /// Whether an async caller spins for its answer a little before sleeping.
+    async_spin: Arc<AsyncSpin>,
     /// Run once when the thread gets stuck (a chain waiting on this plugin moves on), by key.
     stuck_watchers: Mutex<Vec<(u64, StuckWatcher)>>,
     next_watcher: AtomicU64,
@@ -194,6 +197,7 @@ impl Shared {
             interrupts: Mutex::new(Vec::new()),
             stuck: AtomicBool::new(false),
             stuck_wake: tokio::sync::Notify::new(),
+            async_spin: Arc::default(),
             stuck_watchers: Mutex::new(Vec::new()),
             next_watcher: AtomicU64::new(0),
             changes: tokio::sync::broadcast::channel(STATUS_BACKLOG).0,
@@ -565,7 +569,18 @@ impl Shared {
 
     /// [`wait_blocking`](Self::wait_blocking) for async callers.
     /// (No timer: the watchdog wakes it, so any async runtime will do.)
-    async fn wait_async(&self, mut rx: tokio::sync::oneshot::Receiver<Result<Value>>) -> Result<Value> {
+    /// It first watches for the answer briefly when that is likely to pay (see
+    /// [`crate::async_spin`]).
+    async fn wait_async(
+        &self,
+        mut rx: tokio::sync::oneshot::Receiver<Result<Value>>,
+        in_flight: InFlight,
+    ) -> Result<Value> {
+        match in_flight.watch(&mut rx) {
+            Some(Some(r)) => return r,
+            Some(None) => return Err(self.lost()),
+            None => {}
+        }
         loop {
             let stuck = self.stuck_wake.notified();
             if self.is_stuck() {
@@ -781,6 +796,7 @@ impl PluginHandle {
         if let Some(token) = &cancel {
             token.watch(&abort);
         }
+        let in_flight = self.shared.async_spin.enter();
         let sent =
             self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx), Some(abort.clone())).map_err(|(e, _)| e);
         let shared = self.shared.clone();
@@ -788,7 +804,7 @@ impl PluginHandle {
         let on_drop = AbortOnDrop(Some(abort));
         async move {
             let r = match sent {
-                Ok(()) => shared.wait_async(rx).await,
+                Ok(()) => shared.wait_async(rx, in_flight).await,
                 Err(e) => Err(e),
             };
             on_drop.disarm();

@@ -39,6 +39,7 @@
 //! event delivery (`dispatch`), wait-for graph (`waits`), watcher and `links` (its `Peers`).
 #![warn(missing_docs)]
 
+mod async_spin;
 mod call;
 mod cancel;
 mod config;

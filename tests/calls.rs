@@ -234,6 +234,41 @@ async fn async_calls_from_a_tokio_runtime() {
     assert_eq!(sum, 5);
 }
 
+/// Async calls made one at a time watch briefly for their answer before sleeping (see
+/// `src/async_spin.rs`): each still gets its own answer, whether it came within that watch or
+/// long after, from a hook that fails or one whose isolate is lost.
+#[tokio::test(flavor = "current_thread")]
+async fn async_calls_one_at_a_time_get_their_own_answers_quick_or_slow() {
+    let (_d, _m, h) = load_module(
+        "let n = 0;
+        export default {
+            inc() { return ++n; },
+            slow(ms) { const end = Date.now() + ms; while (Date.now() < end) {} return ++n; },
+            fail() { throw new Error('nope'); },
+            bomb() { const a = []; while (true) a.push(new Array(1e5).fill(1)); },
+        };",
+    );
+    let mut expected = 0;
+    for round in 0..40 {
+        // Quick answers, then one that comes long after the watch gave up (it sleeps), then
+        // quick ones again (which sleep at once for a while, then watch again).
+        let hook = if round % 10 == 9 { "slow" } else { "inc" };
+        expected += 1;
+        let got: i64 =
+            if hook == "slow" { h.call("slow", (3,)).await.unwrap() } else { h.call("inc", ()).await.unwrap() };
+        assert_eq!(got, expected, "call {round} ({hook})");
+    }
+    let e = h.call::<_, Value>("fail", ()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::JsError, "{e}");
+    assert!(e.message.contains("nope"), "{e}");
+    let e = h.call::<_, Value>("bomb", ()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::HeapLimit, "{e}");
+    // The plugin was restarted fresh: its state starts over, and quick calls answer again.
+    for i in 1..=5 {
+        assert_eq!(h.call::<_, i64>("inc", ()).await.unwrap(), i);
+    }
+}
+
 #[test]
 fn host_values_are_visible_and_frozen() {
     let (_d, _m, h) = load_module(
