@@ -759,7 +759,9 @@ impl PluginHandle {
     /// Calls `hook` and waits for its result without blocking the async runtime.
     ///
     /// The call is queued as soon as this is invoked (so several calls can be in flight
-    /// before any is awaited); the future resolves with the answer.
+    /// before any is awaited); the future resolves with the answer. A call that is the
+    /// plugin's only one in flight watches for its answer for up to 25 µs before its task
+    /// sleeps (see `src/async_spin.rs`): that long at most it holds the executor's thread.
     pub fn call<A: Serialize, R: DeserializeOwned>(
         &self,
         hook: &str,
