@@ -1,8 +1,9 @@
 //! A brief spin for an async caller's answer, before its task goes to sleep.
 //!
 //! Why: an async call that waits the usual way puts its task to sleep, and the answer then
-//! has to wake the executor's thread (a futex wake and a reschedule: measured 40–55 µs per
-//! call on the 2-core VM, against 4 µs for `call_blocking`, which spins for its answer). Most
+//! has to wake the executor's thread (a futex wake and a reschedule: measured 50–64 µs per
+//! call on the 2-core VM one day, against 4 µs for `call_blocking`, which spins for its
+//! answer; 1.5–1.8 µs with this watch). Most
 //! hooks answer within a few microseconds, so watching for the answer a little first is
 //! cheaper than sleeping. But it blocks the executor's thread meanwhile, so it is done only
 //! while it is likely to pay off:

@@ -204,8 +204,8 @@ impl MailboxState {
     /// The lock is taken only to order this with the receiver's check-then-wait (once it is
     /// released, the receiver either waits already or has yet to look), and released before
     /// the notification: a receiver woken while it is held would wake only to block on it
-    /// again (measured: 4 % of a plugin thread's CPU on calls spaced 200 µs apart went to
-    /// that second wait).
+    /// again (measured on calls spaced 200 µs apart: about 9 % of the plugin thread's CPU went
+    /// to that second wait; context switches per call 3.17–3.47 before, 3.00–3.01 after).
     fn unpark(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.blocked.load(Ordering::SeqCst) {
