@@ -110,6 +110,47 @@ fn host_functions_with_wrong_argument_types_throw_a_catchable_type_error() {
 /// anything else as JSON text. The host must not be able to tell which: it sees the same
 /// `serde_json::Value`s, numbers included (integers as integers), and the plugin gets the same
 /// results, objects made as `JSON.parse` makes them.
+/// A hook returning a primitive skips `JSON.stringify` (`src/runtime/values.rs`): the host
+/// must get exactly what the JSON path gives (the same value wrapped in an array always takes
+/// that path), errors and the result size limit included.
+#[test]
+fn hook_results_are_the_same_on_the_plain_path_and_the_json_path() {
+    let (_d, _m, h) = common::load_module_with(
+        common::builder().max_result_bytes(1000).build(),
+        r#"const values = [0, -0, 7, -7, 2.5, NaN, Infinity, -Infinity, 1e21, 2 ** 53, 2 ** 64, 2 ** 63,
+                         -(2 ** 63), 2 ** 53 + 2, 1e-7, 'plain', 'é\n"\\', '✓ 𝄞', '', true, false, null, undefined,
+                         '\ud800', new Number(3), new String('boxed'), 10n, Symbol('s')];
+        export default {
+            count() { return values.length; },
+            one(i) { return values[i]; },
+            wrapped(i) { return [values[i]]; },
+            text(n, c) { return c.repeat(n); },
+        };"#,
+    );
+    let n: usize = h.call_blocking("count", ()).unwrap();
+    for i in 0..n {
+        let one = h.call_blocking::<_, Value>("one", (i,));
+        let wrapped = h.call_blocking::<_, Value>("wrapped", (i,));
+        match (one, wrapped) {
+            (Ok(v), Ok(w)) => assert_eq!(json!([v]), w, "value {i}"),
+            (Err(e), Err(f)) => assert_eq!(e.code, f.code, "value {i}: {e} / {f}"),
+            (one, wrapped) => panic!("value {i}: {one:?} against {wrapped:?}"),
+        }
+    }
+    assert_eq!(h.call_blocking::<_, Value>("one", (1,)).unwrap(), json!(0));
+    assert_eq!(h.call_blocking::<_, Value>("one", (16,)).unwrap(), json!("é\n\"\\"));
+    assert_eq!(h.call_blocking::<_, Value>("one", (22,)).unwrap(), Value::Null);
+    // The result limit counts JSON bytes on either path: 998 characters and quotes fit in
+    // 1,000, 999 do not; escapes count as JSON spells them.
+    assert_eq!(h.call_blocking::<_, String>("text", (998, "x")).unwrap().len(), 998);
+    let e = h.call_blocking::<_, Value>("text", (999, "x")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgs, "{e}");
+    assert!(e.message.contains("1001 bytes as JSON; at most 1000"), "{e}");
+    assert_eq!(h.call_blocking::<_, String>("text", (100, "\n")).unwrap(), "\n".repeat(100));
+    let e = h.call_blocking::<_, Value>("text", (500, "\n")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgs, "{e}");
+}
+
 #[test]
 fn host_functions_see_the_same_values_on_the_plain_path_and_the_json_path() {
     let host = isola::HostApi::new()

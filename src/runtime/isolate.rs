@@ -950,6 +950,9 @@ fn to_json(
     if v.is_undefined() || v.is_function() || v.is_symbol() {
         return Ok(Value::Null);
     }
+    if let Some(plain) = super::values::plain_result(tc, v, conv.max_result) {
+        return Ok(plain);
+    }
     let Some(s) = v8::json::stringify(tc, v) else {
         return Err(match caught(tc, conv) {
             Failure::Error(e) => Failure::Error(Error {

@@ -1,8 +1,10 @@
-//! Host-function arguments and results as V8 values, without JSON text in between.
+//! Host-function arguments and results, and hooks' results, as V8 values, without JSON text
+//! in between.
 //!
 //! Why: most host calls pass a few numbers or strings and get one back, and for those the
 //! JSON round trip (stringify in JS, parse in Rust, print in Rust, parse in JS) was most of
-//! the cost of a call. The prelude hands over the argument array itself when every argument
+//! the cost of a call. The same goes for a hook that returns a number or a short string
+//! ([`plain_result`]). The prelude hands over the argument array itself when every argument
 //! is a plain primitive (a number, a well-formed string, a boolean, `null` or `undefined`),
 //! and JSON text otherwise, so Symbols, BigInts, cycles and `toJSON` keep going through
 //! `JSON.stringify` and its errors. Either way the host function sees the `serde_json::Value`
@@ -85,6 +87,26 @@ fn primitive(scope: &mut v8::PinScope, v: v8::Local<v8::Value>) -> Result<Value,
     } else {
         // The prelude sends anything else as JSON text.
         Err(HostFnError::new(ErrorCode::InvalidArgs, "invalid arguments: not a plain value"))
+    }
+}
+
+/// A hook's result without JSON text, when that changes nothing: `null`, a boolean, a number,
+/// or a string stored one byte per character (so it holds no lone surrogate, which
+/// `JSON.stringify` escapes and `serde_json` refuses) whose JSON form cannot be longer than
+/// `max` bytes. `None` for anything else, which goes through `JSON.stringify` as before
+/// (objects, `toJSON`, BigInts, cycles, other strings, and the exact size check).
+pub(crate) fn plain_result(scope: &mut v8::PinScope, v: v8::Local<v8::Value>, max: usize) -> Option<Value> {
+    if v.is_null() {
+        Some(Value::Null)
+    } else if v.is_boolean() {
+        Some(Value::Bool(v.is_true()))
+    } else if let Ok(n) = v8::Local::<v8::Number>::try_from(v) {
+        Some(number(n.value()))
+    } else if let Ok(s) = v8::Local::<v8::String>::try_from(v) {
+        // At most six bytes per character (`\u0001`, or two UTF-8 bytes unescaped), and quotes.
+        (s.is_onebyte() && 2 + 6 * s.length() <= max).then(|| Value::String(s.to_rust_string_lossy(scope)))
+    } else {
+        None
     }
 }
 
