@@ -288,6 +288,12 @@ impl MailboxTx {
         self.state.take_wake().map(|(state, _wake)| state)
     }
 
+    /// Whether the receiver is parked (neither busy nor watching for a request): a request
+    /// sent now has to wake its thread first.
+    pub(crate) fn receiver_parked(&self) -> bool {
+        self.state.blocked.load(Ordering::SeqCst)
+    }
+
     /// How many calls it holds at most.
     pub(crate) fn capacity(&self) -> Option<usize> {
         Some(self.capacity)

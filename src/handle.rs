@@ -553,6 +553,11 @@ impl Shared {
         }
     }
 
+    /// Whether the plugin's thread is parked waiting for a request (a call now must wake it).
+    fn receiver_parked(&self) -> bool {
+        self.mailbox.read().unwrap().as_ref().is_some_and(MailboxTx::receiver_parked)
+    }
+
     /// Waits for an answer, giving up with `TIMEOUT` if the plugin's thread gets stuck.
     fn wait_blocking(&self, rx: &crossbeam_channel::Receiver<Result<Value>>) -> Result<Value> {
         // crossbeam spins briefly before parking, which keeps a fast answer from paying a full
@@ -760,8 +765,9 @@ impl PluginHandle {
     ///
     /// The call is queued as soon as this is invoked (so several calls can be in flight
     /// before any is awaited); the future resolves with the answer. A call that is the
-    /// plugin's only one in flight watches for its answer for up to 25 µs before its task
-    /// sleeps (see `src/async_spin.rs`): that long at most it holds the executor's thread.
+    /// plugin's only one in flight, made while the plugin's thread is awake, watches for its
+    /// answer for up to 25 µs before its task sleeps (see `src/async_spin.rs`): that long at
+    /// most it holds the executor's thread.
     pub fn call<A: Serialize, R: DeserializeOwned>(
         &self,
         hook: &str,
@@ -798,7 +804,7 @@ impl PluginHandle {
         if let Some(token) = &cancel {
             token.watch(&abort);
         }
-        let in_flight = self.shared.async_spin.enter();
+        let in_flight = self.shared.async_spin.enter(self.shared.receiver_parked());
         let sent =
             self.shared.submit(hook, args, timeout, ctx, Reply::Async(tx), Some(abort.clone())).map_err(|(e, _)| e);
         let shared = self.shared.clone();
