@@ -96,18 +96,14 @@ fn primitive(scope: &mut v8::PinScope, v: v8::Local<v8::Value>) -> Result<Value,
 /// `max` bytes. `None` for anything else, which goes through `JSON.stringify` as before
 /// (objects, `toJSON`, BigInts, cycles, other strings, and the exact size check).
 pub(crate) fn plain_result(scope: &mut v8::PinScope, v: v8::Local<v8::Value>, max: usize) -> Option<Value> {
-    if v.is_null() {
-        Some(Value::Null)
-    } else if v.is_boolean() {
-        Some(Value::Bool(v.is_true()))
-    } else if let Ok(n) = v8::Local::<v8::Number>::try_from(v) {
-        Some(number(n.value()))
-    } else if let Ok(s) = v8::Local::<v8::String>::try_from(v) {
-        // At most six bytes per character (`\u0001`, or two UTF-8 bytes unescaped), and quotes.
-        (s.is_onebyte() && 2 + 6 * s.length() <= max).then(|| Value::String(s.to_rust_string_lossy(scope)))
-    } else {
-        None
-    }
+    // At most six bytes per character (`\u0001`, or two UTF-8 bytes unescaped), and quotes.
+    let short_one_byte = |s: v8::Local<v8::String>| s.is_onebyte() && 2 + 6 * s.length() <= max;
+    let plain = v.is_null()
+        || v.is_boolean()
+        || v.is_number()
+        || v8::Local::<v8::String>::try_from(v).is_ok_and(short_one_byte);
+    // The same conversion as a host function's plain arguments.
+    plain.then(|| primitive(scope, v).ok()).flatten()
 }
 
 /// A JS number as `serde_json` reads the text `JSON.stringify` writes for it: an integer
