@@ -153,33 +153,44 @@ def fetch_user(user_id):
     return {"id": user_id, "name": name, "city": city}
 
 
+_print_lock = threading.Lock()
+
+
+def say(*parts):
+    """print(), one line at a time: host functions run on threads of their own and events on
+    the reader thread, and print() from several threads at once can interleave its pieces
+    (seen: "plugin says:event: greeting Ada")."""
+    with _print_lock:
+        print(*parts, flush=True)
+
+
 def main():
     plugin_dir = sys.argv[1] if len(sys.argv) > 1 else "plugins"
     client = Isola(
         plugin_dir,
         isola=os.environ.get("ISOLA", "isola"),
         host={
-            "log": (lambda msg: print("plugin says:", msg), {"async": False}),
+            "log": (lambda msg: say("plugin says:", msg), {"async": False}),
             "fetchUser": (fetch_user, {"permission": "users"}),
         },
         values={"config": {"app": "python-host", "version": "1.0"}},
-        on_event=lambda e: print("event:", e),
+        on_event=lambda e: say("event:", e),
     )
-    print("isola", client.info["serverInfo"]["version"], "loaded", [p["id"] for p in client.info["plugins"]])
-    print(client.call("greeter", "greet", "Ada"))
+    say("isola", client.info["serverInfo"]["version"], "loaded", [p["id"] for p in client.info["plugins"]])
+    say(client.call("greeter", "greet", "Ada"))
     # Several requests in flight at once; each Future gets its own answer.
     futures = [client.request("call", {"plugin": "weather", "hook": "report", "args": [i]}) for i in (1, 2, 3)]
-    print([f.result()["forecast"] for f in futures])
+    say([f.result()["forecast"] for f in futures])
     try:
         client.call("weather", "report", 9)
     except IsolaError as e:
-        print("error:", e.code, e)
+        say("error:", e.code, e)
     try:
         client.call("greeter", "missing")
     except IsolaError as e:
-        print("error:", e.code)
+        say("error:", e.code)
     report = client.request("dispatch", {"event": "chat", "payload": {"user": "ada", "text": "hello :)"}}).result()
-    print("chat payload after the chain:", report["payload"])
+    say("chat payload after the chain:", report["payload"])
     client.close()
 
 
