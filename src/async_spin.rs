@@ -19,10 +19,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::call::spin_for;
 use crate::error::Result;
 
 /// The longest an async caller watches for its answer before it sleeps.
@@ -74,27 +75,16 @@ impl InFlight {
         if !self.may_spin {
             return None;
         }
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            match rx.try_recv() {
-                Ok(r) => return Some(Some(r)),
-                Err(TryRecvError::Closed) => return Some(None),
-                Err(TryRecvError::Empty) => {}
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                if start.elapsed() > SPIN_FOR {
-                    // Slow this time: the next few calls sleep at once.
-                    self.spin.skip.store(SKIP_AFTER_SLOW, Ordering::Relaxed);
-                    return None;
-                }
-                // On a machine with few cores the plugin's thread may need this one.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+        let got = spin_for(SPIN_FOR, || match rx.try_recv() {
+            Ok(r) => Some(Some(r)),
+            Err(TryRecvError::Closed) => Some(None),
+            Err(TryRecvError::Empty) => None,
+        });
+        if got.is_none() {
+            // Slow this time: the next few calls sleep at once.
+            self.spin.skip.store(SKIP_AFTER_SLOW, Ordering::Relaxed);
         }
+        got
     }
 }
 

@@ -465,27 +465,35 @@ impl MailboxRx {
         }
     }
 
-    /// Spins for a request for at most `within` (yielding now and then: on a machine with
-    /// few cores the sender may need this one). `None` if none came, `Some(None)` once every
-    /// sender is gone.
+    /// Spins for a request for at most `within` (see [`spin_for`]). `None` if none came,
+    /// `Some(None)` once every sender is gone.
     fn watch(&self, within: Duration) -> Option<Option<Request>> {
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            match self.rx.try_recv() {
-                Ok(req) => return Some(Some(req)),
-                Err(crossbeam_channel::TryRecvError::Disconnected) => return Some(None),
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
+        spin_for(within, || match self.rx.try_recv() {
+            Ok(req) => Some(Some(req)),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(None),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+        })
+    }
+}
+
+/// Polls `poll` in a busy loop until it gives something, for at most `within`, yielding now
+/// and then (on a machine with few cores the thread that will answer may need this one).
+/// The one way isola watches for an answer about to come instead of sleeping on it.
+pub(crate) fn spin_for<T>(within: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        spins += 1;
+        if spins.is_multiple_of(64) {
+            if start.elapsed() > within {
+                return None;
             }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                if start.elapsed() > within {
-                    return None;
-                }
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
     }
 }
