@@ -117,6 +117,38 @@ pub enum LifecycleEvent {
 }
 
 impl LifecycleEvent {
+    /// The event plugins subscribe to for this one (`plugin:loaded`, `plugin:reloaded`,
+    /// `plugin:unloaded`, `plugin:errored`), or `None` for those that are no news to other
+    /// plugins: an eviction (nothing went wrong, and the plugin answers as before) and a
+    /// recovery from `Unresponsive`.
+    ///
+    /// Why the list is spelled out: an eviction used to fall under `plugin:errored`, so every
+    /// eviction woke (and so revived) each evicted subscriber of `plugin:errored`, and such a
+    /// subscriber's own eviction woke it again.
+    ///
+    /// ```
+    /// use isola::events::LifecycleEvent;
+    /// let e = LifecycleEvent::Evicted { plugin: "idle".into() };
+    /// assert_eq!(e.plugin_event(), None);
+    /// let e = LifecycleEvent::Unloaded { plugin: "gone".into() };
+    /// assert_eq!(e.plugin_event(), Some("plugin:unloaded"));
+    /// ```
+    pub fn plugin_event(&self) -> Option<&'static str> {
+        match self {
+            LifecycleEvent::Loaded { .. } => Some("plugin:loaded"),
+            LifecycleEvent::Reloaded { .. } => Some("plugin:reloaded"),
+            LifecycleEvent::Unloaded { .. } => Some("plugin:unloaded"),
+            LifecycleEvent::LoadFailed { .. }
+            | LifecycleEvent::ReloadFailed { .. }
+            | LifecycleEvent::Restarted { .. }
+            | LifecycleEvent::Crashed { .. }
+            | LifecycleEvent::HookFailed { .. }
+            | LifecycleEvent::RestartFailed { .. }
+            | LifecycleEvent::Unresponsive { .. } => Some("plugin:errored"),
+            LifecycleEvent::Evicted { .. } | LifecycleEvent::Responsive { .. } => None,
+        }
+    }
+
     /// The plugin the event is about.
     pub fn plugin(&self) -> &str {
         match self {

@@ -113,16 +113,11 @@ impl Manager {
         });
         let bus = Arc::new(EventBus::default());
         // Plugins may subscribe to lifecycle events as `plugin:loaded`, `plugin:reloaded`,
-        // `plugin:unloaded` and `plugin:errored`.
+        // `plugin:unloaded` and `plugin:errored` (`LifecycleEvent::plugin_event`).
         let (table, bg) = (Arc::downgrade(&registry), Arc::downgrade(&background));
         bus.set_forward(move |e| {
+            let Some(name) = e.plugin_event() else { return };
             let (Some(table), Some(bg)) = (table.upgrade(), bg.upgrade()) else { return };
-            let name = match e {
-                LifecycleEvent::Loaded { .. } => "plugin:loaded",
-                LifecycleEvent::Reloaded { .. } => "plugin:reloaded",
-                LifecycleEvent::Unloaded { .. } => "plugin:unloaded",
-                _ => "plugin:errored",
-            };
             let payload = serde_json::to_value(e).expect("lifecycle events serialise");
             if let Err(err) = notify_in_background(&table, &bg, name, payload, 1) {
                 tracing::warn!("{err}");

@@ -623,3 +623,69 @@ fn dropping_an_async_dispatch_ends_the_chain_where_it_is() {
     assert_eq!(r.deliveries.len(), 2);
     assert_eq!(*marks.lock().unwrap(), ["first", "first", "first done", "second"]);
 }
+
+#[test]
+fn a_hop_queued_behind_a_busy_subscriber_that_is_unloaded_is_reported_and_the_chain_goes_on() {
+    let dir = PluginDir::new();
+    appender(&dir, "a", 50);
+    plugin(
+        &dir,
+        "busy",
+        json!({"events": {"chat": {"hook": "onChat", "priority": 40}}}),
+        "export default { spin() { const end = Date.now() + 400; while (Date.now() < end) {} return 'spun'; }, \
+         onChat(p) { return { payload: { ...p, trail: [...p.trail, 'busy'] } }; } };",
+    );
+    appender(&dir, "z", 10);
+    let m = Arc::new(Manager::new(common::engine_with(test_host())));
+    m.load_dir(dir.path()).unwrap();
+    // `busy` is in a long call when the chain reaches it: the hop waits in its mailbox.
+    let busy = m.handle("busy").unwrap();
+    let spinning = std::thread::spawn(move || busy.call_blocking::<_, String>("spin", ()));
+    std::thread::sleep(Duration::from_millis(50));
+    let chain = {
+        let m = m.clone();
+        std::thread::spawn(move || m.dispatch_blocking("chat", json!({"trail": []})).unwrap())
+    };
+    // Unloaded with the hop still queued (the chain went past `a` long before).
+    std::thread::sleep(Duration::from_millis(100));
+    m.unload("busy").unwrap();
+    let r = chain.join().unwrap();
+    assert_eq!(r.payload["trail"], json!(["a", "z"]), "{r:?}");
+    let outcomes: Vec<(&str, Outcome)> = r.deliveries.iter().map(|d| (d.plugin.as_str(), d.outcome)).collect();
+    assert_eq!(outcomes, [("a", Outcome::Changed), ("busy", Outcome::Failed), ("z", Outcome::Changed)]);
+    let e = r.deliveries[1].error.as_ref().unwrap();
+    assert_eq!(e.code, ErrorCode::ShutDown, "{e}");
+    assert_eq!(e.plugin.as_deref(), Some("busy"));
+    // The call it was busy with was interrupted by the unload.
+    assert_eq!(spinning.join().unwrap().unwrap_err().code, ErrorCode::ShutDown);
+}
+
+#[test]
+fn a_reload_moves_a_plugins_subscriptions_and_an_unload_ends_them() {
+    let dir = PluginDir::new();
+    appender(&dir, "a", 50);
+    appender(&dir, "mover", 10);
+    let m = Manager::new(common::engine_with(test_host()));
+    m.load_dir(dir.path()).unwrap();
+    let trail =
+        |m: &Manager, event: &str| m.dispatch_blocking(event, json!({"trail": []})).unwrap().payload["trail"].clone();
+    assert_eq!(trail(&m, "chat"), json!(["a", "mover"]));
+    assert_eq!(trail(&m, "news"), json!([]));
+
+    // The new version subscribes to `news` instead of `chat`.
+    let manifest = json!({"id": "mover", "name": "mover", "version": "1.0.1", "apiVersion": 1,
+        "events": {"news": {"hook": "onChat"}}});
+    std::fs::write(dir.path().join("mover/plugin.json"), manifest.to_string()).unwrap();
+    m.reload("mover").unwrap();
+    assert_eq!(trail(&m, "chat"), json!(["a"]));
+    assert_eq!(trail(&m, "news"), json!(["mover"]));
+
+    // A failed reload keeps the running version and what it subscribes to.
+    std::fs::write(dir.path().join("mover/main.js"), "export default {").unwrap();
+    m.reload("mover").unwrap_err();
+    assert_eq!(trail(&m, "news"), json!(["mover"]));
+
+    m.unload("mover").unwrap();
+    assert_eq!(trail(&m, "news"), json!([]));
+    assert_eq!(trail(&m, "chat"), json!(["a"]));
+}

@@ -344,3 +344,96 @@ fn evictable_must_be_a_boolean() {
     assert_eq!(e.code, ErrorCode::ManifestInvalid);
     assert!(e.diagnostics.iter().any(|d| d.path == "$.evictable"), "{:?}", e.diagnostics);
 }
+
+#[test]
+fn calls_racing_reloads_of_an_evicted_plugin_are_all_answered_and_the_state_goes_on() {
+    let _one = serial();
+    let dir = PluginDir::new();
+    // Evicted after 1 ms idle, reloaded every few ms: calls land on a version that is asleep,
+    // waking up, being replaced, or new; each must be answered once, by whichever version
+    // holds the count at that moment.
+    let m = Manager::new(evicting().evict_idle_after(Duration::from_millis(1)).build());
+    let h = counter(&m, &dir, "rerace");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..3)
+        .map(|i| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                for k in 0..50u64 {
+                    match h.call_blocking::<_, i64>("inc", ()) {
+                        Ok(v) => seen.push(v),
+                        Err(e) => panic!("call {k} of caller {i} failed: {e}"),
+                    }
+                    std::thread::sleep(Duration::from_micros(300 + (k * 41 + i * 97) % 1700));
+                }
+                seen
+            })
+        })
+        .collect();
+    // The reloads run on a thread of their own until the callers are done.
+    let (mut all, reloads) = std::thread::scope(|s| {
+        let reloader = s.spawn(|| {
+            let mut reloads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                m.reload("rerace").unwrap();
+                reloads += 1;
+                std::thread::sleep(Duration::from_micros(700 + (reloads * 53) % 2100));
+            }
+            reloads
+        });
+        let all: Vec<i64> = callers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (all, reloader.join().unwrap())
+    });
+    all.sort();
+    assert_eq!(all, (1..=150).collect::<Vec<_>>(), "every call ran once and each version took the count over");
+    assert!(reloads > 5, "only {reloads} reloads raced the calls");
+    assert!(h.stats().evictions > 0, "the test never raced an eviction");
+    m.shutdown();
+}
+
+#[test]
+fn evictions_are_no_lifecycle_news_to_plugins() {
+    let _one = serial();
+    let dir = PluginDir::new();
+    let m = Manager::new(evicting().build());
+    let events = m.events();
+    // Subscribed to every lifecycle event a plugin can hear.
+    let watcher = dir.module_with_manifest(
+        "watcher",
+        &manifest(
+            "watcher",
+            json!({"events": {"plugin:loaded": "seen", "plugin:reloaded": "seen", "plugin:unloaded": "seen", "plugin:errored": "seen"}}),
+        ),
+        "let seen = []; export default { onLoad(s) { if (s) seen = s; }, onUnload() { return seen; }, \
+         seen(e) { seen.push(`${e.event}:${e.plugin}`); }, log() { return seen; } };",
+    );
+    let w = m.load(watcher).unwrap();
+    let other = counter(&m, &dir, "other");
+    assert_eq!(other.call_blocking::<_, i64>("inc", ()).unwrap(), 1);
+    let mut gone = std::collections::BTreeSet::new();
+    while gone.len() < 2 {
+        match events.recv_timeout(IDLE * 20) {
+            Some(LifecycleEvent::Evicted { plugin }) => drop(gone.insert(plugin)),
+            Some(_) => {}
+            None => panic!("only {gone:?} were evicted"),
+        }
+    }
+    // Nobody is woken by an eviction: neither the watcher by the other's, nor by its own.
+    not_evicted(&events, "watcher", IDLE * 6);
+    until_no_thread("watcher");
+    assert_eq!(w.stats().evictions, 1);
+    // Real news still reach it (and bring it back).
+    m.load(dir.module("broken", "export default {")).unwrap_err();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log: Value = w.call_blocking("log", ()).unwrap();
+        if log.as_array().unwrap().iter().any(|e| e == "loadFailed:broken") {
+            assert!(!log.as_array().unwrap().iter().any(|e| e.as_str().unwrap().starts_with("evicted")), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
