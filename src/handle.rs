@@ -18,12 +18,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::async_spin::{AsyncSpin, InFlight};
-use crate::call::{CallContext, MailboxTx, Reply, Request};
+use crate::call::{CallContext, MailboxTx, Reply, Request, spin_for};
 use crate::cancel::CancelToken;
 use crate::cancel::{Abort, Interrupt};
 use crate::engine::STUCK_GRACE;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventBus, LifecycleEvent};
+use crate::pace::{Pace, Paced};
 use crate::permissions::Permissions;
 use crate::runtime::inspector::{InspectorPort, InspectorSession};
 use crate::stats::{PluginStats, StatsCell};
@@ -151,6 +152,9 @@ pub(crate) struct Shared {
     stuck_wake: tokio::sync::Notify,
     /// Whether an async caller spins for its answer a little before sleeping.
     async_spin: Arc<AsyncSpin>,
+    /// How this plugin's blocking callers call: a caller in a tight loop watches longer for
+    /// its answer (see `src/pace.rs`).
+    pace: Arc<Pace>,
     /// Run once when the thread gets stuck (a chain waiting on this plugin moves on), by key.
     stuck_watchers: Mutex<Vec<(u64, StuckWatcher)>>,
     next_watcher: AtomicU64,
@@ -198,6 +202,7 @@ impl Shared {
             stuck: AtomicBool::new(false),
             stuck_wake: tokio::sync::Notify::new(),
             async_spin: Arc::default(),
+            pace: Arc::default(),
             stuck_watchers: Mutex::new(Vec::new()),
             next_watcher: AtomicU64::new(0),
             changes: tokio::sync::broadcast::channel(STATUS_BACKLOG).0,
@@ -559,7 +564,26 @@ impl Shared {
     }
 
     /// Waits for an answer, giving up with `TIMEOUT` if the plugin's thread gets stuck.
-    fn wait_blocking(&self, rx: &crossbeam_channel::Receiver<Result<Value>>) -> Result<Value> {
+    /// A caller in a tight loop first watches for the answer a while (see `src/pace.rs`).
+    fn wait_blocking(&self, rx: &crossbeam_channel::Receiver<Result<Value>>, paced: Paced) -> Result<Value> {
+        let r = self.wait_blocking_paced(rx, &paced);
+        paced.answered();
+        r
+    }
+
+    fn wait_blocking_paced(&self, rx: &crossbeam_channel::Receiver<Result<Value>>, paced: &Paced) -> Result<Value> {
+        if let Some(within) = paced.watch_for() {
+            let got = spin_for(within, || match rx.try_recv() {
+                Ok(r) => Some(Some(r)),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Some(None),
+                Err(crossbeam_channel::TryRecvError::Empty) => None,
+            });
+            match got {
+                Some(Some(r)) => return r,
+                Some(None) => return Err(self.lost()),
+                None => {}
+            }
+        }
         // crossbeam spins briefly before parking, which keeps a fast answer from paying a full
         // thread wake-up.
         loop {
@@ -822,6 +846,17 @@ impl PluginHandle {
 
     /// Calls `hook` and blocks the current thread until it answers. Do not use it inside an
     /// async task (use [`call`](Self::call)).
+    ///
+    /// A thread calling a plugin back to back (within 20 µs of its previous answer, which
+    /// came within 200 µs, with no other blocking call to the plugin in flight) watches for
+    /// its answer for up to 200 µs before it sleeps, so that both threads stay awake and each
+    /// call costs microseconds, not two thread wake-ups (see `src/pace.rs`).
+    ///
+    /// ```no_run
+    /// # fn demo(h: isola::PluginHandle) -> isola::Result<()> {
+    /// let n: i64 = h.call_blocking("inc", ())?;
+    /// # Ok(()) }
+    /// ```
     pub fn call_blocking<A: Serialize, R: DeserializeOwned>(&self, hook: &str, args: A) -> Result<R> {
         self.call_blocking_with(hook, args, CallOptions::default())
     }
@@ -864,6 +899,7 @@ impl PluginHandle {
         abort: Option<Arc<Abort>>,
     ) -> impl FnOnce() -> Result<Value> + use<> {
         let (tx, rx) = crossbeam_channel::bounded(1);
+        let paced = self.shared.pace.enter();
         let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx), abort).map_err(|(e, _)| e);
         let shared = self.shared.clone();
         let hook = hook.to_owned();
@@ -871,7 +907,7 @@ impl PluginHandle {
             // crossbeam spins briefly before parking, which keeps a fast answer from paying a
             // full thread wake-up.
             let r = match sent {
-                Ok(()) => shared.wait_blocking(&rx),
+                Ok(()) => shared.wait_blocking(&rx, paced),
                 Err(e) => Err(e),
             };
             answer(r, &shared.id, &hook)

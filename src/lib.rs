@@ -54,6 +54,7 @@ mod links;
 pub mod manager;
 pub mod manifest;
 mod memory_guard;
+mod pace;
 pub mod permissions;
 mod pool;
 pub mod process;
