@@ -564,15 +564,22 @@ impl Shared {
     }
 
     /// Waits for an answer, giving up with `TIMEOUT` if the plugin's thread gets stuck.
-    /// A caller in a tight loop first watches for the answer a while (see `src/pace.rs`).
-    fn wait_blocking(&self, rx: &crossbeam_channel::Receiver<Result<Value>>, paced: Paced) -> Result<Value> {
-        let r = self.wait_blocking_paced(rx, &paced);
-        paced.answered();
+    /// A caller of `call_blocking` in a tight loop first watches for the answer a while
+    /// (`paced`, see `src/pace.rs`).
+    fn wait_blocking(&self, rx: &crossbeam_channel::Receiver<Result<Value>>, paced: Option<Paced>) -> Result<Value> {
+        let r = self.wait_blocking_paced(rx, paced.as_ref());
+        if let Some(paced) = paced {
+            paced.answered();
+        }
         r
     }
 
-    fn wait_blocking_paced(&self, rx: &crossbeam_channel::Receiver<Result<Value>>, paced: &Paced) -> Result<Value> {
-        if let Some(within) = paced.watch_for() {
+    fn wait_blocking_paced(
+        &self,
+        rx: &crossbeam_channel::Receiver<Result<Value>>,
+        paced: Option<&Paced>,
+    ) -> Result<Value> {
+        if let Some(within) = paced.and_then(Paced::watch_for) {
             let got = spin_for(within, || match rx.try_recv() {
                 Ok(r) => Some(Some(r)),
                 Err(crossbeam_channel::TryRecvError::Disconnected) => Some(None),
@@ -874,7 +881,7 @@ impl PluginHandle {
             token.watch(&abort);
             abort
         });
-        let v = self.call_in_blocking_abortable(hook, args, opts.timeout, CallContext::default(), abort)()?;
+        let v = self.call_in_blocking_abortable(hook, args, opts.timeout, CallContext::default(), abort, true)()?;
         decode(v, &self.shared.id, hook)
     }
 
@@ -887,7 +894,7 @@ impl PluginHandle {
         timeout: Option<Duration>,
         ctx: CallContext,
     ) -> impl FnOnce() -> Result<Value> + use<> {
-        self.call_in_blocking_abortable(hook, args, timeout, ctx, None)
+        self.call_in_blocking_abortable(hook, args, timeout, ctx, None, false)
     }
 
     fn call_in_blocking_abortable(
@@ -897,9 +904,12 @@ impl PluginHandle {
         timeout: Option<Duration>,
         ctx: CallContext,
         abort: Option<Arc<Abort>>,
+        paced: bool,
     ) -> impl FnOnce() -> Result<Value> + use<> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let paced = self.shared.pace.enter();
+        // Only a caller waiting for this one call may watch longer for it: one that queued
+        // several (a notify to many plugins) would hold a core the plugins need.
+        let paced = paced.then(|| self.shared.pace.enter());
         let sent = self.shared.submit(hook, args, timeout, ctx, Reply::Blocking(tx), abort).map_err(|(e, _)| e);
         let shared = self.shared.clone();
         let hook = hook.to_owned();

@@ -19,7 +19,8 @@
 //! the next call at once, while the plugin's thread still spins, and the pair is back to
 //! 2–3 µs calls. A caller that calls now and then (the plugin's thread has parked meanwhile:
 //! the call must wake it) does not watch longer than before: it would only burn CPU for a
-//! wake-up it cannot avoid.
+//! wake-up it cannot avoid. Only `call_blocking` is paced: a blocking notify waits on calls to
+//! many plugins at once, and holding a core for one of them would slow the others.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
