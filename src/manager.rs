@@ -396,8 +396,7 @@ impl Inner {
         let since = Instant::now();
         let config = Arc::new(PluginConfig::resolve(&self.engine, source));
         let id = config.id().to_owned();
-        let lock = self.registry.lifecycle_lock(&id);
-        let _one_at_a_time = lock.lock().unwrap();
+        let _one_at_a_time = self.registry.lifecycle(&id);
         let shared = match self.registry.get(&id) {
             Some(existing) if is_live(existing.handle.status()) => {
                 let msg = format!(
@@ -450,8 +449,7 @@ impl Inner {
                 return Err(self.failed(&s.shared, e));
             }
         };
-        let lock = self.registry.lifecycle_lock(&id);
-        let _one_at_a_time = lock.lock().unwrap();
+        let _one_at_a_time = self.registry.lifecycle(&id);
         s.shared.update_info(|i| {
             i.hooks = hooks.clone();
             i.last_error = None;
@@ -484,8 +482,7 @@ impl Inner {
     /// plugin's thread (which may itself be looking something up in the table).
     fn record_failure(&self, e: &Error, path: &Path) {
         let id = e.plugin.clone().unwrap_or_else(|| guess_id(path));
-        let lock = self.registry.lifecycle_lock(&id);
-        let _one_at_a_time = lock.lock().unwrap();
+        let _one_at_a_time = self.registry.lifecycle(&id);
         let existing = self.registry.get(&id);
         if existing.as_ref().is_some_and(|x| is_live(x.handle.status())) {
             return;
@@ -514,8 +511,7 @@ impl Inner {
     }
 
     fn unload(&self, id: &str) -> Result<()> {
-        let lock = self.registry.lifecycle_lock(id);
-        let _one_at_a_time = lock.lock().unwrap();
+        let _one_at_a_time = self.registry.lifecycle(id);
         let entry = self.registry.remove(id).ok_or_else(|| not_found(id))?;
         let shared = entry.handle.shared();
         shared.close();
@@ -525,8 +521,7 @@ impl Inner {
     }
 
     fn reload(&self, id: &str) -> Result<()> {
-        let lock = self.registry.lifecycle_lock(id);
-        let _one_at_a_time = lock.lock().unwrap();
+        let _one_at_a_time = self.registry.lifecycle(id);
         let t0 = Instant::now();
         let entry = self.registry.get(id).ok_or_else(|| not_found(id))?;
         let shared = entry.handle.shared().clone();

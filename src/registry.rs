@@ -9,12 +9,12 @@
 //!
 //! The table lock is only ever held for a lookup or an update, never while waiting on a plugin
 //! (its thread may itself be looking something up). Loads, reloads and unloads of one plugin
-//! are serialised by that plugin's own lifecycle lock ([`Registry::lifecycle_lock`]), so a slow
+//! are serialised by that plugin's own lifecycle lock ([`Registry::lifecycle`]), so a slow
 //! reload of one plugin never holds up another.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use serde::Serialize;
 
@@ -87,6 +87,22 @@ impl Entry {
     }
 }
 
+/// Plugin `id`'s lifecycle lock, held (see [`Registry::lifecycle`]).
+pub(crate) struct LifecycleGuard<'a> {
+    registry: &'a Registry,
+    id: String,
+}
+
+impl Drop for LifecycleGuard<'_> {
+    fn drop(&mut self) {
+        let (busy, freed) = &self.registry.lifecycle;
+        busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        // Waiters for other ids wake too and wait again: a handful at most (loads run a few
+        // at a time).
+        freed.notify_all();
+    }
+}
+
 /// One subscriber of an event.
 pub(crate) struct Subscriber {
     pub plugin: String,
@@ -106,13 +122,25 @@ pub(crate) struct Command {
 pub(crate) struct Registry {
     plugins: RwLock<Table>,
     /// One lock per plugin id, held through a load, reload or unload of that plugin.
-    lifecycle: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// The ids in a load, reload or unload now (see [`Registry::lifecycle`]), and where the
+    /// next one for the same id waits.
+    lifecycle: (Mutex<HashSet<String>>, Condvar),
 }
 
 impl Registry {
     /// The lock that serialises loading, reloading and unloading plugin `id`.
-    pub(crate) fn lifecycle_lock(&self, id: &str) -> Arc<Mutex<()>> {
-        self.lifecycle.lock().unwrap().entry(id.to_owned()).or_default().clone()
+    ///
+    /// Held until the guard drops. Only ids in a lifecycle step are kept, so the set stays as
+    /// small as the steps running (a lock per id ever loaded, as before, was never given
+    /// back: a slow leak for hosts that load plugins under fresh ids).
+    pub(crate) fn lifecycle(&self, id: &str) -> LifecycleGuard<'_> {
+        let (busy, freed) = &self.lifecycle;
+        let mut ids = busy.lock().unwrap_or_else(|e| e.into_inner());
+        while ids.contains(id) {
+            ids = freed.wait(ids).unwrap_or_else(|e| e.into_inner());
+        }
+        ids.insert(id.to_owned());
+        LifecycleGuard { registry: self, id: id.to_owned() }
     }
 
     /// Plugin `id`'s entry.
@@ -245,5 +273,42 @@ impl Table {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn lifecycle_steps_of_one_id_run_one_at_a_time_and_leave_nothing_behind() {
+        let registry = Arc::new(Registry::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (registry, inside, most) = (registry.clone(), inside.clone(), most.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let _step = registry.lifecycle("same");
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(200));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two steps of one id overlapped");
+        // Other ids do not wait for it.
+        let _a = registry.lifecycle("a");
+        let _b = registry.lifecycle("b");
+        drop((_a, _b));
+        assert!(registry.lifecycle.0.lock().unwrap().is_empty(), "ids are given back");
     }
 }
