@@ -854,9 +854,10 @@ impl PluginHandle {
     /// Calls `hook` and blocks the current thread until it answers. Do not use it inside an
     /// async task (use [`call`](Self::call)).
     ///
-    /// A thread calling a plugin back to back (within 20 µs of its previous answer, which
-    /// came within 200 µs, with no other blocking call to the plugin in flight) watches for
-    /// its answer for up to 200 µs before it sleeps, so that both threads stay awake and each
+    /// A call sent within 20 µs of the plugin's previous `call_blocking` answer (to any
+    /// thread), which came within 200 µs, with no other `call_blocking` to the plugin in
+    /// flight (a thread calling back to back) watches for its answer for up to 200 µs before
+    /// it sleeps, so that both threads stay awake and each
     /// call costs microseconds, not two thread wake-ups (see `src/pace.rs`).
     ///
     /// ```no_run

@@ -11,8 +11,9 @@
 //! 2.1–2.7 µs median).
 //!
 //! The caller is the side that can afford to wait awake: it is blocked anyway. So a caller
-//! that sends its call within [`TIGHT`] of its plugin's previous answer, while answers have
-//! been coming within [`WATCH_FOR`] and no other blocking call to the plugin is in flight (a
+//! that sends its call within [`TIGHT`] of its plugin's previous `call_blocking` answer (to
+//! whichever thread), while answers have been coming within [`WATCH_FOR`] and no other
+//! `call_blocking` to the plugin is in flight (notifies and async calls are not counted; a
 //! crowd of callers spinning on two cores would take the CPU the plugin's thread needs to
 //! answer them), watches for its answer up to [`WATCH_FOR`] (long enough
 //! to ride out the plugin thread's wake-up): it is then awake when the answer comes and sends
@@ -75,7 +76,8 @@ impl Paced {
     /// than crossbeam's own brief spin).
     pub(crate) fn watch_for(&self) -> Option<Duration> {
         let last = self.pace.last_answer.load(Ordering::Relaxed);
-        let tight = last != 0 && nanos(self.sent).saturating_sub(last) <= TIGHT.as_nanos() as u64;
+        // (An answer stamped after this call was sent is another thread's: not a loop.)
+        let tight = last != 0 && nanos(self.sent).checked_sub(last).is_some_and(|d| d <= TIGHT.as_nanos() as u64);
         let quick = self.pace.last_took.load(Ordering::Relaxed) <= WATCH_FOR.as_nanos() as u64;
         (self.alone && tight && quick).then_some(WATCH_FOR)
     }

@@ -121,7 +121,6 @@ pub(crate) struct Command {
 #[derive(Default)]
 pub(crate) struct Registry {
     plugins: RwLock<Table>,
-    /// One lock per plugin id, held through a load, reload or unload of that plugin.
     /// The ids in a load, reload or unload now (see [`Registry::lifecycle`]), and where the
     /// next one for the same id waits.
     lifecycle: (Mutex<HashSet<String>>, Condvar),
