@@ -168,35 +168,23 @@ impl Registry {
     /// Adds or replaces plugin `id`'s entry; returns the one it replaced.
     pub(crate) fn insert(&self, id: &str, entry: Entry) -> Option<Entry> {
         let mut table = self.plugins.write().unwrap();
-        // The old entry's subscriptions out first: the new one may share some of them.
-        let old = table.entries.remove(id);
-        if let Some(old) = &old {
-            table.index(id, old, false);
-        }
-        table.index(id, &entry, true);
-        table.entries.insert(id.to_owned(), entry);
+        let old = table.take(id);
+        table.put(id, entry);
         old
     }
 
     /// Changes plugin `id`'s entry, if it is there.
     pub(crate) fn update(&self, id: &str, f: impl FnOnce(&mut Entry)) {
-        let mut guard = self.plugins.write().unwrap();
-        let table = &mut *guard;
-        if let Some(e) = table.entries.get_mut(id) {
-            Table::index_in(&mut table.subscribed, id, e, false);
-            f(e);
-            Table::index_in(&mut table.subscribed, id, e, true);
+        let mut table = self.plugins.write().unwrap();
+        if let Some(mut e) = table.take(id) {
+            f(&mut e);
+            table.put(id, e);
         }
     }
 
     /// Removes plugin `id`.
     pub(crate) fn remove(&self, id: &str) -> Option<Entry> {
-        let mut table = self.plugins.write().unwrap();
-        let old = table.entries.remove(id);
-        if let Some(old) = &old {
-            table.index(id, old, false);
-        }
-        old
+        self.plugins.write().unwrap().take(id)
     }
 
     /// Empties the table.
@@ -255,23 +243,30 @@ struct Table {
     subscribed: HashMap<String, BTreeSet<String>>,
 }
 
+/// Every change to the entries is a [`take`](Table::take) and/or a [`put`](Table::put), which
+/// keep the index in step.
 impl Table {
-    /// Adds (`add`) or removes `entry`'s subscriptions, as plugin `id`'s, to or from the index.
-    fn index(&mut self, id: &str, entry: &Entry, add: bool) {
-        Table::index_in(&mut self.subscribed, id, entry, add)
-    }
-
-    fn index_in(subscribed: &mut HashMap<String, BTreeSet<String>>, id: &str, entry: &Entry, add: bool) {
-        for s in entry.subscriptions() {
-            if add {
-                subscribed.entry(s.event.clone()).or_default().insert(id.to_owned());
-            } else if let Some(ids) = subscribed.get_mut(&s.event) {
+    /// Removes plugin `id`'s entry and its subscriptions.
+    fn take(&mut self, id: &str) -> Option<Entry> {
+        let old = self.entries.remove(id)?;
+        for s in old.subscriptions() {
+            if let Some(ids) = self.subscribed.get_mut(&s.event) {
                 ids.remove(id);
                 if ids.is_empty() {
-                    subscribed.remove(&s.event);
+                    self.subscribed.remove(&s.event);
                 }
             }
         }
+        Some(old)
+    }
+
+    /// Adds plugin `id`'s entry (there is none: [`take`](Table::take) it first) and its
+    /// subscriptions.
+    fn put(&mut self, id: &str, entry: Entry) {
+        for s in entry.subscriptions() {
+            self.subscribed.entry(s.event.clone()).or_default().insert(id.to_owned());
+        }
+        self.entries.insert(id.to_owned(), entry);
     }
 }
 

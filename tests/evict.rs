@@ -85,6 +85,32 @@ const COUNTER: &str = r#"
     };
 "#;
 
+/// `threads` threads each calling `inc` `calls` times, pausing `pause(thread, call)` µs after
+/// each; each returns the counts it saw.
+fn count_from_threads(
+    h: &PluginHandle,
+    threads: u64,
+    calls: u64,
+    pause: fn(u64, u64) -> u64,
+) -> Vec<std::thread::JoinHandle<Vec<i64>>> {
+    (0..threads)
+        .map(|i| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                for k in 0..calls {
+                    match h.call_blocking::<_, i64>("inc", ()) {
+                        Ok(v) => seen.push(v),
+                        Err(e) => panic!("call {k} of caller {i} failed: {e}"),
+                    }
+                    std::thread::sleep(Duration::from_micros(pause(i, k)));
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
 fn counter(m: &Manager, dir: &PluginDir, id: &str) -> PluginHandle {
     let path = dir.module_with_manifest(id, &manifest(id, json!({})), COUNTER);
     m.load(path).unwrap()
@@ -294,19 +320,7 @@ fn calls_racing_the_eviction_are_all_answered_in_order() {
     // plugin is being evicted or just asleep.
     let m = Manager::new(evicting().evict_idle_after(Duration::from_millis(1)).build());
     let h = counter(&m, &dir, "race");
-    let callers: Vec<_> = (0..4)
-        .map(|i| {
-            let h = h.clone();
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                for k in 0..60u64 {
-                    seen.push(h.call_blocking::<_, i64>("inc", ()).unwrap());
-                    std::thread::sleep(Duration::from_micros(200 + (k * 37 + i * 113) % 1500));
-                }
-                seen
-            })
-        })
-        .collect();
+    let callers = count_from_threads(&h, 4, 60, |i, k| 200 + (k * 37 + i * 113) % 1500);
     let mut all: Vec<i64> = callers.into_iter().flat_map(|c| c.join().unwrap()).collect();
     all.sort();
     assert_eq!(all, (1..=240).collect::<Vec<_>>(), "every call ran once, and the count survived every eviction");
@@ -355,22 +369,7 @@ fn calls_racing_reloads_of_an_evicted_plugin_are_all_answered_and_the_state_goes
     let m = Manager::new(evicting().evict_idle_after(Duration::from_millis(1)).build());
     let h = counter(&m, &dir, "rerace");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let callers: Vec<_> = (0..3)
-        .map(|i| {
-            let h = h.clone();
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                for k in 0..50u64 {
-                    match h.call_blocking::<_, i64>("inc", ()) {
-                        Ok(v) => seen.push(v),
-                        Err(e) => panic!("call {k} of caller {i} failed: {e}"),
-                    }
-                    std::thread::sleep(Duration::from_micros(300 + (k * 41 + i * 97) % 1700));
-                }
-                seen
-            })
-        })
-        .collect();
+    let callers = count_from_threads(&h, 3, 50, |i, k| 300 + (k * 41 + i * 97) % 1700);
     // The reloads run on a thread of their own until the callers are done.
     let (mut all, reloads) = std::thread::scope(|s| {
         let reloader = s.spawn(|| {
