@@ -425,3 +425,40 @@ fn host_signal_aborts_on_timeout_with_a_timeout_error() {
     assert_eq!(h.call_blocking::<_, Value>("slow", ()).unwrap_err().code, ErrorCode::Timeout);
     assert_eq!(seen.lock().unwrap().clone(), vec![serde_json::json!(["TimeoutError", "TIMEOUT"])]);
 }
+
+/// A call cancelled while its plugin is blocked in a sync host function ends as `ABORTED`
+/// when the host function comes back: what it returns or throws is not given to the plugin,
+/// whose code does not run on.
+#[test]
+fn a_call_cancelled_inside_a_sync_host_function_does_not_run_on_after_it() {
+    let ran_on = Arc::new(AtomicUsize::new(0));
+    let seen = ran_on.clone();
+    let host = HostApi::new()
+        .func("slow", |(fail,): (bool,)| -> anyhow::Result<u32> {
+            std::thread::sleep(Duration::from_millis(300));
+            if fail { Err(isola::HostError::new("gave up").code("GAVE_UP").into()) } else { Ok(1) }
+        })
+        .func("ranOn", move |(): ()| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    let (_d, _m, h) = load_module_with(
+        Engine::builder().host(host).call_timeout(Duration::from_secs(10)).build(),
+        "export default {
+            slow(fail) { try { const v = host.slow(fail); host.ranOn(); return v; } catch (e) { host.ranOn(); return e.code ?? null; } },
+            ok() { return 'ok'; },
+        };",
+    );
+    for fail in [false, true] {
+        let token = CancelToken::new();
+        let t = token.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            t.cancel();
+        });
+        let e = h.call_blocking_with::<_, Value>("slow", (fail,), CallOptions::default().cancel(&token)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Aborted, "fail={fail}: {e}");
+        assert_eq!(ran_on.load(Ordering::SeqCst), 0, "the hook ran on after its call was cancelled (fail={fail})");
+        assert_eq!(h.call_blocking::<_, String>("ok", ()).unwrap(), "ok");
+    }
+}

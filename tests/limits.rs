@@ -308,3 +308,106 @@ fn heap_and_array_buffers_share_one_budget() {
     }
     assert_eq!(h.stats().restarts, 2);
 }
+
+/// A plugin blocked in a sync host function cannot be terminated (V8 cannot stop Rust code).
+/// When the host function comes back after the call's deadline, the call ends right there as
+/// `TIMEOUT`: its answer or error is not given to the plugin, whose code never runs on. (An
+/// error thrown at that moment used to replace V8's termination: the plugin caught an error
+/// without `code` or `message` and its hook ran on past its deadline, answering `null`.)
+#[test]
+fn a_sync_host_function_that_returns_past_the_deadline_ends_the_call_there() {
+    use isola::{HostApi, HostError};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let ran_on = Arc::new(AtomicU32::new(0));
+    let seen = ran_on.clone();
+    let host = HostApi::new()
+        .func("late", |(fail,): (bool,)| -> anyhow::Result<Value> {
+            let deadline = isola::call_deadline().expect("a deadline inside a hook");
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(30));
+            if fail { Err(HostError::new("the backend gave up").code("GAVE_UP").into()) } else { Ok(json!("late")) }
+        })
+        .func("ranOn", move |(what,): (String,)| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(what)
+        });
+    let engine = common::builder().host(host).call_timeout(Duration::from_millis(150)).build();
+    let (_d, _m, h) = load_module_with(
+        engine,
+        "let calls = 0;
+        export default {
+            late(fail) {
+                calls++;
+                try { const v = host.late(fail); host.ranOn('after an answer'); return v; }
+                catch (e) { host.ranOn('in catch'); return { code: e.code ?? null, message: e.message ?? null }; }
+            },
+            count() { return calls; },
+        };",
+    );
+    for (round, fail) in [false, true, false, true].into_iter().enumerate() {
+        let e = h.call_blocking::<_, Value>("late", (fail,)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Timeout, "fail={fail}: {e}");
+        assert_eq!(ran_on.load(Ordering::SeqCst), 0, "the hook ran on past its deadline (fail={fail})");
+        // The plugin is fine and kept its state.
+        assert_eq!(h.call_blocking::<_, u64>("count", ()).unwrap(), round as u64 + 1);
+    }
+    assert_eq!(h.stats().restarts, 0);
+}
+
+/// The same for a storage backend that takes longer than the call may, whether the write
+/// succeeds (it completes, but the plugin does not run on) or fails (over its quota).
+#[test]
+fn a_storage_operation_that_returns_past_the_deadline_ends_the_call_there() {
+    use isola::storage::{MemoryStorage, Storage, StorageBackend, StorageError, StorageQuota, Usage};
+    /// Memory storage whose `set` takes 400 ms (a slow disk, a remote store), and refuses the
+    /// key `full` as over quota.
+    struct Slow(MemoryStorage);
+    impl StorageBackend for Slow {
+        fn get(&self, p: &str, k: &str) -> Result<Option<String>, StorageError> {
+            self.0.get(p, k)
+        }
+        fn set(&self, p: &str, k: &str, v: &str, q: &StorageQuota) -> Result<(), StorageError> {
+            std::thread::sleep(Duration::from_millis(400));
+            if k == "full" {
+                return Err(StorageError::Quota("no room left".into()));
+            }
+            self.0.set(p, k, v, q)
+        }
+        fn delete(&self, p: &str, k: &str) -> Result<bool, StorageError> {
+            self.0.delete(p, k)
+        }
+        fn list(&self, p: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(p, prefix)
+        }
+        fn usage(&self, p: &str) -> Result<Usage, StorageError> {
+            self.0.usage(p)
+        }
+        fn remove_plugin(&self, p: &str) -> Result<(), StorageError> {
+            self.0.remove_plugin(p)
+        }
+    }
+    let storage = Storage::new(Slow(MemoryStorage::default()));
+    let engine = common::builder().host(test_host()).storage(storage.clone()).call_timeout(Duration::from_millis(150)).build();
+    let dir = PluginDir::new();
+    let manifest = r#"{"id":"p","name":"p","version":"1.0.0","apiVersion":1,"permissions":["storage"]}"#;
+    let m = Manager::new(engine);
+    let h = m
+        .load(dir.module_with_manifest(
+            "p",
+            manifest,
+            "export default {
+                save(key) {
+                    try { host.storage.set(key, 1); host.storage.set('after', 'ran on'); return 'saved'; }
+                    catch (e) { host.storage.set('after', 'in catch'); return e.code ?? null; }
+                },
+                read(k) { return host.storage.get(k); },
+            };",
+        ))
+        .unwrap();
+    for key in ["k", "full"] {
+        let e = h.call_blocking::<_, Value>("save", (key,)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Timeout, "{key}: {e}");
+        assert_eq!(h.call_blocking::<_, Value>("read", ("after",)).unwrap(), Value::Null, "the hook ran on ({key})");
+    }
+    assert_eq!(h.call_blocking::<_, Value>("read", ("k",)).unwrap(), json!(1), "the write itself completed");
+}

@@ -193,7 +193,7 @@ impl PluginIsolate {
     pub(crate) fn new(
         bare: Option<BareIsolate>,
         cfg: &IsolateConfig,
-        slot: &DeadlineSlot,
+        slot: &Arc<DeadlineSlot>,
         rt: &tokio::runtime::Runtime,
     ) -> Result<Self, Error> {
         let source = &cfg.plugin.source;
@@ -219,6 +219,7 @@ impl PluginIsolate {
             current: current.clone(),
             peers: cfg.peers.clone(),
             max_args: cfg.plugin.limits.max_result_bytes,
+            slot: slot.clone(),
         });
         runtime.op_state().borrow_mut().put(table);
         let inspect = cfg.inspect != InspectMode::Off;
@@ -302,6 +303,13 @@ impl PluginIsolate {
     /// Turns the outcome of running JS into the final result, looking at whether the memory
     /// budget or the deadline stopped it. Cancels a pending termination so the isolate stays
     /// usable.
+    ///
+    /// A call the watchdog stopped (`terminated`) ends as stopped even when its JS came back
+    /// with a value: the call outlived its deadline (or was interrupted), and the value may
+    /// come from plugin code that ran on past that point. That happens when V8 acts on the
+    /// termination while an op builds the error it throws: throwing then *replaces* the
+    /// termination with that error (see `ops::stop_here`, which guards the ops against it;
+    /// this catches what slips between its check and the throw).
     fn settle<T>(
         &mut self,
         r: Result<T, Failure>,
@@ -313,9 +321,7 @@ impl PluginIsolate {
         }
         if terminated {
             self.runtime.v8_isolate().cancel_terminate_execution();
-            if r.is_err() {
-                return Err(Error::new(ErrorCode::Timeout, timeout_msg()));
-            }
+            return Err(Error::new(ErrorCode::Timeout, timeout_msg()));
         }
         match r {
             Ok(v) => Ok(v),

@@ -21,6 +21,7 @@ use deno_error::{JsErrorClass, PropertyValue};
 
 use super::peers::{NoPeers, Peers};
 use super::values;
+use super::watchdog::DeadlineSlot;
 use crate::call::CallContext;
 use crate::cancel::CancelToken;
 use crate::engine::{MAX_CALL_DEPTH, MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES};
@@ -80,6 +81,9 @@ pub(crate) struct HostTable {
     peers: Arc<dyn Peers>,
     /// Largest argument list (as JSON) a host function is given.
     max_args: usize,
+    /// The isolate's deadline slot, to tell whether the running call has been stopped
+    /// (`None` while the startup snapshot is built).
+    slot: Option<Arc<DeadlineSlot>>,
 }
 
 /// What a plugin's isolate is given.
@@ -96,6 +100,8 @@ pub(crate) struct Grant<'a> {
     pub peers: Arc<dyn Peers>,
     /// Largest argument list (as JSON) a host function is given.
     pub max_args: usize,
+    /// The slot the watchdog stops this isolate's calls through.
+    pub slot: Arc<DeadlineSlot>,
 }
 
 impl HostTable {
@@ -117,6 +123,7 @@ impl HostTable {
             })),
             peers: Arc::new(NoPeers),
             max_args: 0,
+            slot: None,
         }
     }
 
@@ -136,6 +143,7 @@ impl HostTable {
             current: g.current,
             peers: g.peers,
             max_args: g.max_args,
+            slot: Some(g.slot),
         };
         let mut spec = Vec::new();
         for (name, item) in g.host.items() {
@@ -170,6 +178,12 @@ impl HostTable {
     fn fail(&self, code: ErrorCode, message: String) -> HostOpError {
         self.stats.record_error(code);
         HostOpError::new(code, message)
+    }
+
+    /// Whether the running call has been stopped (its deadline passed, it was cancelled or
+    /// its plugin unloaded) and the op must [`stop_here`] instead of answering.
+    fn stopped(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.fired())
     }
 
     /// Refuses a call the plugin holds no permission for, counting it.
@@ -276,6 +290,27 @@ fn unknown(id: u32) -> HostOpError {
     HostOpError::new(ErrorCode::HostError, format!("no host function #{id}"))
 }
 
+/// Ends the running hook from inside a sync op whose call was stopped (deadline, cancel,
+/// unload) before or while its host-side work ran; the op returns this value, and no more of
+/// the plugin's code runs.
+///
+/// Why an op cannot simply answer: V8 acts on the watchdog's termination request only when JS
+/// next checks for interrupts. An op that throws its error at that moment loses the race
+/// badly: building the error lets V8 act on the request, and throwing then *replaces* the
+/// termination with that half-built error (no `code`, no `message`), which the plugin can
+/// catch and run on with past its deadline. An answer would be used until the next check.
+/// Entering a JS function makes V8 act on the request here, so the op returns into the
+/// termination. Only stopped calls pay for it.
+fn stop_here<'s>(scope: &mut v8::PinScope<'s, '_>) -> v8::Local<'s, v8::Value> {
+    scope.terminate_execution();
+    let code = v8::String::new(scope, "0").unwrap();
+    if let Some(script) = v8::Script::compile(scope, code, None) {
+        let _ = script.run(scope);
+    }
+    debug_assert!(scope.is_execution_terminating());
+    v8::undefined(scope).into()
+}
+
 /// `host.NAME(...)` for a sync host function. `args` is the argument array itself when every
 /// argument is a plain primitive, or its JSON text otherwise (the prelude decides); the result
 /// comes back as a JS value (see [`values`](super::values)).
@@ -295,23 +330,37 @@ fn op_isola_host_sync<'s>(
         let args =
             values::arguments(scope, json, call, table.max_args, || format!("the argument list of host.{}", g.name))
                 .map_err(HostOpError)?;
+        if table.stopped() {
+            return Ok(None);
+        }
         let deadline = table.current.borrow().deadline;
-        crate::host::with_deadline(Some(deadline), || (g.f)(args)).map_err(HostOpError)
+        let r = crate::host::with_deadline(Some(deadline), || (g.f)(args));
+        if table.stopped() {
+            return Ok(None);
+        }
+        r.map(Some).map_err(HostOpError)
     })?;
-    values::result(scope, out).map_err(HostOpError)
+    match out {
+        Some(out) => values::result(scope, out).map_err(HostOpError),
+        None => Ok(stop_here(scope)),
+    }
 }
 
 /// `host.storage.get/set/delete/list`, scoped to the calling plugin.
 #[op2]
-#[string]
-fn op_isola_storage(
-    state: &mut OpState,
+fn op_isola_storage<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
     #[smi] op: u32,
     #[string] key: &str,
     #[string] value: &str,
-) -> Result<String, HostOpError> {
-    guarded(|| {
+) -> Result<v8::Local<'s, v8::Value>, HostOpError> {
+    let state = deno_core::JsRuntime::op_state_from(scope);
+    let out = guarded(|| {
+        let state = state.borrow();
         let table = state.borrow::<HostTable>();
+        if table.stopped() {
+            return Ok(None);
+        }
         let Some((storage, quota)) = &table.storage else {
             return Err(table.fail(ErrorCode::PermissionDenied, "no storage permission".into()));
         };
@@ -323,7 +372,10 @@ fn op_isola_storage(
             2 => check_key(key).and_then(|_| backend.delete(plugin, key)).map(|b| b.to_string()),
             _ => backend.list(plugin, key).map(|keys| serde_json::to_string(&keys).unwrap_or_default()),
         };
-        r.map_err(|e| {
+        if table.stopped() {
+            return Ok(None);
+        }
+        r.map(Some).map_err(|e| {
             let code = match &e {
                 StorageError::Quota(_) => ErrorCode::QuotaExceeded,
                 StorageError::InvalidKey(_) => ErrorCode::InvalidArgs,
@@ -331,7 +383,14 @@ fn op_isola_storage(
             };
             table.fail(code, e.to_string())
         })
-    })
+    })?;
+    match out {
+        // JSON text, which the prelude parses.
+        Some(text) => v8::String::new(scope, &text)
+            .map(Into::into)
+            .ok_or_else(|| HostOpError::new(ErrorCode::HostError, "the stored value is too large for a JS string")),
+        None => Ok(stop_here(scope)),
+    }
 }
 
 #[op2]

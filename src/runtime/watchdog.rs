@@ -104,6 +104,13 @@ impl DeadlineSlot {
         let _ = self.on_stuck.set(f);
     }
 
+    /// Whether the running call has been told to stop: the watchdog asked V8 to terminate it
+    /// (its deadline passed, or it was interrupted) and it has not been disarmed since. One
+    /// atomic load, so that ops can ask on every host call (see `ops::Stop`).
+    pub(crate) fn fired(&self) -> bool {
+        matches!(self.state.load(Ordering::SeqCst), TERMINATING | TERMINATED)
+    }
+
     /// Which isolate to terminate (changes when a plugin restarts), and its budget.
     pub(crate) fn set_isolate(&self, handle: v8::IsolateHandle, budget: &Arc<MemoryBudget>) {
         *self.isolate.lock().unwrap() = Some(handle);

@@ -220,15 +220,14 @@ impl Client {
 
 /// `isola serve DIR ARGS` with piped stdio.
 pub fn serve(dir: &std::path::Path, extra: &[&str]) -> Child {
-    crate::common::isola_command()
-        .arg("serve")
-        .arg(dir)
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    serve_command(dir, extra).spawn().unwrap()
+}
+
+/// The command [`serve`] spawns, for a test that needs to change it first.
+pub fn serve_command(dir: &std::path::Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = crate::common::isola_command();
+    cmd.arg("serve").arg(dir).args(extra).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
 }
 
 /// `isola serve DIR --listen 127.0.0.1:0 ARGS`, and the address it listens on (read from
