@@ -333,15 +333,22 @@ fn children_die_with_their_host_and_inherit_only_their_channel() {
         }
         out
     };
-    let t = Instant::now();
-    let workers = loop {
-        let w = children(host.id());
-        if w.len() >= 2 {
-            break w;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "two worker processes start: {w:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // The workers are looked at once both plugins have loaded (`dev` then says it is
+    // watching): while it starts, a worker opens files of its own for a moment (V8 reads
+    // /dev/urandom to seed an isolate, glibc /proc/self/maps to find the main thread's
+    // stack), and a scan landing then would see them.
+    let (ready_tx, ready) = crossbeam_channel::bounded(1);
+    let stdout = std::io::BufReader::new(host.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = stdout.lines().map_while(Result::ok);
+        let _ = ready_tx.send(lines.by_ref().find(|l| l.starts_with("watching ")));
+        lines.for_each(drop);
+    });
+    let said = ready.recv_timeout(Duration::from_secs(20));
+    assert!(matches!(said, Ok(Some(_))), "`isola dev` loaded both plugins: {said:?}");
+    let workers = children(host.id());
+    assert_eq!(workers.len(), 2, "one worker process per plugin: {workers:?}");
     for &w in &workers {
         let fds: Vec<String> = std::fs::read_dir(format!("/proc/{w}/fd"))
             .unwrap()
@@ -349,13 +356,10 @@ fn children_die_with_their_host_and_inherit_only_their_channel() {
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .map(|l| l.display().to_string())
             .collect();
-        // Its standard streams, its channel (a socket), and what the worker opened itself
-        // (anonymous inodes: tokio's epoll and eventfd; /dev/urandom, which V8 opens for a
-        // moment while it seeds an isolate's random numbers: seen once in a CI-like run, when
-        // the scan landed in that moment); never the host's files or pipes.
+        // Its standard streams, its channel (a socket), and what the worker keeps open itself
+        // (anonymous inodes: tokio's epoll and eventfd); never the host's files or pipes.
         for l in &fds {
             let ok = l == "/dev/null"
-                || l == "/dev/urandom"
                 || l.starts_with("socket:")
                 || l.starts_with("anon_inode:")
                 || l.starts_with("pipe:");
