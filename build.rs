@@ -51,14 +51,14 @@ stand_in_extension!(isola_ops:
     sync op_isola_host_sync(scope, id, json, call),
     async op_isola_host_async(state, id, args),
     sync op_isola_log(state, level, msg),
-    sync op_isola_storage(state, op, key, value),
+    sync op_isola_storage(scope, op, key, value),
     async op_isola_call(state, plugin, hook, args),
-    sync op_isola_emit(state, event, payload),
+    sync op_isola_emit(scope, event, payload),
     sync op_isola_call_epoch(state),
 );
 
 stand_in_extension!(isola_web:
-    sync op_isola_utf8_decode(bytes, fatal, ignore_bom),
+    sync op_isola_utf8_decode(scope, bytes, fatal, ignore_bom),
     sync op_isola_utf8_length(text),
     sync op_isola_utf8_encode_into(text, dest, counts),
     sync op_isola_random_fill(dest),
@@ -77,7 +77,7 @@ stand_in_extension!(isola_web:
 );
 
 stand_in_extension!(isola_wasm:
-    sync op_isola_wasm_prepare(state, bytes),
+    sync op_isola_wasm_prepare(scope, bytes),
     sync op_isola_wasm_take(state, out),
     sync op_isola_wasm_page_limit(state),
     sync op_isola_wasm_track(scope, value),

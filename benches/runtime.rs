@@ -328,6 +328,32 @@ fn storage(c: &mut Criterion) {
     }
 }
 
+/// `host.events.emit` with no subscriber: what the op itself costs a plugin.
+fn emit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("emitter");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("plugin.json"),
+        r#"{"id":"emitter","name":"e","version":"1.0.0","apiVersion":1,"permissions":["events"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("main.js"),
+        "export default { emitLoop(n) { let s = 0; for (let i = 0; i < n; i++) s += host.events.emit('tick', i); return s; } };",
+    )
+    .unwrap();
+    let manager = Manager::new(Engine::builder().build());
+    let h = manager.load(&p).unwrap();
+    let mut g = c.benchmark_group("events");
+    const N: u64 = 10_000;
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("host.events.emit from JS, no subscriber (10k per hook)", |b| {
+        b.iter(|| assert_eq!(h.call_blocking::<_, u64>("emitLoop", (N,)).unwrap(), 0))
+    });
+    g.finish();
+}
+
 /// Compute inside the sandbox: what V8's JIT gives a plugin, warm and on a fresh plugin (where
 /// compiling the hot code is part of the time).
 fn compute(c: &mut Criterion) {
@@ -365,6 +391,7 @@ criterion_group!(
     stateless_call,
     hook_call,
     host_function,
+    emit,
     timeout_precision,
     storage,
     compute

@@ -411,3 +411,62 @@ fn a_storage_operation_that_returns_past_the_deadline_ends_the_call_there() {
     }
     assert_eq!(h.call_blocking::<_, Value>("read", ("k",)).unwrap(), json!(1), "the write itself completed");
 }
+
+/// A hook that loops on errors isola throws into it (a refused host call, wrong argument
+/// types, a bad storage key, an oversized event, undecodable text, a module that is no wasm)
+/// is stopped at its deadline like any loop, and every error it catches is a real `Error`.
+/// (deno_core builds an op's error by entering JS, where V8 acts on a pending termination;
+/// its fallback then replaced the termination: the hook caught a bare string and ran on, up
+/// to 36 ms past a 100 ms limit, until the watchdog asked again at a better moment.)
+#[test]
+fn a_hook_looping_on_thrown_errors_is_stopped_at_its_deadline() {
+    use isola::HostApi;
+    let host = HostApi::new().func("refused", |(): ()| Ok(1)).requires("refused", "never-granted").func(
+        "double",
+        |(x,): (f64,)| Ok(x * 2.0),
+    );
+    let engine = common::builder().host(host).call_timeout(Duration::from_millis(100)).build();
+    let dir = PluginDir::new();
+    let manifest = r#"{"id":"p","name":"p","version":"1.0.0","apiVersion":1,"permissions":["storage","events"]}"#;
+    let m = Manager::new(engine);
+    let h = m
+        .load(dir.module_with_manifest(
+            "p",
+            manifest,
+            "let caught = 0, bad = [];
+            const big = 'x'.repeat(1 << 20);
+            const fatal = new TextDecoder('utf-8', { fatal: true });
+            const throwers = {
+                refused: () => host.refused(),
+                types: () => host.double('not a number'),
+                storage: () => host.storage.get(''),
+                emit: () => host.events.emit('e', big),
+                decode: () => fatal.decode(new Uint8Array([0xff])),
+                wasm: () => new WebAssembly.Module(new Uint8Array([0, 1, 2, 3])),
+            };
+            export default {
+                loop(kind) {
+                    caught = 0; bad = [];
+                    const f = throwers[kind];
+                    for (;;) {
+                        try { f(); } catch (e) {
+                            caught++;
+                            if (!(e instanceof Error) || typeof e.message !== 'string' || e.message === '') bad.push(String(e));
+                        }
+                    }
+                },
+                report() { return { caught, bad: bad.slice(0, 3) }; },
+            };",
+        ))
+        .unwrap();
+    for kind in ["refused", "types", "storage", "emit", "decode", "wasm"] {
+        for round in 0..5 {
+            let e = h.call_blocking::<_, Value>("loop", (kind,)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Timeout, "{kind}: {e}");
+            let r: Value = h.call_blocking("report", ()).unwrap();
+            assert!(r["caught"].as_u64().unwrap() > 0, "{kind}: the loop threw nothing: {r}");
+            assert_eq!(r["bad"], json!([]), "{kind}, round {round}: caught something that is no error: {r}");
+        }
+    }
+    assert_eq!(h.stats().restarts, 0);
+}

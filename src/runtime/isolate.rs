@@ -306,10 +306,9 @@ impl PluginIsolate {
     ///
     /// A call the watchdog stopped (`terminated`) ends as stopped even when its JS came back
     /// with a value: the call outlived its deadline (or was interrupted), and the value may
-    /// come from plugin code that ran on past that point. That happens when V8 acts on the
-    /// termination while an op builds the error it throws: throwing then *replaces* the
-    /// termination with that error (see `ops::stop_here`, which guards the ops against it;
-    /// this catches what slips between its check and the throw).
+    /// come from plugin code that ran on past that point. That happens when an error thrown
+    /// by an op replaces a termination under way (see [`throw`](super::throw), which keeps
+    /// isola's own ops from doing it; this catches any other).
     fn settle<T>(
         &mut self,
         r: Result<T, Failure>,

@@ -12,6 +12,7 @@ pub(crate) mod ops;
 pub(crate) mod peers;
 pub(crate) mod snapshot;
 pub(crate) mod snapshot_build;
+pub(crate) mod throw;
 pub(crate) mod values;
 pub(crate) mod wasm;
 pub(crate) mod watchdog;

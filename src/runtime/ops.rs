@@ -20,6 +20,7 @@ use deno_core::{OpState, op2, v8};
 use deno_error::{JsErrorClass, PropertyValue};
 
 use super::peers::{NoPeers, Peers};
+use super::throw::{stop_here, throw};
 use super::values;
 use super::watchdog::DeadlineSlot;
 use crate::call::CallContext;
@@ -290,27 +291,6 @@ fn unknown(id: u32) -> HostOpError {
     HostOpError::new(ErrorCode::HostError, format!("no host function #{id}"))
 }
 
-/// Ends the running hook from inside a sync op whose call was stopped (deadline, cancel,
-/// unload) before or while its host-side work ran; the op returns this value, and no more of
-/// the plugin's code runs.
-///
-/// Why an op cannot simply answer: V8 acts on the watchdog's termination request only when JS
-/// next checks for interrupts. An op that throws its error at that moment loses the race
-/// badly: building the error lets V8 act on the request, and throwing then *replaces* the
-/// termination with that half-built error (no `code`, no `message`), which the plugin can
-/// catch and run on with past its deadline. An answer would be used until the next check.
-/// Entering a JS function makes V8 act on the request here, so the op returns into the
-/// termination. Only stopped calls pay for it.
-fn stop_here<'s>(scope: &mut v8::PinScope<'s, '_>) -> v8::Local<'s, v8::Value> {
-    scope.terminate_execution();
-    let code = v8::String::new(scope, "0").unwrap();
-    if let Some(script) = v8::Script::compile(scope, code, None) {
-        let _ = script.run(scope);
-    }
-    debug_assert!(scope.is_execution_terminating());
-    v8::undefined(scope).into()
-}
-
 /// `host.NAME(...)` for a sync host function. `args` is the argument array itself when every
 /// argument is a plain primitive, or its JSON text otherwise (the prelude decides); the result
 /// comes back as a JS value (see [`values`](super::values)).
@@ -320,7 +300,7 @@ fn op_isola_host_sync<'s>(
     #[smi] id: u32,
     json: v8::Local<'s, v8::Value>,
     #[varargs] call: Option<&v8::FunctionCallbackArguments<'s>>,
-) -> Result<v8::Local<'s, v8::Value>, HostOpError> {
+) -> v8::Local<'s, v8::Value> {
     let state = deno_core::JsRuntime::op_state_from(scope);
     let out = guarded(|| {
         let state = state.borrow();
@@ -339,10 +319,11 @@ fn op_isola_host_sync<'s>(
             return Ok(None);
         }
         r.map(Some).map_err(HostOpError)
-    })?;
-    match out {
-        Some(out) => values::result(scope, out).map_err(HostOpError),
-        None => Ok(stop_here(scope)),
+    });
+    match out.and_then(|out| out.map(|v| values::result(scope, v).map_err(HostOpError)).transpose()) {
+        Ok(Some(v)) => v,
+        Ok(None) => stop_here(scope),
+        Err(e) => throw(scope, &e),
     }
 }
 
@@ -353,7 +334,7 @@ fn op_isola_storage<'s>(
     #[smi] op: u32,
     #[string] key: &str,
     #[string] value: &str,
-) -> Result<v8::Local<'s, v8::Value>, HostOpError> {
+) -> v8::Local<'s, v8::Value> {
     let state = deno_core::JsRuntime::op_state_from(scope);
     let out = guarded(|| {
         let state = state.borrow();
@@ -383,13 +364,15 @@ fn op_isola_storage<'s>(
             };
             table.fail(code, e.to_string())
         })
-    })?;
+    });
     match out {
         // JSON text, which the prelude parses.
-        Some(text) => v8::String::new(scope, &text)
-            .map(Into::into)
-            .ok_or_else(|| HostOpError::new(ErrorCode::HostError, "the stored value is too large for a JS string")),
-        None => Ok(stop_here(scope)),
+        Ok(Some(text)) => match v8::String::new(scope, &text) {
+            Some(s) => s.into(),
+            None => throw(scope, &HostOpError::new(ErrorCode::HostError, "the stored value is too large for a JS string")),
+        },
+        Ok(None) => stop_here(scope),
+        Err(e) => throw(scope, &e),
     }
 }
 
@@ -516,10 +499,16 @@ async fn op_isola_call(
 /// `host.events.emit(event, payload)`: notifies the event's subscribers in the background and
 /// returns how many there are. Emits caused by emits are limited in depth, so two plugins
 /// echoing each other stop.
-#[op2(fast)]
-#[smi]
-fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: &str) -> Result<u32, HostOpError> {
-    guarded(|| {
+// Not a fast call: its errors are thrown by [`throw`].
+#[op2]
+fn op_isola_emit<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    #[string] event: &str,
+    #[string] payload: &str,
+) -> v8::Local<'s, v8::Value> {
+    let state = deno_core::JsRuntime::op_state_from(scope);
+    let out = guarded(|| {
+        let state = state.borrow();
         let table = state.borrow::<HostTable>();
         if !table.granted.iter().any(|p| p == EVENTS) {
             return Err(table.fail(
@@ -540,7 +529,11 @@ fn op_isola_emit(state: &mut OpState, #[string] event: &str, #[string] payload: 
         let payload = parse_args(payload)?;
         let n = table.peers.emit(event, payload, depth).map_err(|e| table.fail(e.code, e.to_string()))?;
         Ok(n as u32)
-    })
+    });
+    match out {
+        Ok(n) => v8::Integer::new_from_unsigned(scope, n).into(),
+        Err(e) => throw(scope, &e),
+    }
 }
 
 deno_core::extension!(

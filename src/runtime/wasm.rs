@@ -27,6 +27,7 @@ use wasm_encoder::{ExportKind, ExportSection, MemorySection, MemoryType, RawSect
 use wasmparser::{BinaryReader, ExportSectionReader, ExternalKind, ImportSectionReader, MemorySectionReader, TypeRef};
 
 use super::memory::{MemoryBudget, WASM_POLL};
+use super::throw::throw;
 use super::watchdog::look_again_within;
 
 /// The largest module isola compiles. Why a cap: V8 compiles a module on the plugin's thread
@@ -247,17 +248,22 @@ fn budget(state: &OpState) -> Result<Arc<MemoryBudget>, JsErrorBox> {
 
 /// Prepares a module for compiling: 0 means "compile the bytes as given"; otherwise the length
 /// of the rewritten module, which `op_isola_wasm_take` then copies out.
+/// Its errors (a module that does not parse, say) are thrown by [`throw`], which keeps a
+/// termination under way.
 #[op2]
-fn op_isola_wasm_prepare(state: &mut OpState, #[anybuffer] bytes: &[u8]) -> Result<u32, JsErrorBox> {
-    let max = budget(state)?.limit() as u64;
-    match prepare(bytes, max).map_err(JsErrorBox::generic)? {
-        Prepared::AsIs => Ok(0),
-        Prepared::Rewritten(out) => {
+fn op_isola_wasm_prepare<'s>(scope: &mut v8::PinScope<'s, '_>, #[anybuffer] bytes: &[u8]) -> v8::Local<'s, v8::Value> {
+    let state = deno_core::JsRuntime::op_state_from(scope);
+    let prepared = budget(&state.borrow()).and_then(|b| prepare(bytes, b.limit() as u64).map_err(JsErrorBox::generic));
+    let len = match prepared {
+        Ok(Prepared::AsIs) => 0,
+        Ok(Prepared::Rewritten(out)) => {
             let len = out.len() as u32;
-            state.borrow_mut::<PreparedBytes>().0 = out;
-            Ok(len)
+            state.borrow_mut().borrow_mut::<PreparedBytes>().0 = out;
+            len
         }
-    }
+        Err(e) => return throw(scope, &e),
+    };
+    v8::Integer::new_from_unsigned(scope, len).into()
 }
 
 /// Copies the module `op_isola_wasm_prepare` rewrote into `out` (which has its length).

@@ -106,7 +106,7 @@ impl DeadlineSlot {
 
     /// Whether the running call has been told to stop: the watchdog asked V8 to terminate it
     /// (its deadline passed, or it was interrupted) and it has not been disarmed since. One
-    /// atomic load, so that ops can ask on every host call (see `ops::Stop`).
+    /// atomic load, so that ops can ask on every host call (see `throw::stop_here`).
     pub(crate) fn fired(&self) -> bool {
         matches!(self.state.load(Ordering::SeqCst), TERMINATING | TERMINATED)
     }

@@ -10,12 +10,15 @@
 //! Memory: every buffer a plugin gets is allocated by the JavaScript side (`new Uint8Array`),
 //! so its memory budget is charged as for any other buffer; the ops only fill them.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use deno_core::{OpState, op2};
+use deno_core::{OpState, op2, v8};
 use deno_error::JsErrorBox;
+
+use super::throw::throw;
 
 /// When this isolate started: `performance.timeOrigin` and the zero of `performance.now()`.
 struct TimeOrigin {
@@ -54,18 +57,28 @@ const CLOCK_RESOLUTION_MS: f64 = 0.1;
 /// Decodes UTF-8 (`TextDecoder`): with `fatal`, bad bytes are a `TypeError`; otherwise each
 /// becomes U+FFFD. A leading byte order mark is dropped unless `ignore_bom`.
 #[op2]
-#[string]
-fn op_isola_utf8_decode(#[buffer] bytes: &[u8], fatal: bool, ignore_bom: bool) -> Result<String, JsErrorBox> {
+fn op_isola_utf8_decode<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    #[buffer] bytes: &[u8],
+    fatal: bool,
+    ignore_bom: bool,
+) -> v8::Local<'s, v8::Value> {
     let bytes = match bytes {
         [0xEF, 0xBB, 0xBF, rest @ ..] if !ignore_bom => rest,
         _ => bytes,
     };
-    if fatal {
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|e| JsErrorBox::type_error(format!("The encoded data is not valid UTF-8: {e}")))
+    let text = if fatal {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            // Thrown by `throw`, which keeps a termination under way (see there).
+            Err(e) => return throw(scope, &JsErrorBox::type_error(format!("The encoded data is not valid UTF-8: {e}"))),
+        }
     } else {
-        Ok(String::from_utf8_lossy(bytes).into_owned())
+        String::from_utf8_lossy(bytes)
+    };
+    match v8::String::new(scope, &text) {
+        Some(s) => s.into(),
+        None => throw(scope, &JsErrorBox::range_error("the decoded text is too long for a JS string")),
     }
 }
 
