@@ -29,6 +29,10 @@
   const weakMapSet = uncurry(WeakMap.prototype.set);
   const promiseThen = uncurry(Promise.prototype.then);
   const isWellFormed = uncurry(String.prototype.isWellFormed);
+  const charCodeAt = uncurry(String.prototype.charCodeAt);
+  const stringSlice = uncurry(String.prototype.slice);
+  const ErrorCtor = Error;
+  const TypeErrorCtor = TypeError;
 
   // Errors isola itself threw into this plugin (a refused permission, a broken quota, a
   // refused plugin call), with their code. A hook that lets one escape gives the host that
@@ -47,6 +51,23 @@
       }
     }
     return e;
+  }
+
+  // What an async op resolved with: its answer's JSON text, or, after a NUL, the error it
+  // failed with as [class, message, [[key, value], ...]], made and thrown here. Why not a
+  // rejection: deno_core makes a rejection's error by entering JS from its event loop, where
+  // V8 acts on a pending termination (a deadline) that the event loop then drops; a hook
+  // awaiting failures in a loop ran on past its deadline. Here a termination lands as in any
+  // other plugin code.
+  function answer(r) {
+    if (charCodeAt(r, 0) !== 0) return parse(r);
+    const f = parse(stringSlice(r, 1));
+    const e = f[0] === "TypeError" ? new TypeErrorCtor(f[1]) : new ErrorCtor(f[1]);
+    const props = f[2];
+    for (let i = 0; i < props.length; i++) {
+      defineProperty(e, props[i][0], { value: props[i][1], writable: true, enumerable: true, configurable: true });
+    }
+    throw mark(e);
   }
 
   function deepFreeze(v) {
@@ -141,7 +162,7 @@
           } catch (e) {
             throw mark(e);
           }
-          return parse(r);
+          return answer(r);
         },
       });
     } else if (item.kind === "sync") {
@@ -167,7 +188,7 @@
           } catch (e) {
             throw mark(e);
           }
-          return parse(r);
+          return answer(r);
         },
       }[name];
     }

@@ -470,3 +470,46 @@ fn a_hook_looping_on_thrown_errors_is_stopped_at_its_deadline() {
     }
     assert_eq!(h.stats().restarts, 0);
 }
+
+/// The same for an async hook awaiting host functions that fail, in a loop: every error it
+/// catches is the host's, with its code. (deno_core made each rejection's error by entering
+/// JS from its event loop, where V8 acted on a pending termination that the event loop then
+/// dropped: the hook caught an error without `code` for each one, and ran on, up to 97 ms
+/// past a 100 ms limit.)
+#[test]
+fn an_async_hook_looping_on_failing_host_functions_is_stopped_at_its_deadline() {
+    use isola::{HostApi, HostError};
+    let host = HostApi::new()
+        .async_func("fails", |(): ()| async { Err::<u32, _>(HostError::new("no").code("NOPE").into()) })
+        .async_func("refused", |(): ()| async { Ok(1) })
+        .requires("refused", "never-granted");
+    let engine = common::builder().host(host).call_timeout(Duration::from_millis(100)).build();
+    let (_d, _m, h) = load_module_with(
+        engine,
+        "let caught = 0, bad = [];
+        export default {
+            async loop(kind) {
+                caught = 0; bad = [];
+                for (;;) {
+                    try { await host[kind](); } catch (e) {
+                        caught++;
+                        // ABORTED: an await the call's end abandoned (the loop goes on in
+                        // the background turn that follows a timeout, briefly).
+                        const want = [kind === 'fails' ? 'HOST_ERROR' : 'PERMISSION_DENIED', 'ABORTED'];
+                        if (!(e instanceof Error) || !want.includes(e.code) || e.message === '') bad.push(`${e.code}: ${e.message}`);
+                    }
+                }
+            },
+            report() { return { caught, bad: bad.slice(0, 3) }; },
+        };",
+    );
+    for kind in ["fails", "refused"] {
+        for round in 0..8 {
+            let e = h.call_blocking::<_, Value>("loop", (kind,)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Timeout, "{kind}: {e}");
+            let r: Value = h.call_blocking("report", ()).unwrap();
+            assert!(r["caught"].as_u64().unwrap() > 0, "{kind}: the loop caught nothing: {r}");
+            assert_eq!(r["bad"], json!([]), "{kind}, round {round}: an error without its code: {r}");
+        }
+    }
+}

@@ -20,7 +20,7 @@ use deno_core::{OpState, op2, v8};
 use deno_error::{JsErrorClass, PropertyValue};
 
 use super::peers::{NoPeers, Peers};
-use super::throw::{stop_here, throw};
+use super::throw::{failure_text, stop_here, throw};
 use super::values;
 use super::watchdog::DeadlineSlot;
 use crate::call::CallContext;
@@ -376,14 +376,11 @@ fn op_isola_storage<'s>(
     }
 }
 
+/// Resolves with the answer's JSON text, or with its error as [`failure_text`] (never rejects).
 #[op2]
 #[string]
-async fn op_isola_host_async(
-    state: Rc<RefCell<OpState>>,
-    #[smi] id: u32,
-    #[string] args: String,
-) -> Result<String, HostOpError> {
-    guarded_async(async move {
+async fn op_isola_host_async(state: Rc<RefCell<OpState>>, #[smi] id: u32, #[string] args: String) -> String {
+    let out = guarded_async(async move {
         let (f, scope, deadline) = {
             let state = state.borrow();
             let table = state.borrow::<HostTable>();
@@ -402,7 +399,8 @@ async fn op_isola_host_async(
         };
         Ok(out.to_string())
     })
-    .await
+    .await;
+    out.unwrap_or_else(|e| failure_text(&e))
 }
 
 /// Where `console.*` goes instead of `tracing`: set once in a process worker, whose lines
@@ -439,6 +437,7 @@ fn op_isola_call_epoch(state: &mut OpState) -> u32 {
 /// `host.plugins.call(plugin, hook, ...args)`: runs a hook of another plugin, in that plugin's
 /// isolate, within what is left of this call's deadline. A call back into a plugin already
 /// waiting up the chain (A → B → A) is refused at once instead of deadlocking.
+/// Resolves like [`op_isola_host_async`].
 #[op2]
 #[string]
 async fn op_isola_call(
@@ -446,8 +445,8 @@ async fn op_isola_call(
     #[string] plugin: String,
     #[string] hook: String,
     #[string] args: String,
-) -> Result<String, HostOpError> {
-    guarded_async(async move {
+) -> String {
+    let out = guarded_async(async move {
         let answer = {
             let state = state.borrow();
             let table = state.borrow::<HostTable>();
@@ -493,7 +492,8 @@ async fn op_isola_call(
             Err(e) => Err(state.borrow().borrow::<HostTable>().fail(e.code, e.to_string())),
         }
     })
-    .await
+    .await;
+    out.unwrap_or_else(|e| failure_text(&e))
 }
 
 /// `host.events.emit(event, payload)`: notifies the event's subscribers in the background and

@@ -1,4 +1,4 @@
-//! How a sync op gives the plugin an error, or ends its call, without losing a termination.
+//! How an op gives the plugin an error, or ends its call, without losing a termination.
 //!
 //! Why isola's ops do not hand their errors to deno_core: deno_core builds an op's error by
 //! calling a JS function, and V8 acts on a pending termination request (the watchdog's, at a
@@ -7,6 +7,12 @@
 //! plugin could catch that fallback and run on past its deadline, as often as the watchdog
 //! asked again: a hook looping on a refused host call ran up to 36 ms past a 100 ms limit,
 //! catching bare strings instead of errors with a `code`.
+//!
+//! An async op's error is no rejection either, for the same reason: deno_core makes it by
+//! entering JS from its event loop, where the termination V8 then acts on is dropped (a hook
+//! awaiting a failing host function in a loop ran up to 97 ms past a 100 ms limit). So async
+//! ops resolve with [`failure_text`], and the prelude makes and throws the error in the
+//! plugin's own code, where a termination lands as anywhere else.
 //!
 //! [`throw`] builds errors with V8's own constructors, which run no JS, so a request that is
 //! pending stays pending through the throw and lands at the plugin's next step (the `catch`
@@ -36,6 +42,28 @@ pub(crate) fn throw<'s>(scope: &mut v8::PinScope<'s, '_>, e: &dyn JsErrorClass) 
         scope.throw_exception(error);
     }
     v8::undefined(scope).into()
+}
+
+/// What an async op resolves with when it fails: a NUL (no JSON text starts with one), then
+/// the JSON `[class, message, [[key, value], ...]]` from which the prelude's `answer` makes
+/// the error (the same class, message and additional properties as [`throw`]).
+///
+/// ```ignore
+/// let text = failure_text(&HostOpError::new(ErrorCode::Timeout, "too slow"));
+/// assert_eq!(text, "\0[\"Error\",\"too slow\",[[\"code\",\"TIMEOUT\"]]]");
+/// ```
+pub(crate) fn failure_text(e: &dyn JsErrorClass) -> String {
+    let props: Vec<serde_json::Value> = e
+        .get_additional_properties()
+        .map(|(key, value)| {
+            let value = match value {
+                PropertyValue::String(s) => serde_json::Value::from(s.into_owned()),
+                PropertyValue::Number(n) => serde_json::Value::from(n),
+            };
+            serde_json::json!([key, value])
+        })
+        .collect();
+    format!("\0{}", serde_json::json!([e.get_class(), e.get_message(), props]))
 }
 
 /// `e` as a JS error object, made without running JS.
