@@ -47,7 +47,7 @@
       const h = getOwnPropertyDescriptor(e, "hostData");
       if (h !== undefined && typeof h.value === "string") {
         delete e.hostData;
-        defineProperty(e, "data", { value: parse(h.value), writable: true, enumerable: false, configurable: true });
+        defineProperty(e, "data", { __proto__: null, value: parse(h.value), writable: true, enumerable: false, configurable: true });
       }
     }
     return e;
@@ -65,7 +65,7 @@
     const e = f[0] === "TypeError" ? new TypeErrorCtor(f[1]) : new ErrorCtor(f[1]);
     const props = f[2];
     for (let i = 0; i < props.length; i++) {
-      defineProperty(e, props[i][0], { value: props[i][1], writable: true, enumerable: true, configurable: true });
+      defineProperty(e, props[i][0], { __proto__: null, value: props[i][1], writable: true, enumerable: true, configurable: true });
     }
     throw mark(e);
   }

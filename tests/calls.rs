@@ -711,3 +711,31 @@ fn a_stateless_plugin_whose_next_instance_failed_to_load_tries_again_on_the_next
     assert!(loads.lock().unwrap().len() >= 2);
     m.shutdown();
 }
+
+/// A plugin that puts `get` on `Object.prototype` (which would turn every descriptor object
+/// that inherits it into an invalid one) still gets isola's errors whole: the prelude makes
+/// their properties with descriptors that inherit nothing.
+#[test]
+fn a_polluted_object_prototype_does_not_break_the_errors_isola_gives() {
+    use isola::{HostApi, HostError};
+    let host = HostApi::new()
+        .func("user", |(): ()| -> anyhow::Result<Value> {
+            Err(HostError::new("no user").code("NOT_FOUND").data(json!({"id": 7})).into())
+        })
+        .async_func("later", |(): ()| async {
+            Err::<Value, _>(HostError::new("not yet").code(503).data(json!([1])).into())
+        });
+    let (_d, _m, h) = common::load_module_with(
+        common::builder().host(host).build(),
+        "Object.prototype.get = function () { return 'polluted'; };
+        const show = (e) => [e instanceof Error, e.message, e.code, e.hostCode, e.data];
+        export default {
+            user() { try { host.user(); } catch (e) { return show(e); } },
+            async later() { try { await host.later(); } catch (e) { return show(e); } },
+        };",
+    );
+    let r: Value = h.call_blocking("user", ()).unwrap();
+    assert_eq!(r, json!([true, "no user", "HOST_ERROR", "NOT_FOUND", {"id": 7}]));
+    let r: Value = h.call_blocking("later", ()).unwrap();
+    assert_eq!(r, json!([true, "not yet", "HOST_ERROR", 503, [1]]));
+}
