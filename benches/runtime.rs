@@ -298,20 +298,23 @@ const STORAGE_PLUGIN: &str = "export default {
     getLoop(n) { let found = 0; for (let i = 0; i < n; i++) if (host.storage.get(`k${i % 100}`) !== null) found++; return found; },
 };";
 
+/// A folder plugin `id` in `dir` holding one permission.
+fn plugin_with_permission(dir: &std::path::Path, id: &str, permission: &str, main_js: &str) -> std::path::PathBuf {
+    let p = dir.join(id);
+    std::fs::create_dir_all(&p).unwrap();
+    let manifest = serde_json::json!({"id": id, "name": id, "version": "1.0.0", "apiVersion": 1, "permissions": [permission]});
+    std::fs::write(p.join("plugin.json"), manifest.to_string()).unwrap();
+    std::fs::write(p.join("main.js"), main_js).unwrap();
+    p
+}
+
 fn storage(c: &mut Criterion) {
     let data = tempfile::tempdir().unwrap();
     for (name, storage) in
         [("memory", isola::storage::Storage::memory()), ("redb", isola::storage::Storage::in_dir(data.path()))]
     {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("store");
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(
-            p.join("plugin.json"),
-            r#"{"id":"store","name":"s","version":"1.0.0","apiVersion":1,"permissions":["storage"]}"#,
-        )
-        .unwrap();
-        std::fs::write(p.join("main.js"), STORAGE_PLUGIN).unwrap();
+        let p = plugin_with_permission(dir.path(), "store", "storage", STORAGE_PLUGIN);
         let manager = Manager::new(Engine::builder().storage(storage).build());
         let h = manager.load(&p).unwrap();
         let mut g = c.benchmark_group(format!("storage/{name}"));
@@ -331,18 +334,12 @@ fn storage(c: &mut Criterion) {
 /// `host.events.emit` with no subscriber: what the op itself costs a plugin.
 fn emit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("emitter");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(
-        p.join("plugin.json"),
-        r#"{"id":"emitter","name":"e","version":"1.0.0","apiVersion":1,"permissions":["events"]}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("main.js"),
+    let p = plugin_with_permission(
+        dir.path(),
+        "emitter",
+        "events",
         "export default { emitLoop(n) { let s = 0; for (let i = 0; i < n; i++) s += host.events.emit('tick', i); return s; } };",
-    )
-    .unwrap();
+    );
     let manager = Manager::new(Engine::builder().build());
     let h = manager.load(&p).unwrap();
     let mut g = c.benchmark_group("events");

@@ -75,7 +75,7 @@ globalThis.__isolaWasm = (function isolaWasm(core) {
       for (let i = 0; i < names.length; i++) {
         if (!hidden(names[i])) visible[names[i]] = raw[names[i]];
       }
-      defineProperty(instance, "exports", { value: freeze(visible), writable: false, enumerable: false, configurable: false });
+      defineProperty(instance, "exports", { __proto__: null, value: freeze(visible), writable: false, enumerable: false, configurable: false });
     }
     if (start !== undefined) start();
     return instance;
