@@ -302,7 +302,8 @@ const STORAGE_PLUGIN: &str = "export default {
 fn plugin_with_permission(dir: &std::path::Path, id: &str, permission: &str, main_js: &str) -> std::path::PathBuf {
     let p = dir.join(id);
     std::fs::create_dir_all(&p).unwrap();
-    let manifest = serde_json::json!({"id": id, "name": id, "version": "1.0.0", "apiVersion": 1, "permissions": [permission]});
+    let manifest =
+        serde_json::json!({"id": id, "name": id, "version": "1.0.0", "apiVersion": 1, "permissions": [permission]});
     std::fs::write(p.join("plugin.json"), manifest.to_string()).unwrap();
     std::fs::write(p.join("main.js"), main_js).unwrap();
     p

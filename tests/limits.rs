@@ -387,7 +387,8 @@ fn a_storage_operation_that_returns_past_the_deadline_ends_the_call_there() {
         }
     }
     let storage = Storage::new(Slow(MemoryStorage::default()));
-    let engine = common::builder().host(test_host()).storage(storage.clone()).call_timeout(Duration::from_millis(150)).build();
+    let engine =
+        common::builder().host(test_host()).storage(storage.clone()).call_timeout(Duration::from_millis(150)).build();
     let dir = PluginDir::new();
     let manifest = r#"{"id":"p","name":"p","version":"1.0.0","apiVersion":1,"permissions":["storage"]}"#;
     let m = Manager::new(engine);
@@ -421,10 +422,10 @@ fn a_storage_operation_that_returns_past_the_deadline_ends_the_call_there() {
 #[test]
 fn a_hook_looping_on_thrown_errors_is_stopped_at_its_deadline() {
     use isola::HostApi;
-    let host = HostApi::new().func("refused", |(): ()| Ok(1)).requires("refused", "never-granted").func(
-        "double",
-        |(x,): (f64,)| Ok(x * 2.0),
-    );
+    let host = HostApi::new()
+        .func("refused", |(): ()| Ok(1))
+        .requires("refused", "never-granted")
+        .func("double", |(x,): (f64,)| Ok(x * 2.0));
     let engine = common::builder().host(host).call_timeout(Duration::from_millis(100)).build();
     let dir = PluginDir::new();
     let manifest = r#"{"id":"p","name":"p","version":"1.0.0","apiVersion":1,"permissions":["storage","events"]}"#;

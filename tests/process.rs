@@ -359,10 +359,8 @@ fn children_die_with_their_host_and_inherit_only_their_channel() {
         // Its standard streams, its channel (a socket), and what the worker keeps open itself
         // (anonymous inodes: tokio's epoll and eventfd); never the host's files or pipes.
         for l in &fds {
-            let ok = l == "/dev/null"
-                || l.starts_with("socket:")
-                || l.starts_with("anon_inode:")
-                || l.starts_with("pipe:");
+            let ok =
+                l == "/dev/null" || l.starts_with("socket:") || l.starts_with("anon_inode:") || l.starts_with("pipe:");
             assert!(ok, "worker {w} has {l}: {fds:?}");
         }
         let pipes = fds.iter().filter(|l| l.starts_with("pipe:")).count();

@@ -187,6 +187,12 @@ impl HostTable {
         self.slot.as_ref().is_some_and(|s| s.fired())
     }
 
+    /// What a sync op's host-side work `r` came to, unless the call was stopped while it ran
+    /// (see [`finish`]).
+    fn unless_stopped<T>(&self, r: Result<T, HostOpError>) -> Outcome<T> {
+        if self.stopped() { Ok(None) } else { r.map(Some) }
+    }
+
     /// Refuses a call the plugin holds no permission for, counting it.
     fn check<F: ?Sized>(&self, g: &Gated<F>) -> Result<(), HostOpError> {
         match &g.missing {
@@ -291,6 +297,24 @@ fn unknown(id: u32) -> HostOpError {
     HostOpError::new(ErrorCode::HostError, format!("no host function #{id}"))
 }
 
+/// What a sync op's host-side work came to: a value, an error, or `None` when the call was
+/// stopped before or while it ran.
+type Outcome<T> = Result<Option<T>, HostOpError>;
+
+/// Ends a sync op: its value made into JS by `to_js`, its error thrown (see [`throw`]), or,
+/// when its call was stopped, the call ended here (see [`stop_here`]).
+fn finish<'s, T>(
+    scope: &mut v8::PinScope<'s, '_>,
+    out: Outcome<T>,
+    to_js: impl FnOnce(&mut v8::PinScope<'s, '_>, T) -> Result<v8::Local<'s, v8::Value>, HostOpError>,
+) -> v8::Local<'s, v8::Value> {
+    match out.map(|v| v.map(|v| to_js(scope, v))) {
+        Ok(Some(Ok(v))) => v,
+        Ok(None) => stop_here(scope),
+        Ok(Some(Err(e))) | Err(e) => throw(scope, &e),
+    }
+}
+
 /// `host.NAME(...)` for a sync host function. `args` is the argument array itself when every
 /// argument is a plain primitive, or its JSON text otherwise (the prelude decides); the result
 /// comes back as a JS value (see [`values`](super::values)).
@@ -314,17 +338,9 @@ fn op_isola_host_sync<'s>(
             return Ok(None);
         }
         let deadline = table.current.borrow().deadline;
-        let r = crate::host::with_deadline(Some(deadline), || (g.f)(args));
-        if table.stopped() {
-            return Ok(None);
-        }
-        r.map(Some).map_err(HostOpError)
+        table.unless_stopped(crate::host::with_deadline(Some(deadline), || (g.f)(args)).map_err(HostOpError))
     });
-    match out.and_then(|out| out.map(|v| values::result(scope, v).map_err(HostOpError)).transpose()) {
-        Ok(Some(v)) => v,
-        Ok(None) => stop_here(scope),
-        Err(e) => throw(scope, &e),
-    }
+    finish(scope, out, |scope, v| values::result(scope, v).map_err(HostOpError))
 }
 
 /// `host.storage.get/set/delete/list`, scoped to the calling plugin.
@@ -353,27 +369,21 @@ fn op_isola_storage<'s>(
             2 => check_key(key).and_then(|_| backend.delete(plugin, key)).map(|b| b.to_string()),
             _ => backend.list(plugin, key).map(|keys| serde_json::to_string(&keys).unwrap_or_default()),
         };
-        if table.stopped() {
-            return Ok(None);
-        }
-        r.map(Some).map_err(|e| {
+        table.unless_stopped(r.map_err(|e| {
             let code = match &e {
                 StorageError::Quota(_) => ErrorCode::QuotaExceeded,
                 StorageError::InvalidKey(_) => ErrorCode::InvalidArgs,
                 StorageError::Backend(_) => ErrorCode::HostError,
             };
             table.fail(code, e.to_string())
-        })
+        }))
     });
-    match out {
-        // JSON text, which the prelude parses.
-        Ok(Some(text)) => match v8::String::new(scope, &text) {
-            Some(s) => s.into(),
-            None => throw(scope, &HostOpError::new(ErrorCode::HostError, "the stored value is too large for a JS string")),
-        },
-        Ok(None) => stop_here(scope),
-        Err(e) => throw(scope, &e),
-    }
+    // JSON text, which the prelude parses.
+    finish(scope, out, |scope, text| {
+        v8::String::new(scope, &text)
+            .map(Into::into)
+            .ok_or_else(|| HostOpError::new(ErrorCode::HostError, "the stored value is too large for a JS string"))
+    })
 }
 
 /// Resolves with the answer's JSON text, or with its error as [`failure_text`] (never rejects).
@@ -499,7 +509,7 @@ async fn op_isola_call(
 /// `host.events.emit(event, payload)`: notifies the event's subscribers in the background and
 /// returns how many there are. Emits caused by emits are limited in depth, so two plugins
 /// echoing each other stop.
-// Not a fast call: its errors are thrown by [`throw`].
+// Not a fast call: a fast op's errors are built by deno_core's JS builder when it runs unoptimised (see [`throw`]).
 #[op2]
 fn op_isola_emit<'s>(
     scope: &mut v8::PinScope<'s, '_>,
@@ -528,12 +538,9 @@ fn op_isola_emit<'s>(
         check_size("the event payload", payload, MAX_MESSAGE_BYTES)?;
         let payload = parse_args(payload)?;
         let n = table.peers.emit(event, payload, depth).map_err(|e| table.fail(e.code, e.to_string()))?;
-        Ok(n as u32)
+        Ok(Some(n))
     });
-    match out {
-        Ok(n) => v8::Integer::new_from_unsigned(scope, n).into(),
-        Err(e) => throw(scope, &e),
-    }
+    finish(scope, out, |scope, n| Ok(v8::Integer::new_from_unsigned(scope, n as u32).into()))
 }
 
 deno_core::extension!(

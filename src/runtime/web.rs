@@ -71,7 +71,9 @@ fn op_isola_utf8_decode<'s>(
         match std::str::from_utf8(bytes) {
             Ok(text) => Cow::Borrowed(text),
             // Thrown by `throw`, which keeps a termination under way (see there).
-            Err(e) => return throw(scope, &JsErrorBox::type_error(format!("The encoded data is not valid UTF-8: {e}"))),
+            Err(e) => {
+                return throw(scope, &JsErrorBox::type_error(format!("The encoded data is not valid UTF-8: {e}")));
+            }
         }
     } else {
         String::from_utf8_lossy(bytes)
